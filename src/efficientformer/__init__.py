@@ -1,0 +1,28 @@
+"""EfficientFormer (L1, L3, L7) and EfficientFormerV2 (S0, S1, S2, L): models, checkpoints, training, deployment."""
+
+from .models import (
+    EfficientFormer,
+    EfficientFormerBase,
+    EfficientFormerV2,
+    LoadReport,
+    UnknownModelError,
+    create_model,
+    list_models,
+    load_checkpoint,
+)
+from .models.checkpoint import CheckpointError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "EfficientFormer",
+    "EfficientFormerBase",
+    "EfficientFormerV2",
+    "LoadReport",
+    "UnknownModelError",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+]

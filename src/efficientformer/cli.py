@@ -1,0 +1,58 @@
+"""``efficientformer`` command line: one sub-command per job, each defined beside the code it drives.
+
+Every area module exposes ``register(subparsers)`` which adds its sub-commands and sets ``func`` on them.
+Errors that are the user's (bad input, missing files, missing extras) are printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that add sub-commands, in the order they appear in ``--help``.
+COMMAND_MODULES = (
+    "efficientformer.zoo",
+    "efficientformer.train.cli",
+    "efficientformer.inference.cli",
+    "efficientformer.deploy.cli",
+    "efficientformer.dense.cli",
+)
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efficientformer",
+        description="EfficientFormer / EfficientFormerV2 toolkit: models, training, export, benchmarks.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, TypeError, ImportError) as err:
+        # Our own errors are written as one actionable line; show that, not a traceback.
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"efficientformer {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

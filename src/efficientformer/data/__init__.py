@@ -1,0 +1,1 @@
+"""Datasets and transforms for training and evaluation."""

@@ -1,0 +1,335 @@
+"""Mask R-CNN with an EfficientFormer + FPN backbone: COCO-format data, training, COCO evaluation, drawing.
+
+The detector is torchvision's ``MaskRCNN``; only the backbone is ours (four stage maps -> FPN with 256 channels
+and a max-pooled fifth level, as in the official MMDetection configs). torchvision's transform resizes each image
+keep-ratio to ``min_size`` x ``max_size`` (1333x800 by default), normalises with ImageNet statistics and pads the
+batch to a multiple of 32; predictions come back in the original image coordinates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from .backbone import BackboneWithFPN, EfficientFormerBackbone
+
+
+def _require_pycocotools():
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as err:
+        raise ImportError(
+            "COCO masks and evaluation need pycocotools; install it with: pip install pycocotools"
+        ) from err
+    return mask_utils, COCO, COCOeval
+
+
+# -- configuration -----------------------------------------------------------------------------------------------
+@dataclass
+class DetectConfig:
+    """Defaults are the official Mask R-CNN 1x recipe (MMDetection configs of the EfficientFormer repo)."""
+
+    data: str = ""  # COCO-format root: images/<split>/ + annotations/instances_<split>.json (or COCO 2017 names)
+    train_split: str = "train"
+    val_split: str = "val"
+    output: str = "runs/detect"
+    model: str = "efficientformer_l1"
+    pretrained: str | None = None  # ImageNet checkpoint (any supported layout); None = random init
+    img_size: int = 0  # grid the attention-bias tables are stored for; 0 = min_size
+    frozen_bn: bool = False
+    frozen_stages: int = -1
+    fpn_channels: int = 256
+    min_size: int = 800
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    box_head_dim: int = 1024  # width of the two-FC box head (torchvision/MMDetection default 1024)
+    mask_head_channels: int = 256  # channels of the four-conv mask head (default 256)
+    rpn_batch_size: int = 256
+    box_batch_size: int = 512
+    epochs: int = 12
+    lr_steps: tuple[int, ...] = (8, 11)  # epochs after which lr is multiplied by 0.1
+    lr: float = 2e-4
+    weight_decay: float | None = None  # None = 1e-4 for V1, 0.05 for V2 (official)
+    warmup_iters: int = 500
+    warmup_ratio: float = 1e-6
+    grad_clip: float = 0.0  # 0 = no clipping (official)
+    batch_size: int = 2  # images per process
+    workers: int = 2
+    max_iters: int = 0  # stop after this many iterations (0 = run all epochs); the schedule still follows epochs
+    eval_every: int = 1  # evaluate every N epochs (0 = only at the end)
+    checkpoint_every: int = 500  # iterations between mid-epoch checkpoints
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # CPU threads for torch (0 = torch default; 1 is much faster on an oversubscribed CPU)
+    resume: bool = True
+    score_threshold: float = 0.5  # predict: draw detections at or above this score
+
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.05 if "v2" in self.model else 1e-4
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(images_dir, annotation_json)`` for a split, trying our layout and the COCO 2017 one."""
+    if not root:
+        raise ValueError("no data set given; pass --data DIR (a COCO-format root, e.g. from `detect synth`)")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory not found: {root}")
+    candidates = [
+        (root / "images" / split, root / "annotations" / f"instances_{split}.json"),
+        (root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json"),
+        (root / split, root / "annotations" / f"instances_{split}.json"),
+    ]
+    for images, ann in candidates:
+        if images.is_dir() and ann.is_file():
+            return images, ann
+    raise FileNotFoundError(
+        f"no COCO split {split!r} under {root}: expected images/{split}/ and annotations/instances_{split}.json "
+        f"(or {split}2017/ and annotations/instances_{split}2017.json)"
+    )
+
+
+class CocoInstances(torch.utils.data.Dataset):
+    """COCO instances: an image folder plus an instances JSON with polygon or RLE masks.
+
+    Returns ``(image, target)``: image float (3, H, W) in [0, 1]; target ``boxes`` (N, 4) xyxy, ``labels`` (N,)
+    in 1..K (0 is torchvision's background), ``masks`` (N, H, W) uint8, ``image_id``. Crowd regions are left out
+    of training targets (COCO evaluation still treats them as ignore regions).
+    """
+
+    def __init__(self, images_dir: Path, ann_file: Path, *, train: bool = False, flip_prob: float = 0.0) -> None:
+        try:
+            self.coco_json = json.loads(Path(ann_file).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{ann_file} is not valid JSON: {err}") from None
+        for key in ("images", "annotations", "categories"):
+            if key not in self.coco_json:
+                raise ValueError(f"{ann_file} is not a COCO instances file: no {key!r} list")
+        self.images_dir = Path(images_dir)
+        self.train, self.flip_prob = train, flip_prob
+        cats = sorted(self.coco_json["categories"], key=lambda c: c["id"])
+        self.cat_ids = [c["id"] for c in cats]
+        self.class_names = [str(c["name"]) for c in cats]
+        self.cat_to_label = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        self.images = sorted(self.coco_json["images"], key=lambda im: im["id"])
+        self.anns: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
+        for ann in self.coco_json["annotations"]:
+            self.anns.setdefault(ann["image_id"], []).append(ann)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load_image(self, index: int) -> Image.Image:
+        info = self.images[index]
+        path = self.images_dir / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image listed in the annotations is missing: {path}")
+        return Image.open(path).convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask_utils, _, _ = _require_pycocotools()
+        info = self.images[index]
+        img = self.load_image(index)
+        w, h = img.size
+        boxes, labels, masks = [], [], []
+        for ann in self.anns.get(info["id"], []):
+            if ann.get("iscrowd", 0) or ann["category_id"] not in self.cat_to_label:
+                continue
+            x, y, bw, bh = ann["bbox"]
+            if bw < 1 or bh < 1:
+                continue
+            boxes.append([x, y, x + bw, y + bh])
+            labels.append(self.cat_to_label[ann["category_id"]])
+            masks.append(decode_segmentation(mask_utils, ann["segmentation"], h, w))
+        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
+            "image_id": torch.tensor(info["id"]),
+        }
+        if self.train and self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
+            image = image.flip(-1)
+            target["masks"] = target["masks"].flip(-1)
+            b = target["boxes"].clone()
+            target["boxes"][:, 0], target["boxes"][:, 2] = w - b[:, 2], w - b[:, 0]
+        return image, target
+
+
+def decode_segmentation(mask_utils, segm: Any, h: int, w: int) -> np.ndarray:
+    """Polygon list, uncompressed RLE or compressed RLE -> (h, w) uint8 mask."""
+    if isinstance(segm, list):
+        rles = mask_utils.frPyObjects(segm, h, w)
+        rle = mask_utils.merge(rles)
+    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+        rle = mask_utils.frPyObjects(segm, h, w)
+    elif isinstance(segm, dict):
+        rle = dict(segm)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    else:
+        raise ValueError(f"unsupported segmentation format: {type(segm).__name__}")
+    return mask_utils.decode(rle).astype(np.uint8)
+
+
+def collate(batch: list) -> tuple[list, list]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+# -- model -------------------------------------------------------------------------------------------------------
+def build_mask_rcnn(cfg: DetectConfig, num_classes: int) -> torch.nn.Module:
+    """Mask R-CNN (torchvision) on EfficientFormer + FPN (256 channels, 5 levels). ``num_classes`` excludes bg."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    if len(cfg.anchor_sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {cfg.anchor_sizes}")
+    backbone = EfficientFormerBackbone(
+        cfg.model,
+        checkpoint=cfg.pretrained,
+        frozen_bn=cfg.frozen_bn,
+        frozen_stages=cfg.frozen_stages,
+        img_size=cfg.img_size or cfg.min_size,
+    )
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    return MaskRCNN(
+        BackboneWithFPN(backbone, cfg.fpn_channels, extra_pool=True),
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        rpn_anchor_generator=anchors,
+        rpn_batch_size_per_image=cfg.rpn_batch_size,
+        box_batch_size_per_image=cfg.box_batch_size,
+        box_head=TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.box_head_dim),
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
+        mask_head=MaskRCNNHeads(cfg.fpn_channels, (cfg.mask_head_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, num_classes + 1),
+    )
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def predictions_to_coco(output: dict[str, torch.Tensor], image_id: int, cat_ids: list[int]) -> list[dict]:
+    """One image's torchvision output -> COCO result records (bbox xywh + RLE mask)."""
+    mask_utils, _, _ = _require_pycocotools()
+    results = []
+    boxes = output["boxes"].detach().cpu().numpy()
+    scores = output["scores"].detach().cpu().numpy()
+    labels = output["labels"].detach().cpu().numpy()
+    masks = output.get("masks")
+    masks = (masks[:, 0] > 0.5).cpu().numpy().astype(np.uint8) if masks is not None else None
+    for k in range(len(scores)):
+        x0, y0, x1, y1 = boxes[k].tolist()
+        rec = {
+            "image_id": int(image_id),
+            "category_id": int(cat_ids[int(labels[k]) - 1]),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": float(scores[k]),
+        }
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[k]))
+            rle["counts"] = rle["counts"].decode("ascii")
+            rec["segmentation"] = rle
+        results.append(rec)
+    return results
+
+
+def coco_evaluate(gt: dict, results: list[dict], iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[str, float]:
+    """COCO AP (pycocotools) for each IoU type; keys like ``bbox_AP``, ``segm_AP50``. No detections -> zeros."""
+    _, COCO, COCOeval = _require_pycocotools()
+    metrics: dict[str, float] = {}
+    if not results:
+        return {f"{t}_{m}": 0.0 for t in iou_types for m in METRIC_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
+        coco_gt.createIndex()
+        for t in iou_types:
+            recs = results if t == "bbox" else [r for r in results if "segmentation" in r]
+            if t == "bbox":
+                recs = [{k: v for k, v in r.items() if k != "segmentation"} for r in recs]
+            if not recs:
+                metrics.update({f"{t}_{m}": 0.0 for m in METRIC_NAMES})
+                continue
+            coco_dt = coco_gt.loadRes(recs)
+            ev = COCOeval(coco_gt, coco_dt, iouType=t)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            for name, value in zip(METRIC_NAMES, ev.stats[:6], strict=True):
+                metrics[f"{t}_{name}"] = max(0.0, float(value))  # -1 means "no such objects": report 0
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: CocoInstances, device: torch.device, batch_size: int = 2) -> dict:
+    model.eval()
+    results: list[dict] = []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        outputs = model([img.to(device) for img, _ in items])
+        for (_, target), out in zip(items, outputs, strict=True):
+            results += predictions_to_coco(out, int(target["image_id"]), dataset.cat_ids)
+    metrics = coco_evaluate(dataset.coco_json, results)
+    metrics["detections"] = len(results)
+    return metrics
+
+
+# -- drawing -----------------------------------------------------------------------------------------------------
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]  # fmt: skip
+
+
+def draw_detections(
+    image: Image.Image, output: dict[str, torch.Tensor], class_names: list[str], threshold: float = 0.5
+) -> tuple[Image.Image, int]:
+    """Boxes, labels and translucent masks drawn on a copy of ``image``; returns it and the number drawn."""
+    from PIL import ImageDraw
+
+    canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    keep = (output["scores"] >= threshold).nonzero().flatten().tolist()
+    for k in keep:
+        colour = np.array(PALETTE[int(output["labels"][k]) % len(PALETTE)], np.float32)
+        if "masks" in output:
+            m = (output["masks"][k, 0] > 0.5).cpu().numpy()
+            canvas[m] = 0.5 * canvas[m] + 0.5 * colour
+    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for k in keep:
+        label = int(output["labels"][k])
+        colour = PALETTE[label % len(PALETTE)]
+        x0, y0, x1, y1 = output["boxes"][k].tolist()
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+        name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
+        draw.text((x0 + 2, max(0, y0 - 11)), f"{name} {float(output['scores'][k]):.2f}", fill=colour)
+    return out, len(keep)
+
+
+def iterations_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
+    return math.ceil(math.ceil(num_images / world_size) / batch_size)

@@ -1,0 +1,338 @@
+"""What the detection and segmentation loops share: configuration, DDP, checkpoints, logs, samplers, schedules.
+
+Checkpoints hold only tensors and plain containers so they load with ``torch.load(weights_only=True)``; they are
+written atomically, so a run killed at any moment resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+
+C = TypeVar("C")
+CHECKPOINT_NAME = "last.pth"
+
+
+# -- configuration -----------------------------------------------------------------------------------------------
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a YAML value or a ``key=value`` string to the dataclass field type ``typ``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item = args[0] if args else str
+        return tuple(_coerce(v, item, key) for v in value)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                return low in ("1", "true", "yes", "on")
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from None
+    return value
+
+
+def build_config(cls: type[C], yaml_path: str | Path | None = None, overrides: list[str] | None = None, **kw) -> C:
+    """Dataclass defaults, then a YAML file, then keyword values (CLI flags), then ``key=value`` overrides."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+
+    def put(key: str, value: Any, where: str) -> None:
+        if key not in names:
+            close = [n for n in sorted(names) if key.split("_")[0] in n][:5]
+            hint = f"; similar keys: {', '.join(close)}" if close else ""
+            raise ValueError(f"unknown config key {key!r} in {where}{hint} (see --help for the list)")
+        values[key] = _coerce(value, hints[key], key)
+
+    if yaml_path:
+        import yaml
+
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of key: value, got {type(loaded).__name__}")
+        for k, v in loaded.items():
+            put(str(k), v, str(path))
+    for k, v in kw.items():
+        if v is not None:
+            put(k, v, "command-line flags")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value (e.g. lr=1e-4)")
+        put(key.strip().replace("-", "_"), value.strip(), "overrides")
+    return cls(**values)
+
+
+def config_help(cls: type) -> str:
+    """One line per field: name, type and default; shown in ``--help``."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        typ = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  {f.name}={default!r} ({typ})")
+    return "\n".join(lines)
+
+
+# -- distributed -------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA but none is available; use device=cpu")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# -- sampling ----------------------------------------------------------------------------------------------------
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """A seeded per-epoch permutation, split across ranks, that can start part-way through an epoch.
+
+    The permutation depends only on ``(seed, epoch)``, so a resumed run sees exactly the batches it would have.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """``start``: the number of this rank's samples already consumed in this epoch."""
+        self.epoch, self.start = epoch, start
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = math.ceil(self.size / self.world_size)
+        order = (order * math.ceil(per_rank * self.world_size / max(1, self.size)))[: per_rank * self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        return len(self._indices()) - self.start
+
+
+def seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+# -- checkpoints, RNG, logs --------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, schedule, progress: dict, config: Any) -> None:
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "progress": progress,
+        "rng": rng_state(),
+        "config": dataclasses.asdict(config),
+    }
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by this toolkit's dense training (no 'model' key)")
+    return state
+
+
+class JsonlLog:
+    """Append-only JSON-lines log (one record per line); only the main process writes."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def write_config(out: Path, config: Any) -> None:
+    atomic_write_json(out / "config.json", dataclasses.asdict(config))
+
+
+# -- schedules ---------------------------------------------------------------------------------------------------
+class WarmupSchedule:
+    """Learning rate factor per iteration: linear warm-up, then steps (``milestones`` in iterations) or poly decay.
+
+    Keeps only numbers in its state, so it checkpoints with ``weights_only=True``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_iters: int,
+        *,
+        warmup_iters: int = 0,
+        warmup_ratio: float = 1e-6,
+        milestones: tuple[int, ...] = (),
+        gamma: float = 0.1,
+        poly_power: float | None = None,
+        min_lr: float = 0.0,
+    ) -> None:
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.total_iters = max(1, total_iters)
+        self.warmup_iters, self.warmup_ratio = warmup_iters, warmup_ratio
+        self.milestones, self.gamma = tuple(milestones), gamma
+        self.poly_power, self.min_lr = poly_power, min_lr
+        self.iteration = 0
+        self._apply()
+
+    def lr_at(self, base: float, it: int) -> float:
+        if self.poly_power is not None:
+            lr = (base - self.min_lr) * (1 - min(it, self.total_iters) / self.total_iters) ** self.poly_power
+            lr += self.min_lr
+        else:
+            lr = base * self.gamma ** sum(it >= m for m in self.milestones)
+        if it < self.warmup_iters:
+            k = it / self.warmup_iters
+            lr *= self.warmup_ratio + (1 - self.warmup_ratio) * k
+        return lr
+
+    def _apply(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = self.lr_at(base, self.iteration)
+
+    def step(self) -> None:
+        self.iteration += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.base_lrs = list(state["base_lrs"])
+        self._apply()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms, biases, attention-bias tables and layer scales (1-D parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith("pos_bias.table") or name.endswith(".scale"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_device(env: DistEnv) -> torch.device:
+    return env.device

@@ -1,0 +1,323 @@
+"""Semantic FPN with an EfficientFormer backbone: ADE20K-format data, augmentation, mIoU evaluation, overlays.
+
+Label maps follow ADE20K: PNGs where 0 means "other / unlabelled" and 1..150 are the classes. With
+``reduce_zero_label`` (the default, as in MMSegmentation's ADE20K configs) value 0 becomes the ignore index 255 and
+every class value v becomes v - 1, so the network predicts classes 0..num_classes-1 and unlabelled pixels are
+neither trained on nor scored. Data sets that already store 0-based class ids set ``reduce_zero_label=false``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
+from torch import nn
+
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from .backbone import FPN, EfficientFormerBackbone
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class SegmentConfig:
+    """Defaults are the official Semantic FPN 40k-iteration ADE20K recipe."""
+
+    data: str = ""  # ADE20K-format root: images/<split>/*.jpg|png and annotations/<split>/*.png
+    train_split: str = "training"
+    val_split: str = "validation"
+    output: str = "runs/segment"
+    model: str = "efficientformer_l1"
+    pretrained: str | None = None  # ImageNet checkpoint (any supported layout); None = random init
+    img_size: int = 0  # grid the attention-bias tables are stored for; 0 = crop_size
+    frozen_bn: bool = False
+    frozen_stages: int = -1
+    num_classes: int = 150
+    reduce_zero_label: bool = True
+    ignore_index: int = 255
+    fpn_channels: int = 256
+    head_channels: int = 128
+    dropout: float = 0.1
+    iters: int = 40000
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    warmup_iters: int = 0
+    crop_size: int = 512
+    scale: tuple[int, ...] = (2048, 512)  # (long, short) bound of the keep-ratio resize, before the ratio jitter
+    ratio_range: tuple[float, ...] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75  # retry crops where one class covers more than this share (up to 10 times)
+    flip_prob: float = 0.5
+    photometric: bool = True
+    batch_size: int = 4  # images per process
+    workers: int = 2
+    eval_every: int = 4000  # iterations (0 = only at the end)
+    checkpoint_every: int = 4000
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # CPU threads for torch (0 = torch default; 1 is much faster on an oversubscribed CPU)
+    resume: bool = True
+    overlay_alpha: float = 0.5  # predict: weight of the class colours in the overlay
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+def ade_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """Matching ``(image, label)`` paths for a split of an ADE20K-format root."""
+    if not root:
+        raise ValueError("no data set given; pass --data DIR (an ADE20K-format root, e.g. from `segment synth`)")
+    root = Path(root)
+    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+    if not img_dir.is_dir() or not ann_dir.is_dir():
+        raise FileNotFoundError(f"no ADE20K split {split!r} under {root}: expected images/{split}/ and "
+                                f"annotations/{split}/")  # fmt: skip
+    labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
+    pairs = [(p, labels[p.stem]) for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+    missing = [p.name for p, _ in pairs if p.stem not in labels]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images in {img_dir} have no label PNG in {ann_dir}, e.g. {missing[0]}")
+    if not pairs:
+        raise FileNotFoundError(f"no images in {img_dir}")
+    return [(p, labels[p.stem]) for p, _ in pairs]
+
+
+def reduce_zero(label: np.ndarray) -> np.ndarray:
+    """ADE20K convention: 0 (other) -> 255 (ignore), v -> v - 1."""
+    out = label.astype(np.int64) - 1
+    out[label == 0] = 255
+    out[label == 255] = 255
+    return out.astype(np.uint8)
+
+
+def _photometric(img: Image.Image, rng: random.Random) -> Image.Image:
+    """MMSeg-style photometric distortion: brightness, contrast, saturation, hue, each with probability 0.5."""
+    if rng.random() < 0.5:
+        arr = np.asarray(img, np.float32) + rng.uniform(-32, 32)
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.5, 1.5))
+    if rng.random() < 0.5:
+        img = ImageEnhance.Color(img).enhance(rng.uniform(0.5, 1.5))
+    if rng.random() < 0.5:
+        hsv = np.asarray(img.convert("HSV")).copy()
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(rng.uniform(-18, 18) * 256 / 180)) % 256
+        img = Image.fromarray(hsv, "HSV").convert("RGB")
+    return img
+
+
+def _fit_scale(w: int, h: int, scale: tuple[int, ...]) -> float:
+    long_side, short_side = max(scale), min(scale)
+    return min(long_side / max(w, h), short_side / min(w, h))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+class ADESegmentation(torch.utils.data.Dataset):
+    """ADE20K-format pairs. Training: random rescale, crop (with ``cat_max_ratio``), flip, photometric distortion,
+    pad to the crop size with the ignore index. Evaluation: the whole image at its original size (the model pads
+    and crops internally), label untouched apart from ``reduce_zero_label``."""
+
+    def __init__(self, root: str | Path, split: str, cfg: SegmentConfig, train: bool = False) -> None:
+        self.pairs = ade_pairs(root, split)
+        self.cfg, self.train = cfg, train
+        names_file = Path(root) / "classes.json"
+        self.class_names = json.loads(names_file.read_text()) if names_file.is_file() else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        img_path, lbl_path = self.pairs[index]
+        img = Image.open(img_path).convert("RGB")
+        label = np.asarray(Image.open(lbl_path))
+        if label.ndim != 2:
+            raise ValueError(f"label map {lbl_path} must be a single-channel PNG, got shape {label.shape}")
+        if label.shape != (img.height, img.width):
+            raise ValueError(f"label {lbl_path} is {label.shape[::-1]}, image is {img.size}; they must match")
+        if self.cfg.reduce_zero_label:
+            label = reduce_zero(label)
+        return img, label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, label = self.load(index)
+        if self.train:
+            img, label = self._augment(img, label, random.Random(torch.randint(0, 2**31, ()).item()))
+        return to_tensor(img), torch.from_numpy(label.astype(np.int64))
+
+    def _augment(self, img: Image.Image, label: np.ndarray, rng: random.Random) -> tuple[Image.Image, np.ndarray]:
+        cfg = self.cfg
+        ratio = rng.uniform(*cfg.ratio_range)
+        s = _fit_scale(img.width, img.height, tuple(int(v * ratio) for v in cfg.scale))
+        size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+        img = img.resize(size, Image.BILINEAR)
+        label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+        crop = cfg.crop_size
+        ch, cw = min(crop, label.shape[0]), min(crop, label.shape[1])
+        for _ in range(10):
+            y0 = rng.randint(0, label.shape[0] - ch)
+            x0 = rng.randint(0, label.shape[1] - cw)
+            window = label[y0 : y0 + ch, x0 : x0 + cw]
+            counts = np.bincount(window[window != cfg.ignore_index].ravel())
+            if len(counts) > 1 and counts.max() / counts.sum() < cfg.cat_max_ratio:
+                break
+        img = img.crop((x0, y0, x0 + cw, y0 + ch))
+        label = label[y0 : y0 + ch, x0 : x0 + cw]
+        if rng.random() < cfg.flip_prob:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            label = label[:, ::-1]
+        if cfg.photometric:
+            img = _photometric(img, rng)
+        if ch < crop or cw < crop:  # pad to a fixed size so crops batch; padding is ignored by the loss
+            canvas = Image.new("RGB", (crop, crop), tuple(int(255 * m) for m in IMAGENET_MEAN))
+            canvas.paste(img, (0, 0))
+            padded = np.full((crop, crop), cfg.ignore_index, np.uint8)
+            padded[:ch, :cw] = label
+            img, label = canvas, padded
+        return img, np.ascontiguousarray(label)
+
+
+# -- model -------------------------------------------------------------------------------------------------------
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SemanticFPNHead(nn.Module):
+    """Panoptic-FPN style semantic head: each level goes through (conv, 2x upsample) steps down to stride 4, the
+    levels are summed, then dropout and a 1x1 classifier. Upsampling uses explicit target sizes, so odd map sizes
+    from non-multiple-of-32 inputs line up."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, strides: list[int], dropout: float) -> None:
+        super().__init__()
+        self.strides = strides
+        base = min(strides)
+        self.scale_heads = nn.ModuleList()
+        for s in strides:
+            steps = max(1, int(math.log2(s // base)))
+            self.scale_heads.append(
+                nn.ModuleList([ConvBNReLU(in_channels if k == 0 else channels, channels) for k in range(steps)])
+            )
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        target = feats[0].shape[-2:]
+        out = None
+        for x, s, convs in zip(feats, self.strides, self.scale_heads, strict=True):
+            for k, conv in enumerate(convs):
+                x = conv(x)
+                if s > self.strides[0]:
+                    # Upsample after each conv, the last step straight to the finest map's exact size.
+                    size = target if k == len(convs) - 1 else (x.shape[-2] * 2, x.shape[-1] * 2)
+                    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            out = x if out is None else out + x
+        return self.classifier(self.dropout(out))
+
+
+class SemanticFPN(nn.Module):
+    """EfficientFormer backbone -> FPN (4 levels) -> semantic head; logits are returned at the input size."""
+
+    def __init__(self, cfg: SegmentConfig) -> None:
+        super().__init__()
+        if cfg.num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {cfg.num_classes}")
+        self.backbone = EfficientFormerBackbone(
+            cfg.model,
+            checkpoint=cfg.pretrained,
+            frozen_bn=cfg.frozen_bn,
+            frozen_stages=cfg.frozen_stages,
+            img_size=cfg.img_size or cfg.crop_size,
+        )
+        self.neck = FPN(self.backbone.channels, cfg.fpn_channels, extra_pool=False)
+        self.head = SemanticFPNHead(cfg.fpn_channels, cfg.head_channels, cfg.num_classes, self.backbone.strides,
+                                    cfg.dropout)  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = list(self.neck(self.backbone(x)).values())
+        logits = self.head(feats)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+class SegMetric:
+    """Confusion-matrix accumulator: per-class IoU, mIoU (classes present in prediction or label), pixel accuracy."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        valid = label != self.ignore_index
+        p, t = pred[valid].flatten().cpu().long(), label[valid].flatten().cpu().long()
+        if t.numel() and (t.max() >= self.num_classes or t.min() < 0):
+            raise ValueError(
+                f"label value {int(t.max())} is outside 0..{self.num_classes - 1}; set num_classes (and "
+                "reduce_zero_label) to match the data set"
+            )
+        self.confusion += torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2).view(
+            self.num_classes, self.num_classes
+        )
+
+    def compute(self) -> dict:
+        cm = self.confusion.double()
+        tp = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - tp
+        gt = cm.sum(1)
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
+        total = cm.sum()
+        return {
+            "mIoU": float(iou.nanmean()) if (union > 0).any() else 0.0,
+            "mAcc": float(acc.nanmean()) if (gt > 0).any() else 0.0,
+            "aAcc": float(tp.sum() / total) if total > 0 else 0.0,
+            "IoU": [None if math.isnan(v) else round(float(v), 6) for v in iou.tolist()],
+        }
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, img: Image.Image, cfg: SegmentConfig, device: torch.device) -> torch.Tensor:
+    """Whole-image inference: keep-ratio resize to the test scale, forward, logits resized back to the image."""
+    s = _fit_scale(img.width, img.height, cfg.scale)
+    size = (max(32, round(img.width * s)), max(32, round(img.height * s)))
+    x = to_tensor(img.resize(size, Image.BILINEAR)).unsqueeze(0).to(device)
+    logits = model(x)
+    return F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)[0]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: ADESegmentation, cfg: SegmentConfig, device: torch.device) -> dict:
+    model.eval()
+    metric = SegMetric(cfg.num_classes, cfg.ignore_index)
+    for i in range(len(dataset)):
+        img, label = dataset.load(i)
+        pred = predict_logits(model, img, cfg, device).argmax(0)
+        metric.update(pred, torch.from_numpy(label.astype(np.int64)))
+    return metric.compute()
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """A fixed, well-spread colour per class (deterministic)."""
+    rng = np.random.default_rng(12345)
+    colours = rng.integers(40, 256, (max(num_classes, 1), 3))
+    base = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180]])
+    colours[: min(len(base), num_classes)] = base[: min(len(base), num_classes)]
+    return colours.astype(np.uint8)
+
+
+def overlay(img: Image.Image, pred: np.ndarray, num_classes: int, alpha: float = 0.5) -> Image.Image:
+    colours = palette(num_classes)[pred]
+    blend = (1 - alpha) * np.asarray(img.convert("RGB"), np.float32) + alpha * colours.astype(np.float32)
+    return Image.fromarray(blend.clip(0, 255).astype(np.uint8))

@@ -1,0 +1,170 @@
+"""Sub-commands ``profile``, ``export``, ``quantize`` and ``benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
+
+
+def _build(name: str, checkpoint: str | None, img_size: int | None):
+    from ..models.registry import create_model
+
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    return create_model(name, img_size=img_size or 224, checkpoint=checkpoint).eval()
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from ..bench.latency import resolve_models
+    from ..bench.profile import PUBLISHED, format_profile, profile_model
+    from ..models.registry import create_model
+
+    results = []
+    for name in resolve_models(args.model):
+        res = profile_model(create_model(name, img_size=args.img_size or 224), args.img_size)
+        results.append(res)
+        if not args.json:
+            print(format_profile(res))
+            pub = PUBLISHED.get(name)
+            if pub and res.img_size == (224, 224):
+                print(
+                    f"published: {pub[0]:.3f} M params, {pub[1]:.2f} GMACs "
+                    f"(ours {100 * (res.macs / 1e9 / pub[1] - 1):+.2f}% MACs)"
+                )
+            print()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+    from .fuse import deploy
+
+    model = _build(args.model, args.checkpoint, args.img_size)
+    if args.deploy:
+        model = deploy(model)
+    output = Path(args.output)
+    if output.suffix == "" and args.format != "coreml":
+        output = output.with_suffix(EXTENSIONS[args.format])
+    kwargs = {"img_size": args.img_size, "batch": args.batch}
+    if args.format == "coreml":
+        kwargs["fp16"] = args.fp16
+    elif args.fp16:
+        raise ValueError("--fp16 is only supported for --format coreml; use `efficientformer quantize` for INT8 ONNX")
+    if args.format == "onnx":
+        kwargs["opset"] = args.opset
+    report = export_model(model, args.format, output, **kwargs)
+    print(report)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .fuse import deploy
+    from .quantize import quantize_onnx
+
+    out_dir = Path(args.output_dir)
+    if args.onnx:
+        fp32 = Path(args.onnx)
+        if not fp32.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {fp32}")
+    else:
+        if not args.model:
+            raise ValueError("pass --model NAME (to export first) or --onnx FILE")
+        model = deploy(_build(args.model, args.checkpoint, args.img_size))
+        fp32 = out_dir / f"{model.name}.fp32.onnx"
+        print(export_onnx(model, fp32, img_size=args.img_size, batch=1))
+    report = quantize_onnx(
+        fp32, out_dir, args.calib_dir, args.eval_dir, tuple(args.mode.split(",")), threads=args.threads, runs=args.runs
+    )
+    print(report)
+    if args.json:
+        from ..utils.io import atomic_write_json
+
+        atomic_write_json(args.json, report.to_dict())
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ..bench.latency import BenchConfig, parse_list, resolve_models, run_benchmark, write_outputs
+
+    cfg = BenchConfig(
+        models=resolve_models(args.model),
+        backends=parse_list(args.backend),
+        batch_sizes=parse_list(args.batch_size, int),
+        threads=args.threads,
+        img_size=args.img_size,
+        warmup=args.warmup,
+        runs=args.runs,
+        timm_rows=not args.no_timm,
+        baseline=not args.no_baseline,
+        channels_last=args.channels_last,
+    )
+    result = run_benchmark(cfg)
+    paths = write_outputs(result, args.output_dir, args.name)
+    print(open(paths["md"]).read())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="parameters and MACs (total and per stage)")
+    p.add_argument("--model", default="all", help="model name, comma-separated names, or 'all' (default)")
+    p.add_argument("--img-size", type=int, default=224, help="input resolution (multiple of 32; default 224)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_profile)
+
+    p = subparsers.add_parser("export", help="export to ONNX / TorchScript / Core ML / ExecuTorch with a parity check")
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random init)")
+    p.add_argument("--format", required=True, choices=["onnx", "coreml", "executorch", "torchscript"])
+    p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte) or .mlpackage directory")
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (default 224)")
+    p.add_argument("--batch", default=None, help="'dynamic' (default; ExecuTorch: 1) or a fixed batch size N")
+    p.add_argument("--fp16", action="store_true", help="Core ML: float16 compute precision")
+    p.add_argument("--deploy", action="store_true", help="export the fused deploy form (recommended)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; the exporter writes at least 18)")
+    p.set_defaults(func=_export_entry)
+
+    p = subparsers.add_parser("quantize", help="ONNX Runtime INT8 (static calibrated + dynamic) with a report")
+    p.add_argument("--model", default=None, help="model to export first (deploy form, batch 1)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--onnx", default=None, help="an existing fp32 ONNX file instead of --model")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--calib-dir", required=True, help="folder of calibration images")
+    p.add_argument("--eval-dir", default=None, help="held-out folder for top-1 agreement with fp32")
+    p.add_argument("--mode", default="static,dynamic", help="static, dynamic or both (comma-separated)")
+    p.add_argument("--output-dir", default="quantized")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=30, help="timed runs per model for the latency column")
+    p.add_argument("--json", default=None, help="also write the report as JSON here")
+    p.set_defaults(func=cmd_quantize)
+
+    p = subparsers.add_parser("benchmark", help="latency/throughput vs timm and MobileNetV2; Markdown, JSON, PNG")
+    p.add_argument("--model", default="all")
+    p.add_argument(
+        "--backend",
+        default="eager,deploy,onnxruntime",
+        help="comma-separated: eager, deploy, compile, onnxruntime, onnxruntime-int8",
+    )
+    p.add_argument("--batch-size", default="1", help="comma-separated batch sizes, e.g. 1,32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--no-timm", action="store_true", help="skip timm's rows of the same models")
+    p.add_argument("--no-baseline", action="store_true", help="skip the MobileNetV2 rows")
+    p.add_argument("--channels-last", action="store_true", help="run the deploy form in channels_last")
+    p.add_argument("--output-dir", default="benchmarks/results")
+    p.add_argument("--name", default="benchmark", help="file stem of the outputs")
+    p.set_defaults(func=cmd_benchmark)
+
+
+def _export_entry(args: argparse.Namespace) -> int:
+    if args.batch is None:
+        args.batch = "1" if args.format == "executorch" else "dynamic"
+    return cmd_export(args)

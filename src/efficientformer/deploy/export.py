@@ -1,0 +1,410 @@
+"""Exporters: ONNX, TorchScript, Core ML and ExecuTorch, each followed by a parity check where one can run.
+
+Every exporter takes an eval-mode model (the training-time model or its :func:`deploy` form) and writes one file.
+ONNX, TorchScript and ExecuTorch files are run again on fresh random inputs and compared with PyTorch; a file
+that disagrees beyond ``tolerance`` raises :class:`ExportParityError`. Core ML prediction only exists on macOS,
+so the Core ML exporter checks the written spec (inputs, outputs, classifier labels) instead.
+
+Each exporter's dependency is an optional extra; a missing one raises a one-line ``ImportError`` that names it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..models.layers import to_grid
+
+FORMATS = ("onnx", "torchscript", "coreml", "executorch")
+EXTRAS = {
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "coremltools": "coreml",
+    "executorch": "executorch",
+}
+
+
+class ExportParityError(ValueError):
+    """The exported file's outputs differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass
+class ExportReport:
+    format: str
+    path: str
+    img_size: tuple[int, int]
+    batch: str
+    size_bytes: int
+    seconds: float
+    max_abs_diff: float | None = None
+    checked_batches: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        h, w = self.img_size
+        diff = (
+            f", max |diff| vs PyTorch {self.max_abs_diff:.3g} (batches {self.checked_batches})"
+            if (self.max_abs_diff is not None)
+            else ""
+        )
+        text = f"wrote {self.path} ({self.format}, {h}x{w}, batch {self.batch}, {self.size_bytes / 1e6:.2f} MB, "
+        text += f"{self.seconds:.1f} s){diff}"
+        return "\n".join([text] + [f"  {n}" for n in self.notes])
+
+
+def require(module: str):
+    """Import an optional dependency or raise a one-line ImportError naming the extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        extra = EXTRAS.get(top, top)
+        raise ImportError(f"{top} is not installed; install it with: pip install efficientformer[{extra}]") from None
+
+
+def parse_batch(batch: str | int) -> int | None:
+    """``"dynamic"`` -> None, ``"N"`` -> N."""
+    if isinstance(batch, int):
+        value = batch
+    elif str(batch).strip().lower() == "dynamic":
+        return None
+    else:
+        try:
+            value = int(batch)
+        except ValueError:
+            raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}") from None
+    if value < 1:
+        raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+    return value
+
+
+def _img_of(model: nn.Module, img_size) -> tuple[int, int]:
+    img = to_grid(img_size) if img_size is not None else to_grid(getattr(model, "img_size", 224))
+    if img[0] % 32 or img[1] % 32 or min(img) < 32:
+        raise ValueError(f"--img-size must be a positive multiple of 32, got {img[0]}x{img[1]}")
+    return img
+
+
+def _inputs(batch: int, img: tuple[int, int], seed: int, in_chans: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, in_chans, *img, generator=g)
+
+
+def _check(diff: float, tolerance: float, fmt: str) -> None:
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportParityError(f"{fmt} export disagrees with PyTorch: max |diff| {diff:.3g} > tolerance {tolerance:g}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX
+# ---------------------------------------------------------------------------------------------------------------
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    img_size=None,
+    batch: str | int = "dynamic",
+    opset: int = 18,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export with the ``torch.export``-based exporter (input ``image``, output ``logits``), optimise the graph
+    with onnxscript's optimizer, then run the file in ONNX Runtime and compare with PyTorch."""
+    onnx = require("onnx")
+    ort = require("onnxruntime")
+    require("onnxscript")
+    if opset < 17:
+        raise ValueError(f"--opset must be 17 or newer, got {opset}")
+    img, fixed = _img_of(model, img_size), parse_batch(batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = _inputs(fixed or 2, img, 0, getattr(model, "in_chans", 3))
+    dynamic = None if fixed else {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=dynamic,
+            opset_version=max(opset, 18),  # the dynamo exporter's lowest opset is 18
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path))
+    seconds = time.perf_counter() - start
+    proto = onnx.load(str(path), load_external_data=False)
+    report = ExportReport("onnx", str(path), img, "dynamic" if fixed is None else str(fixed), _size(path), seconds)
+    report.notes.append(f"opset {proto.opset_import[0].version}, {len(proto.graph.node)} nodes")
+    diff, batches = onnx_parity(model, path, img, fixed, ort)
+    report.max_abs_diff, report.checked_batches = diff, batches
+    _check(diff, tolerance, "ONNX")
+    return report
+
+
+def onnx_parity(model: nn.Module, path: Path, img, fixed: int | None, ort=None) -> tuple[float, list[int]]:
+    ort = ort or require("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batches = [fixed] if fixed else [1, 3]
+    diff = 0.0
+    for i, b in enumerate(batches):
+        x = _inputs(b, img, 100 + i, getattr(model, "in_chans", 3))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = sess.run(["logits"], {"image": x.numpy()})[0]
+        diff = max(diff, float(abs(out - ref).max()))
+    return diff, batches
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    extra = path.with_name(path.name + ".data")
+    return path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TorchScript
+# ---------------------------------------------------------------------------------------------------------------
+def export_torchscript(
+    model: nn.Module, path: str | Path, img_size=None, batch: str | int = "dynamic", tolerance: float = 1e-4
+) -> ExportReport:
+    """``torch.jit.trace`` (with torch's own trace check), save, load back and compare on fresh inputs."""
+    img, fixed = _img_of(model, img_size), parse_batch(batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    chans = getattr(model, "in_chans", 3)
+    start = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(
+            model,
+            _inputs(fixed or 2, img, 0, chans),
+            check_trace=True,
+            check_inputs=[(_inputs(fixed or 3, img, 1, chans),)],
+        )
+    traced.save(str(path))
+    seconds = time.perf_counter() - start
+    loaded = torch.jit.load(str(path))
+    batches = [fixed] if fixed else [1, 4]
+    diff = 0.0
+    for i, b in enumerate(batches):
+        x = _inputs(b, img, 200 + i, chans)
+        with torch.no_grad():
+            diff = max(diff, float((loaded(x) - model(x)).abs().max()))
+    report = ExportReport(
+        "torchscript", str(path), img, "dynamic" if fixed is None else str(fixed), _size(path), seconds, diff, batches
+    )
+    _check(diff, tolerance, "TorchScript")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Core ML
+# ---------------------------------------------------------------------------------------------------------------
+class _CoreMLInput(nn.Module):
+    """Undo the per-channel part of ImageNet normalisation that Core ML's scalar ``scale`` cannot express.
+
+    Core ML's ImageType computes ``scale * pixel + bias[c]`` with one scale for all channels. We use the mean std
+    there and multiply channel c by ``std_mean / std[c]`` here, which gives exactly ``(pixel/255 - mean) / std``.
+    """
+
+    def __init__(self, model: nn.Module, channel_gain: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("gain", channel_gain.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.gain)
+
+
+def imagenet_labels(num_classes: int) -> list[str]:
+    """The 1000 ImageNet class names shipped with the package, or ``class_i`` for other class counts."""
+    from importlib import resources
+
+    if num_classes == 1000:
+        try:
+            text = resources.files("efficientformer.data").joinpath("imagenet_classes.txt").read_text()
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+            if len(names) == 1000:
+                return names
+        except (FileNotFoundError, ModuleNotFoundError):
+            pass
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def export_coreml(
+    model: nn.Module,
+    path: str | Path,
+    img_size=None,
+    batch: str | int = "dynamic",
+    fp16: bool = False,
+    labels: list[str] | None = None,
+    max_batch: int = 64,
+) -> ExportReport:
+    """An ``mlprogram`` ``.mlpackage`` with an RGB image input that normalises itself and class labels attached."""
+    ct = require("coremltools")
+    img, fixed = _img_of(model, img_size), parse_batch(batch)
+    path = Path(path)
+    if path.suffix != ".mlpackage":
+        raise ValueError(f"a Core ML mlprogram is saved as a .mlpackage directory; got --output {path}")
+    model = model.eval()
+    num_classes = int(getattr(model, "num_classes", 1000))
+    labels = labels or imagenet_labels(num_classes)
+    std = torch.tensor(IMAGENET_STD)
+    std_mean = float(std.mean())
+    wrapped = _CoreMLInput(model, std_mean / std).eval()
+    start = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapped, _inputs(fixed or 1, img, 0))
+    batch_dim = fixed if fixed else ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=1)
+    image = ct.ImageType(
+        name="image",
+        shape=(batch_dim, 3, *img),
+        scale=1.0 / (255.0 * std_mean),
+        bias=[-m / std_mean for m in IMAGENET_MEAN],
+        color_layout=ct.colorlayout.RGB,
+    )
+    mlmodel = ct.convert(
+        traced,
+        inputs=[image],
+        classifier_config=ct.ClassifierConfig(labels),
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
+        minimum_deployment_target=ct.target.iOS16,
+    )
+    mlmodel.short_description = f"{getattr(model, 'name', 'efficientformer')} ImageNet classifier"
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    mlmodel.save(str(path))
+    report = ExportReport(
+        "coreml", str(path), img, "dynamic" if fixed is None else str(fixed), _size(path), time.perf_counter() - start
+    )
+    summary = coreml_spec_summary(path)
+    report.notes.append(
+        f"inputs {summary['inputs']}, outputs {summary['outputs']}, {summary['num_ops']} ops; "
+        "prediction needs macOS, so only the spec is checked here"
+    )
+    return report
+
+
+def coreml_spec_summary(path: str | Path) -> dict:
+    """Inputs, outputs, op counts and labels of a saved Core ML model (works on Linux)."""
+    ct = require("coremltools")
+    spec = ct.utils.load_spec(str(path))
+    desc = spec.description
+    ops: dict[str, int] = {}
+    if spec.WhichOneof("Type") == "mlProgram":
+        for func in spec.mlProgram.functions.values():
+            for block in func.block_specializations.values():
+                for op in block.operations:
+                    ops[op.type] = ops.get(op.type, 0) + 1
+    img_in = desc.input[0].type
+    flexible = None
+    if img_in.WhichOneof("Type") == "imageType":
+        it = img_in.imageType
+        flexible = it.WhichOneof("SizeFlexibility")
+    return {
+        "spec_type": spec.WhichOneof("Type"),
+        "spec_version": spec.specificationVersion,
+        "inputs": [i.name for i in desc.input],
+        "input_types": [i.type.WhichOneof("Type") for i in desc.input],
+        "outputs": [o.name for o in desc.output],
+        "num_labels": len(spec.neuralNetworkClassifier.stringClassLabels.vector)
+        if spec.WhichOneof("Type") == "neuralNetworkClassifier"
+        else len(getattr(spec.mlProgram, "functions", {})) and _mlprogram_label_count(spec),
+        "ops": ops,
+        "num_ops": sum(ops.values()),
+        "image_flexibility": flexible,
+    }
+
+
+def _mlprogram_label_count(spec) -> int:
+    """Labels of an mlprogram classifier live in a ``classify`` op's constant input."""
+    for func in spec.mlProgram.functions.values():
+        for block in func.block_specializations.values():
+            for op in block.operations:
+                if op.type == "classify":
+                    for arg in op.inputs.get("classes").arguments:
+                        if arg.HasField("value"):
+                            return len(arg.value.immediateValue.list.values) or len(
+                                arg.value.immediateValue.tensor.strings.values
+                            )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExecuTorch
+# ---------------------------------------------------------------------------------------------------------------
+def export_executorch(
+    model: nn.Module, path: str | Path, img_size=None, batch: str | int = 1, tolerance: float = 1e-4
+) -> ExportReport:
+    """A ``.pte`` program with the XNNPACK delegate (fixed batch), run back in ExecuTorch's Python runtime."""
+    require("executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    img = _img_of(model, img_size)
+    fixed = parse_batch(batch)
+    if fixed is None:
+        raise ValueError("ExecuTorch's XNNPACK programs have a fixed batch; pass --batch N (e.g. --batch 1)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = _inputs(fixed, img, 0, getattr(model, "in_chans", 3))
+    start = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(model, (example,))
+        program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    from ..utils.io import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda f: f.write(program.buffer))
+    seconds = time.perf_counter() - start
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    x = _inputs(fixed, img, 300, getattr(model, "in_chans", 3))
+    with torch.no_grad():
+        ref = model(x)
+    out = method.execute([x])[0]
+    diff = float((out - ref).abs().max())
+    report = ExportReport("executorch", str(path), img, str(fixed), _size(path), seconds, diff, [fixed])
+    report.notes.append("XNNPACK delegate")
+    _check(diff, tolerance, "ExecuTorch")
+    return report
+
+
+def export_model(model: nn.Module, fmt: str, path: str | Path, **kwargs) -> ExportReport:
+    """Dispatch to one exporter by name."""
+    fmt = fmt.lower()
+    if fmt == "onnx":
+        kwargs.pop("fp16", None)
+        return export_onnx(model, path, **kwargs)
+    if fmt == "torchscript":
+        kwargs.pop("fp16", None)
+        return export_torchscript(model, path, **kwargs)
+    if fmt == "coreml":
+        kwargs.pop("tolerance", None)
+        return export_coreml(model, path, **kwargs)
+    if fmt == "executorch":
+        kwargs.pop("fp16", None)
+        return export_executorch(model, path, **kwargs)
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -1,0 +1,228 @@
+"""Inference-only building blocks for the deploy form.
+
+Each module here is the algebraic equivalent of one training-time block after every BatchNorm, layer scale,
+LayerNorm affine, attention scale and head average has been folded into a neighbouring convolution or linear
+layer (see :mod:`efficientformer.deploy.fuse`). What is left at run time is convolutions, linear layers, GELU,
+LayerNorm without affine, softmax and the attention products, on a fixed attention grid whose bias is a buffer.
+
+The modules are built empty (right shapes, zero weights) so that :func:`~efficientformer.deploy.load_deployed`
+can rebuild the structure from a model name and fill it from a file; :func:`~efficientformer.deploy.deploy`
+builds them the same way and then copies the folded tensors in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Grid = tuple[int, int]
+
+
+def _conv(in_chs: int, out_chs: int, k: int = 1, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, k, stride, k // 2, groups=groups, bias=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EfficientFormer (V1)
+# ---------------------------------------------------------------------------------------------------------------
+class PoolBlock(nn.Module):
+    """Meta4D: ``x + s1*(pool(x) - x)`` (a lerp towards the pooled map), then ``x + fc2(gelu(fc1(x)))``.
+
+    The second layer scale lives in ``fc2``'s output channels; the first one cannot be folded into anything
+    (it scales a pooling difference), so it stays as a ``(C, 1, 1)`` buffer.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.register_buffer("ls1", torch.zeros(dim, 1, 1))
+        self.fc1 = _conv(dim, hidden)
+        self.fc2 = _conv(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.lerp(x, self.pool(x), self.ls1)
+        return x + self.fc2(F.gelu(self.fc1(x)))
+
+
+class TokenAttention(nn.Module):
+    """V1 attention with the query scale in ``qkv`` and the bias for one grid baked in; q/k/v interleaved per head."""
+
+    def __init__(self, dim: int, grid: Grid, key_dim: int = 32, num_heads: int = 8, attn_ratio: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, key_dim * attn_ratio
+        self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + self.val_dim))
+        self.proj = nn.Linear(num_heads * self.val_dim, dim)
+        n = self.num_tokens = grid[0] * grid[1]  # fixed grid: static sizes keep traced graphs shape-free
+        self.register_buffer("bias", torch.zeros(num_heads, n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N = self.num_tokens
+        kd, vd = self.key_dim, self.val_dim
+        # -1 for the batch: traced graphs (Core ML) cannot turn a traced batch size back into an int.
+        qkv = self.qkv(x).reshape(-1, N, self.num_heads, 2 * kd + vd).permute(0, 2, 1, 3)
+        q, k, v = qkv[..., :kd], qkv[..., kd : 2 * kd], qkv[..., 2 * kd :]
+        # scale=1: the 1/sqrt(key_dim) factor is already in the query weights.
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, scale=1.0)
+        return self.proj(x.transpose(1, 2).reshape(-1, N, self.num_heads * vd))
+
+
+class TokenBlock(nn.Module):
+    """Meta3D: the LayerNorm affines live in ``qkv``/``fc1`` and the layer scales in ``proj``/``fc2``."""
+
+    def __init__(self, dim: int, hidden: int, grid: Grid, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.attn = TokenAttention(dim, grid)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(F.layer_norm(x, (self.dim,), eps=self.eps))
+        return x + self.fc2(F.gelu(self.fc1(F.layer_norm(x, (self.dim,), eps=self.eps))))
+
+
+class DeployStageV1(nn.Module):
+    def __init__(self, in_dim: int, dim: int, depth: int, num_vit: int, grid: Grid, downsample: bool) -> None:
+        super().__init__()
+        self.downsample = _conv(in_dim, dim, 3, 2) if downsample else nn.Identity()
+        self.num_4d = depth - num_vit
+        self.blocks = nn.ModuleList(
+            [PoolBlock(dim, dim * 4) if i < self.num_4d else TokenBlock(dim, dim * 4, grid) for i in range(depth)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW in; NCHW out, or (B, N, C) tokens when the stage ends in attention blocks."""
+        x = self.downsample(x)
+        for block in self.blocks[: self.num_4d]:
+            x = block(x)
+        if self.num_4d == len(self.blocks):
+            return x
+        x = x.flatten(2).transpose(1, 2)
+        for block in self.blocks[self.num_4d :]:
+            x = block(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EfficientFormerV2
+# ---------------------------------------------------------------------------------------------------------------
+class ConvFFN(nn.Module):
+    """V2 FFN residual: ``x + fc2(gelu(mid(gelu(fc1(x)))))`` with the layer scale in ``fc2``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = _conv(dim, hidden)
+        self.mid = _conv(hidden, hidden, 3, groups=hidden)
+        self.fc2 = _conv(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.gelu(self.mid(F.gelu(self.fc1(x)))))
+
+
+class GridAttention(nn.Module):
+    """V2 attention (talking heads, local V, optional stride-2 grid) for one fixed grid.
+
+    q, k and v come from one merged 1x1 conv with the query scale folded in. The first talking-head mix is
+    linear, so its effect on the position bias is precomputed: ``bias`` is ``W1 @ table_gather + b1``.
+    """
+
+    def __init__(self, dim: int, grid: Grid, stride: int, key_dim: int = 32, num_heads: int = 8, attn_ratio=4):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, key_dim * attn_ratio
+        inner = num_heads * self.val_dim
+        self.qk_chs = num_heads * key_dim
+        self.stride_conv = _conv(dim, dim, 3, 2, groups=dim) if stride > 1 else None
+        self.qkv = _conv(dim, 2 * self.qk_chs + inner)
+        self.v_local = _conv(inner, inner, 3, groups=inner)
+        # Talking heads are 8x8 mixes over the head axis: plain matmuls on (B, heads, N*N) (a 1x1 conv on an
+        # 8-channel map falls back to a slow generic kernel on CPU).
+        self.register_buffer("th1_weight", torch.zeros(num_heads, num_heads))
+        self.register_buffer("th2_weight", torch.zeros(num_heads, num_heads))
+        self.register_buffer("th2_bias", torch.zeros(num_heads, 1))
+        self.proj = _conv(inner, dim)
+        self.grid = grid  # the attention grid (after the stride); fixed, so traced graphs carry no shape ops
+        n = grid[0] * grid[1]
+        self.register_buffer("bias", torch.zeros(num_heads, n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        H, W = self.grid
+        N, nh, c = H * W, self.num_heads, self.qk_chs
+        qkv = self.qkv(x)
+        q = qkv[:, :c].reshape(-1, nh, self.key_dim, N).transpose(-2, -1)
+        k = qkv[:, c : 2 * c].reshape(-1, nh, self.key_dim, N)
+        v = qkv[:, 2 * c :]
+        v_local = self.v_local(v)
+        v = v.reshape(-1, nh, self.val_dim, N).transpose(-2, -1)
+        attn = (self.th1_weight @ (q @ k).reshape(-1, nh, N * N)).reshape(-1, nh, N, N) + self.bias
+        attn = self.th2_weight @ attn.softmax(dim=-1).reshape(-1, nh, N * N) + self.th2_bias
+        x = (attn.reshape(-1, nh, N, N) @ v).transpose(-2, -1).reshape(-1, nh * self.val_dim, H, W) + v_local
+        if self.stride_conv is not None:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.proj(F.gelu(x))
+
+
+class DeployBlockV2(nn.Module):
+    def __init__(self, dim: int, hidden: int, attn: GridAttention | None) -> None:
+        super().__init__()
+        self.attn = attn
+        self.ffn = ConvFFN(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            x = x + self.attn(x)
+        return self.ffn(x)
+
+
+class DownsampleAttention(nn.Module):
+    """V2 attention downsampling for one fixed grid; k and v come from one merged conv, no talking heads."""
+
+    def __init__(self, dim: int, out_dim: int, grid: Grid, key_dim: int = 16, num_heads: int = 8, attn_ratio=4):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, key_dim * attn_ratio
+        inner = num_heads * self.val_dim
+        self.qk_chs = num_heads * key_dim
+        self.q_local = _conv(dim, dim, 3, 2, groups=dim)
+        self.q = _conv(dim, self.qk_chs)
+        self.kv = _conv(dim, self.qk_chs + inner)
+        self.v_local = _conv(inner, inner, 3, 2, groups=inner)
+        self.proj = _conv(inner, out_dim)
+        self.grid = grid  # the key grid; fixed, so traced graphs carry no shape ops
+        nq = -(-grid[0] // 2) * -(-grid[1] // 2)
+        self.register_buffer("bias", torch.zeros(num_heads, nq, grid[0] * grid[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = self.grid
+        Hq, Wq = (H + 1) // 2, (W + 1) // 2
+        nh, c = self.num_heads, self.qk_chs
+        q = self.q(self.q_local(x) + x[:, :, ::2, ::2]).reshape(-1, nh, self.key_dim, Hq * Wq).transpose(-2, -1)
+        kv = self.kv(x)
+        k = kv[:, :c].reshape(-1, nh, self.key_dim, H * W).transpose(-2, -1)
+        v = kv[:, c:]
+        v_local = self.v_local(v)
+        v = v.reshape(-1, nh, self.val_dim, H * W).transpose(-2, -1)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, scale=1.0)
+        x = x.transpose(-2, -1).reshape(-1, nh * self.val_dim, Hq, Wq) + v_local
+        return self.proj(F.gelu(x))
+
+
+class DeployDualDownsample(nn.Module):
+    def __init__(self, dim: int, out_dim: int, grid: Grid) -> None:
+        super().__init__()
+        self.conv = _conv(dim, out_dim, 3, 2)
+        self.attn = DownsampleAttention(dim, out_dim, grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x) + self.conv(x)
+
+
+class DeployStageV2(nn.Module):
+    def __init__(self, downsample: nn.Module, blocks: list[DeployBlockV2]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))

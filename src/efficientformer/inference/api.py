@@ -1,0 +1,264 @@
+"""``inference_model``: classify images with a model name (plus optional weights) or a module, mmpretrain-style.
+
+    >>> from efficientformer.inference import inference_model
+    >>> inference_model("efficientformer-l1_3rdparty_8xb128_in1k", "bird.jpg", pretrained=True)["pred_class"]
+
+Each result is a dict: ``pred_label`` (int), ``pred_score`` (float), ``pred_class`` (str), ``pred_scores`` (NumPy
+softmax over all classes) and ``topk`` (``(label, class, score)`` rows, best first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..models import create_model, load_checkpoint, resolve_name
+from ..models.base import EfficientFormerBase
+from ..models.checkpoint import CheckpointError, read_checkpoint
+from .classes import resolve_class_names
+from .images import as_rgb_image
+from .preprocess import EvalPreprocess
+
+#: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
+#: then mmpretrain).
+_HEAD_KEYS = ("head.weight", "head.head.weight")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference and what is known about its outputs."""
+
+    model: nn.Module
+    class_names: list[str]
+    source: str  # where the weights came from, for messages and the CLI header
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------
+def read_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Read a checkpoint file without ever unpickling code (``weights_only`` / safetensors).
+
+    A pickle that references anything beyond tensors and plain containers is refused with a
+    :class:`~efficientformer.CheckpointError` before any of it runs. safetensors metadata may carry
+    ``class_names`` (a JSON list), which is returned under that key.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        import json
+
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                obj: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+        if "class_names" in meta:
+            try:
+                obj["class_names"] = json.loads(meta["class_names"])
+            except ValueError:
+                raise CheckpointError(f"{path}: metadata 'class_names' is not a JSON list") from None
+        return obj
+    from ..models.checkpoint import _torch_load  # the loader's own weights-only reader (allow-lists argparse only)
+
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary")
+    return obj
+
+
+def checkpoint_class_names(obj: Mapping[str, Any]) -> list[str] | None:
+    """The ``class_names`` list our training stores beside the weights, if any."""
+    names = obj.get("class_names")
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError("checkpoint entry 'class_names' must be a list of strings")
+    return list(names)
+
+
+def checkpoint_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
+    for key in _HEAD_KEYS:
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return None
+
+
+# -- building ----------------------------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use device='cpu'")
+    return dev
+
+
+def load_model(
+    model: str | nn.Module,
+    *,
+    checkpoint: str | os.PathLike | Mapping | None = None,
+    pretrained: bool = False,
+    class_names: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    cache: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Build (or take) a model, load its weights and work out its class names.
+
+    Class names, first match wins: ``class_names``; the checkpoint's ``class_names``; ImageNet-1k for 1000 outputs;
+    ``class_0`` ... otherwise. A checkpoint of another class count builds a model of that count.
+    """
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    if isinstance(model, nn.Module):
+        net, model_name = model, getattr(getattr(model, "spec", None), "name", None)
+        tag = None
+    elif isinstance(model, str):
+        net, (model_name, tag) = None, resolve_name(model)
+    else:
+        raise TypeError(f"model must be a model name or an nn.Module, got {type(model).__name__}")
+
+    if pretrained:
+        if model_name is None:
+            raise ValueError("pretrained=True needs an EfficientFormer model (one with .spec) or a model name")
+        from ..hub import pretrained_path
+
+        checkpoint = pretrained_path(model_name, tag, cache=cache)
+
+    ckpt_names: list[str] | None = None
+    source = "random weights (no checkpoint)"
+    if checkpoint is not None:
+        desc = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
+        obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint_file(checkpoint)
+        ckpt_names = checkpoint_class_names(obj)
+        state, _, _ = read_checkpoint(obj)
+        n_ckpt = checkpoint_num_classes(state)
+        if net is None:
+            if n_ckpt is None:
+                raise CheckpointError(f"{desc} has no classifier head (a backbone checkpoint?); it cannot classify")
+            net = create_model(model_name, num_classes=n_ckpt)
+        if not isinstance(net, EfficientFormerBase):
+            raise TypeError(f"checkpoints load into EfficientFormer models only, got {type(net).__name__}")
+        try:
+            load_checkpoint(net, state, strict=True)
+        except CheckpointError as err:
+            raise CheckpointError(f"{desc}: {err}") from None
+        source = desc
+    elif net is None:
+        net = create_model(model_name)
+
+    num_classes = _num_outputs(net)
+    names = resolve_class_names(num_classes, class_names if class_names is not None else ckpt_names)
+    if device is None and isinstance(model, nn.Module):
+        return LoadedModel(net, names, source)  # a module the caller built stays where they put it
+    return LoadedModel(net.to(resolve_device(device)), names, source)
+
+
+def _num_outputs(net: nn.Module) -> int:
+    n = getattr(net, "num_classes", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    head = getattr(net, "head", None)
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    raise ValueError(f"cannot tell how many classes {type(net).__name__} predicts; it needs a classifier head")
+
+
+# -- predicting --------------------------------------------------------------------------------------------------
+class Predictor:
+    """Preprocess, batch and classify RGB PIL images with a loaded model."""
+
+    def __init__(self, loaded: LoadedModel, preprocess: EvalPreprocess | None = None, topk: int = 5) -> None:
+        if not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        self.model = loaded.model
+        self.class_names = loaded.class_names
+        self.preprocess = preprocess or EvalPreprocess()
+        self.topk = min(topk, len(self.class_names))
+        self.device = next(iter(self.model.parameters())).device
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+        if not images:
+            return []
+        batch = torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(batch)
+        finally:
+            self.model.train(was_training)
+        if isinstance(out, (tuple, list)):  # a module returning (head, dist) logits: use their mean, as in eval
+            out = torch.stack(list(out)).mean(0)
+        probs = torch.softmax(out.float(), dim=-1).cpu().numpy()
+        return [self._result(p) for p in probs]
+
+    def _result(self, probs: np.ndarray) -> dict[str, Any]:
+        order = np.argsort(-probs, kind="stable")[: self.topk]
+        top = [(int(i), self.class_names[int(i)], float(probs[i])) for i in order]
+        return {
+            "pred_label": top[0][0],
+            "pred_score": top[0][2],
+            "pred_class": top[0][1],
+            "pred_scores": probs,
+            "topk": top,
+        }
+
+
+def _as_list(images: Any) -> tuple[list[Any], bool]:
+    """Split ``images`` into items; the flag says whether a single image (-> single dict) was given."""
+    if isinstance(images, (list, tuple)):
+        return list(images), False
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images.unbind(0)), False
+    return [images], True
+
+
+def inference_model(
+    model: str | nn.Module,
+    images: Any,
+    *,
+    checkpoint: str | os.PathLike | Mapping | None = None,
+    pretrained: bool = False,
+    topk: int = 5,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    img_size: int = 224,
+    resize: int | None = None,
+    interpolation: str = "bicubic",
+    class_names: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """Classify one image (returns a dict) or a list of images (returns a list of dicts).
+
+    ``model``: any name ``create_model`` takes (mmpretrain names included) or an ``nn.Module`` (used as given; its
+    train/eval mode is restored afterwards). ``images``: a path, a PIL image, a NumPy array (HWC uint8/uint16, or
+    float in [0, 1]), a CHW tensor (uint8, or float in [0, 1]), a list of these, or an NCHW tensor (a list).
+    ``checkpoint`` (any layout ``load_checkpoint`` reads) or ``pretrained=True`` (hub weights, see
+    :mod:`efficientformer.hub`) load weights; names come from ``class_names``, else the checkpoint, else ImageNet.
+    Preprocessing is the published evaluation (resize 256, centre crop 224, bicubic, ImageNet mean/std);
+    ``img_size``, ``resize`` and ``interpolation`` override it. Bad inputs raise
+    :class:`~efficientformer.inference.images.ImageLoadError` (a ``ValueError``) naming the input.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    items, single = _as_list(images)
+    preprocess = EvalPreprocess(img_size=img_size, resize=resize, interpolation=interpolation)
+    loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, class_names=class_names, device=device)
+    predictor = Predictor(loaded, preprocess, topk=topk)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(items), batch_size):  # decode per batch: memory stays bounded for long lists
+        chunk = items[start : start + batch_size]
+        pil = [as_rgb_image(obj, index=start + i, max_pixels=max_pixels) for i, obj in enumerate(chunk)]
+        results += predictor.predict_batch(pil)
+    return results[0] if single else results

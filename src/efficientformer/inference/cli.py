@@ -1,0 +1,144 @@
+"""``efficientformer predict`` (classify files and folders) and ``efficientformer info`` (model card).
+
+Exit status of ``predict``: 0 when every image was classified, 1 when some input failed (each failure is one line
+on stderr naming the file; the other results are still written), 2 for usage errors (bad options, unknown model,
+unreadable checkpoint, no images found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from .images import ImageLoadError, as_rgb_image, find_images
+from .preprocess import INTERPOLATIONS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="classify image files and folders",
+        description="Classify images (files, or folders searched recursively). Results go to stdout as a table, "
+        "JSON lines or CSV; unreadable images are reported on stderr and skipped (exit status 1).",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument("--model", required=True, help="model name, e.g. efficientformerv2_s0 (see `efficientformer zoo`)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help="weights file in any supported layout (ours, official, timm, mmpretrain)")
+    weights.add_argument("--pretrained", action="store_true", help="published ImageNet weights (downloaded, cached)")
+    p.add_argument("--cache-dir", help="pretrained-weights cache (default $EFFICIENTFORMER_CACHE or ~/.cache/...)")
+    p.add_argument("--topk", type=int, default=5, help="classes listed per image (default 5)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    fmt.add_argument("--csv", action="store_true", help="CSV on stdout: file,rank,label,class,score")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=224, help="centre-crop size, a multiple of 32 (default 224)")
+    p.add_argument("--resize", type=int, default=None, help="short side before the crop (default img-size/0.875)")
+    p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="bicubic")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression-bomb guard)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_predict)
+
+    i = subparsers.add_parser("info", help="model card: parameters, MACs, published accuracy and latency, weights")
+    i.add_argument("name", metavar="NAME", help="model name")
+    i.add_argument("--img-size", type=int, default=224, help="resolution for the MAC count (default 224)")
+    i.add_argument("--json", action="store_true", help="print the card as JSON")
+    i.set_defaults(func=run_info)
+
+
+# -- predict -----------------------------------------------------------------------------------------------------
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import Predictor, load_model
+    from .preprocess import EvalPreprocess
+
+    if args.topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {args.topk}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    preprocess = EvalPreprocess(img_size=args.img_size, resize=args.resize, interpolation=args.interpolation)
+    files = find_images(args.paths)
+    if not files:
+        raise ValueError(
+            f"no image files found in {', '.join(args.paths)} (extensions: jpg, png, bmp, gif, tif, webp...)"
+        )
+    loaded = load_model(
+        args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, device=args.device, cache=args.cache_dir
+    )
+    predictor = Predictor(loaded, preprocess, topk=args.topk)
+    writer = _Writer(sys.stdout, "json" if args.json else "csv" if args.csv else "table")
+
+    failed = 0
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.no_progress, desc="predict")
+    for batch in _batches(files, args.batch_size):
+        images, names = [], []
+        for path in batch:
+            try:
+                images.append(as_rgb_image(path, max_pixels=args.max_pixels))
+                names.append(path)
+            except ImageLoadError as err:
+                failed += 1
+                tqdm.write(f"error: {err}", file=sys.stderr)
+        for path, result in zip(names, predictor.predict_batch(images), strict=True):
+            writer.write(str(path), result)
+        sys.stdout.flush()
+        bar.update(len(batch))
+    bar.close()
+    done = len(files) - failed
+    print(f"{done} image(s) classified, {failed} failed ({loaded.source})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Writer:
+    """Results on stdout: a readable table, JSON lines, or CSV (long format, one row per top-k entry)."""
+
+    def __init__(self, out: TextIO, kind: str) -> None:
+        self.out, self.kind = out, kind
+        self.header_done = False
+        self.csv = csv.writer(out, lineterminator="\n") if kind == "csv" else None
+
+    def write(self, file: str, result: dict[str, Any]) -> None:
+        if self.kind == "json":
+            row = {
+                "file": file,
+                "pred_label": result["pred_label"],
+                "pred_class": result["pred_class"],
+                "pred_score": result["pred_score"],
+                "topk": [{"label": lab, "class": name, "score": score} for lab, name, score in result["topk"]],
+            }
+            self.out.write(json.dumps(row) + "\n")
+        elif self.kind == "csv":
+            if not self.header_done:
+                self.csv.writerow(["file", "rank", "label", "class", "score"])
+            for rank, (lab, name, score) in enumerate(result["topk"], 1):
+                self.csv.writerow([file, rank, lab, name, f"{score:.6f}"])
+        else:
+            if not self.header_done:
+                self.out.write(f"{'rank':>4}  {'score':>7}  {'label':>5}  class\n")
+            self.out.write(f"{file}\n")
+            for rank, (lab, name, score) in enumerate(result["topk"], 1):
+                self.out.write(f"{rank:>4}  {score:7.4f}  {lab:>5}  {name}\n")
+        self.header_done = True
+
+
+# -- info --------------------------------------------------------------------------------------------------------
+def run_info(args: argparse.Namespace) -> int:
+    from ..model_cards import format_card, model_card
+
+    if args.img_size < 32 or args.img_size % 32:
+        raise ValueError(f"--img-size must be a positive multiple of 32, got {args.img_size}")
+    card = model_card(args.name, img_size=args.img_size)
+    print(json.dumps(card.to_dict(), indent=2) if args.json else format_card(card))
+    return 0

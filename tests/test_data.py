@@ -1,0 +1,108 @@
+"""Data: transforms, the bundled digits folder, folder checks, tolerant loading, samplers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientformer.data.folder import build_datasets, collate_skip
+from efficientformer.data.samplers import EvalSampler, TrainSampler
+from efficientformer.data.transforms import eval_transform, parse_randaugment, train_transform
+
+
+def _write_folder(root, classes=("a", "b"), n=4, size=40, splits=("train", "val")):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png"
+                )
+    return root
+
+
+def test_eval_transform_is_the_published_protocol():
+    tf = eval_transform()
+    resize, crop = tf.transforms[0], tf.transforms[1]
+    assert resize.size == 256 and resize.interpolation.value == "bicubic"
+    assert tuple(crop.size) == (224, 224)
+    img = Image.fromarray(np.zeros((300, 500, 3), dtype=np.uint8))
+    x = tf(img)
+    assert x.shape == (3, 224, 224)
+    # black normalised with ImageNet statistics
+    assert torch.allclose(x[:, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]), atol=1e-5)
+    assert eval_transform(64).transforms[0].size == 73
+
+
+def test_train_transform_shapes_and_randaugment_spec():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8))
+    assert train_transform(64)(img).shape == (3, 64, 64)
+    ra = parse_randaugment("rand-m9-mstd0.5-n3")
+    assert (ra.mean_magnitude, ra.magnitude_std, ra.num_ops) == (9.0, 0.5, 3)
+    with pytest.raises(ValueError, match="RandAugment"):
+        parse_randaugment("m9-bogus")
+
+
+def test_digits_folder_written_once(tmp_path):
+    pytest.importorskip("sklearn")
+    from efficientformer.data.digits import prepare_digits
+
+    root = prepare_digits(tmp_path, size=32)
+    train, val = build_datasets(root, eval_transform(32), eval_transform(32))
+    assert train.classes == [str(i) for i in range(10)] and len(train) + len(val) == 1797
+    assert 340 <= len(val) <= 380  # 20% held out, stratified
+    assert Image.open(train.samples[0][0]).size == (32, 32) and Image.open(train.samples[0][0]).mode == "RGB"
+    stamp = (root / "DONE").stat().st_mtime_ns
+    assert prepare_digits(tmp_path, size=32) == root and (root / "DONE").stat().st_mtime_ns == stamp
+
+
+def test_bad_folders_give_one_line_errors(tmp_path):
+    tf = eval_transform(32)
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        build_datasets(tmp_path / "missing", tf, tf)
+    (tmp_path / "x" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no val/ folder"):
+        build_datasets(tmp_path / "x", tf, tf)
+    (tmp_path / "x" / "val").mkdir()
+    with pytest.raises(FileNotFoundError, match="no class subfolders"):
+        build_datasets(tmp_path / "x", tf, tf)
+    (tmp_path / "x" / "train" / "cat").mkdir()
+    (tmp_path / "x" / "val" / "cat").mkdir()
+    with pytest.raises(FileNotFoundError, match="cat"):  # a class folder without images
+        build_datasets(tmp_path / "x", tf, tf)
+    root = _write_folder(tmp_path / "y")
+    _write_folder(tmp_path / "y", classes=("c",), splits=("val",))
+    with pytest.raises(ValueError, match="different class folders.*only in val: \\['c'\\]"):
+        build_datasets(root, tf, tf)
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    root = _write_folder(tmp_path / "d")
+    (root / "train" / "a" / "broken.png").write_bytes(b"not a png at all")
+    train, _ = build_datasets(root, eval_transform(32), eval_transform(32))
+    batch = collate_skip([train[i] for i in range(len(train))])
+    images, targets, skipped = batch
+    assert skipped == 1 and images.shape[0] == len(train) - 1 == targets.shape[0]
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (11, 3), (5, 8)])
+def test_eval_sampler_counts_every_image_once(n, world):
+    seen = sorted(i for r in range(world) for i in EvalSampler(n, r, world))
+    assert seen == list(range(n))
+
+
+def test_train_sampler_ranks_cover_the_single_process_batches():
+    n, world, b = 37, 2, 4
+    single = list(TrainSampler(n, 0, 1, seed=3))
+    ranks = [list(TrainSampler(n, r, world, seed=3)) for r in range(world)]
+    for step in range(len(ranks[0]) // b):
+        together = sorted(i for r in ranks for i in r[step * b : (step + 1) * b])
+        assert together == sorted(single[step * world * b : (step + 1) * world * b])
+    s = TrainSampler(n, seed=3)
+    s.set_epoch(1)
+    assert list(s) != single  # reshuffled per epoch
+    rep = TrainSampler(600, 0, 1, seed=0, repeats=3)
+    assert len(rep) == 512 and len(set(rep)) < 200  # floor(600/256)*256 samples, ~1/3 unique

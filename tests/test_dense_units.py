@@ -1,0 +1,316 @@
+"""Fast unit tests of the dense-prediction area: backbone, frozen BN, data, evaluators, config, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientformer.dense.backbone import BackboneWithFPN, EfficientFormerBackbone, FrozenBatchNorm2d
+from efficientformer.dense.engine import ResumableSampler, WarmupSchedule, build_config
+from efficientformer.models import create_model, list_models
+
+torch.set_num_threads(1)  # the CI/dev machine is shared: one thread is much faster than two contended ones
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_backbone_shapes_all_variants_non_square(name):
+    bb = EfficientFormerBackbone(name, img_size=(96, 160)).eval()
+    x = torch.randn(1, 3, 90, 150)  # not multiples of 32: padded to 96x160 inside, outputs cropped back
+    with torch.no_grad():
+        outs = bb(x)
+    assert len(outs) == 4
+    for out, c, s in zip(outs, bb.channels, (4, 8, 16, 32), strict=True):
+        assert out.shape == (1, c, math.ceil(90 / s), math.ceil(150 / s))
+    assert bb.channels == list(create_model(name, features_only=True).spec.widths)
+
+
+def test_backbone_padding_matches_manual_pad_and_out_indices():
+    torch.manual_seed(0)
+    bb = EfficientFormerBackbone("efficientformerv2_s0", img_size=64, out_indices=(1, 3)).eval()
+    x = torch.randn(2, 3, 50, 70)
+    padded = torch.nn.functional.pad(x, (0, 96 - 70, 0, 64 - 50))
+    with torch.no_grad():
+        outs = bb(x)
+        full = bb.body(padded)
+    assert [tuple(o.shape[-2:]) for o in outs] == [(7, 9), (2, 3)]
+    assert torch.allclose(outs[0], full[1][..., :7, :9])
+    assert torch.allclose(outs[1], full[3][..., :2, :3])
+    with pytest.raises(ValueError, match="out_indices"):
+        EfficientFormerBackbone("efficientformerv2_s0", out_indices=(4,))
+
+
+def test_backbone_loads_classifier_checkpoint_and_resamples_biases():
+    cls = create_model("efficientformerv2_s0", img_size=224)
+    bb = EfficientFormerBackbone("efficientformerv2_s0", checkpoint=cls.state_dict(), img_size=128)
+    assert bb.load_report is not None
+    assert any("head" in k for k in bb.load_report.dropped)
+    assert bb.load_report.resampled  # 7x7 bias tables -> 4x4 for the 128-px grid
+    sd = bb.body.state_dict()
+    assert torch.equal(sd["stem.conv1.conv.weight"], cls.state_dict()["stem.conv1.conv.weight"])
+
+
+def test_frozen_bn_really_frozen():
+    torch.manual_seed(0)
+    bb = EfficientFormerBackbone("efficientformerv2_s0", img_size=64, frozen_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
+    frozen = [m for m in bb.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(len(list(m.parameters())) == 0 for m in frozen)
+    before = {
+        k: v.clone() for k, v in bb.state_dict().items() if "running" in k or k.endswith(("bn.weight", "bn.bias"))
+    }
+    assert before
+    opt = torch.optim.SGD([p for p in bb.parameters() if p.requires_grad], lr=0.1)
+    bb.train()
+    loss = sum(o.square().mean() for o in bb(torch.randn(2, 3, 64, 64) * 3 + 1))
+    loss.backward()
+    opt.step()
+    after = bb.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    # the rest of the network did train
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.parameters())
+
+
+def test_frozen_bn_equals_eval_batchnorm():
+    bn = torch.nn.BatchNorm2d(8)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 8, 5, 5)
+    frozen = FrozenBatchNorm2d.from_batchnorm(bn).train()
+    assert torch.allclose(frozen(x), bn.eval()(x), atol=1e-6)
+
+
+def test_frozen_stages_stay_eval_and_untrainable():
+    bb = EfficientFormerBackbone("efficientformerv2_s0", img_size=64, frozen_stages=1)
+    bb.train()
+    assert not bb.body.stem.training and not bb.body.stages[1].training and bb.body.stages[2].training
+    assert all(not p.requires_grad for p in bb.body.stages[0].parameters())
+    assert all(p.requires_grad for p in bb.body.stages[3].parameters())
+
+
+def test_backbone_with_fpn_five_levels():
+    m = BackboneWithFPN(EfficientFormerBackbone("efficientformerv2_s0", img_size=64), 32, extra_pool=True).eval()
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 64, 96))
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(v.shape) for v in out.values()] == [(1, 32, 16, 24), (1, 32, 8, 12), (1, 32, 4, 6), (1, 32, 2, 3),
+                                                       (1, 32, 1, 2)]  # fmt: skip
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    pytest.importorskip("pycocotools")
+    from efficientformer.dense.synthetic import make_coco
+
+    return make_coco(tmp_path_factory.mktemp("coco"), train=4, val=3, size=96, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    from efficientformer.dense.synthetic import make_ade
+
+    return make_ade(tmp_path_factory.mktemp("ade"), train=4, val=3, size=96, seed=1)
+
+
+def test_coco_dataset_loading_masks_exact(coco_root):
+    from efficientformer.dense.detection import CocoInstances, coco_paths
+
+    images, ann = coco_paths(coco_root, "train")
+    ds = CocoInstances(images, ann, train=False)
+    assert len(ds) == 4 and ds.class_names == ["disc", "square", "triangle"]
+    doc = json.loads(ann.read_text())
+    kinds = {type(a["segmentation"]).__name__ for a in doc["annotations"]}
+    assert kinds <= {"list", "dict"}
+    for i in range(len(ds)):
+        img, t = ds[i]
+        assert img.shape[0] == 3 and img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1
+        assert t["masks"].shape[1:] == img.shape[1:] and len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
+        for box, mask in zip(t["boxes"], t["masks"], strict=True):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert torch.allclose(box, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float())
+    # flipping moves boxes consistently with masks
+    flip = CocoInstances(images, ann, train=True, flip_prob=1.0)
+    img_f, t_f = flip[0]
+    img_o, t_o = ds[0]
+    assert torch.equal(img_f, img_o.flip(-1)) and torch.equal(t_f["masks"], t_o["masks"].flip(-1))
+    w = img_o.shape[-1]
+    assert torch.allclose(t_f["boxes"][:, 0], w - t_o["boxes"][:, 2])
+
+
+def test_coco_missing_split_message(tmp_path):
+    from efficientformer.dense.detection import coco_paths
+
+    with pytest.raises(FileNotFoundError, match="instances_val.json"):
+        coco_paths(tmp_path, "val")
+    with pytest.raises(ValueError, match="--data"):
+        coco_paths("", "val")
+
+
+def test_ade_dataset_reduce_zero_label_and_augment(ade_root):
+    from efficientformer.dense.segmentation import ADESegmentation, SegmentConfig, reduce_zero
+
+    assert reduce_zero(np.array([0, 1, 2, 150, 255], np.uint8)).tolist() == [255, 0, 1, 149, 255]
+    cfg = SegmentConfig(num_classes=4, crop_size=64, scale=(256, 64))
+    val = ADESegmentation(ade_root, "validation", cfg)
+    img, label = val[0]
+    raw = np.asarray(Image.open(val.pairs[0][1]))
+    assert img.shape[1:] == label.shape == raw.shape
+    assert set(np.unique(label.numpy())) <= {0, 1, 2, 3, 255}
+    assert ((raw == 0) == (label.numpy() == 255)).all()
+    train = ADESegmentation(ade_root, "training", cfg, train=True)
+    torch.manual_seed(0)
+    for i in range(len(train)):
+        img, label = train[i]
+        assert img.shape == (3, 64, 64) and label.shape == (64, 64)
+    with pytest.raises(FileNotFoundError, match="annotations/nope"):
+        ADESegmentation(ade_root, "nope", cfg)
+
+
+# -- evaluators ----------------------------------------------------------------------------------------------------
+def test_coco_evaluator_perfect_and_wrong(coco_root):
+    from efficientformer.dense.detection import CocoInstances, coco_evaluate, coco_paths, predictions_to_coco
+
+    ds = CocoInstances(*coco_paths(coco_root, "val"))
+    perfect, wrong_class = [], []
+    for i in range(len(ds)):
+        _, t = ds[i]
+        out = {"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"])),
+               "masks": t["masks"][:, None].float()}  # fmt: skip
+        perfect += predictions_to_coco(out, int(t["image_id"]), ds.cat_ids)
+        out["labels"] = t["labels"] % 3 + 1
+        wrong_class += predictions_to_coco(out, int(t["image_id"]), ds.cat_ids)
+    m = coco_evaluate(ds.coco_json, perfect)
+    assert m["bbox_AP"] == pytest.approx(1.0) and m["segm_AP"] == pytest.approx(1.0)
+    assert m["bbox_AP50"] == pytest.approx(1.0) and m["segm_AP75"] == pytest.approx(1.0)
+    w = coco_evaluate(ds.coco_json, wrong_class)
+    assert w["bbox_AP"] == 0.0 and w["segm_AP"] == 0.0
+    assert coco_evaluate(ds.coco_json, [])["bbox_AP"] == 0.0
+
+
+def test_seg_metric_hand_made():
+    from efficientformer.dense.segmentation import SegMetric
+
+    label = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    m = SegMetric(3)
+    m.update(label.clamp(max=2), label)  # perfect where labelled; ignore pixels ignored
+    r = m.compute()
+    assert r["mIoU"] == 1.0 and r["aAcc"] == 1.0
+    m = SegMetric(3)
+    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
+    m.update(pred, label)
+    r = m.compute()
+    # class 0: tp 1, union 2 -> 0.5; class 1: tp 2, union 3 -> 2/3; class 2: 1.0
+    assert r["mIoU"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    assert r["aAcc"] == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="num_classes"):
+        m.update(torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), 7))
+
+
+def test_semantic_fpn_output_size_any_input():
+    from efficientformer.dense.segmentation import SegmentConfig, SemanticFPN
+
+    cfg = SegmentConfig(model="efficientformerv2_s0", num_classes=5, crop_size=64, fpn_channels=32, head_channels=16)
+    m = SemanticFPN(cfg).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 70, 90)).shape == (1, 5, 70, 90)
+
+
+# -- engine --------------------------------------------------------------------------------------------------------
+def test_build_config_layers_and_errors(tmp_path):
+    from efficientformer.dense.detection import DetectConfig
+
+    yml = tmp_path / "c.yaml"
+    yml.write_text("epochs: 3\nanchor_sizes: [8, 16, 32, 64, 128]\nlr: 1.0e-3\n")
+    cfg = build_config(
+        DetectConfig, yml, ["lr=5e-4", "frozen_bn=true", "weight_decay=none"], model="efficientformer_l1"
+    )
+    assert cfg.epochs == 3 and cfg.anchor_sizes == (8, 16, 32, 64, 128) and cfg.lr == 5e-4 and cfg.frozen_bn
+    assert cfg.resolved_weight_decay() == 1e-4
+    assert build_config(DetectConfig, None, ["model=efficientformerv2_s0"]).resolved_weight_decay() == 0.05
+    with pytest.raises(ValueError, match="unknown config key 'epoch'"):
+        build_config(DetectConfig, None, ["epoch=3"])
+    with pytest.raises(ValueError, match="cannot read"):
+        build_config(DetectConfig, None, ["epochs=three"])
+    with pytest.raises(ValueError, match="key=value"):
+        build_config(DetectConfig, None, ["epochs"])
+
+
+def test_schedules():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    s = WarmupSchedule(opt, 100, warmup_iters=10, warmup_ratio=0.0, milestones=(50, 80))
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        s.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[20] == 1.0
+    assert lrs[60] == pytest.approx(0.1) and lrs[90] == pytest.approx(0.01)
+    opt2 = torch.optim.AdamW([p], lr=1.0)
+    poly = WarmupSchedule(opt2, 10, poly_power=1.0)
+    for _ in range(5):
+        poly.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.5)
+    again = WarmupSchedule(torch.optim.AdamW([p], lr=1.0), 10, poly_power=1.0)
+    again.load_state_dict(poly.state_dict())
+    assert again.optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_resumable_sampler_deterministic_and_sharded():
+    a = ResumableSampler(10, shuffle=True, seed=3)
+    a.set_epoch(2)
+    full = list(a)
+    a.set_epoch(2, start=4)
+    assert list(a) == full[4:]
+    r0 = ResumableSampler(10, shuffle=True, seed=3, rank=0, world_size=2)
+    r1 = ResumableSampler(10, shuffle=True, seed=3, rank=1, world_size=2)
+    r0.set_epoch(2)
+    r1.set_epoch(2)
+    assert sorted(list(r0) + list(r1)) == list(range(10))
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------------
+def _cli(argv):
+    import argparse
+
+    from efficientformer.cli import UserError
+    from efficientformer.dense import cli as dense_cli
+
+    parser = argparse.ArgumentParser(prog="efficientformer")
+    dense_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args), None
+    except (UserError, ValueError, FileNotFoundError, TypeError, ImportError) as err:
+        return 2, str(err)
+
+
+def test_cli_errors(tmp_path, capsys):
+    rc, err = _cli(["detect", "train", "--output", str(tmp_path / "o")])
+    assert rc == 2 and "--data" in err
+    rc, err = _cli(["segment", "train", "--data", str(tmp_path / "missing")])
+    assert rc == 2 and "not found" in err or "no ADE20K split" in err
+    rc, err = _cli(["segment", "train", "--data", str(tmp_path), "itres=3"])
+    assert rc == 2 and "unknown config key 'itres'" in err
+    rc, err = _cli(["detect", "eval", "--checkpoint", str(tmp_path / "none.pth")])
+    assert rc == 2 and "checkpoint not found" in err
+    rc, err = _cli(["segment", "predict", "--checkpoint", str(tmp_path / "none.pth"), "--image", "x.png",
+                    "--output", "y.png"])  # fmt: skip
+    assert rc == 2 and "checkpoint not found" in err
+    rc, _ = _cli(["detect"])
+    assert rc == 2
+
+
+def test_cli_help_lists_actions(capsys):
+    with pytest.raises(SystemExit):
+        _cli(["segment", "--help"])
+    out = capsys.readouterr().out
+    for action in ("train", "eval", "predict", "synth"):
+        assert action in out

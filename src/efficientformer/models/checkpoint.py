@@ -92,7 +92,7 @@ def _torch_load(path: Path) -> object:
             f"refusing to unpickle {path}: it references {named}, which could run code; "
             "re-save the weights alone (torch.save(model.state_dict()) or safetensors) from a trusted environment"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, KeyError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({reason}); expected .pth/.pt/.bin or .safetensors weights"

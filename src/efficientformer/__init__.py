@@ -25,6 +25,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(".deploy", __name__), name)
     raise AttributeError(f"module 'efficientformer' has no attribute {name!r}")
 
+
 __version__ = "0.1.0"
 
 __all__ = [

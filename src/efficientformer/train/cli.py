@@ -146,30 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="efficientformer")
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return toolkit_main(argv, parser=parser) if _accepts_parser(toolkit_main) else _run(parser, argv)
-
-
-def _accepts_parser(fn) -> bool:
-    import inspect
-
-    return "parser" in inspect.signature(fn).parameters
-
-
-def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    import sys
-
-    from ..cli import UserError
-
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (UserError, ValueError, FileNotFoundError, TypeError, ImportError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"efficientformer {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    return toolkit_main(argv, parser=parser)

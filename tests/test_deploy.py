@@ -1,11 +1,15 @@
 """The deploy form: exact parity for all seven variants, save/load, errors."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
 
 from efficientformer import create_model, list_models
 from efficientformer.deploy import DeployedEfficientFormer, deploy, load_deployed, save_deployed
+from efficientformer.deploy.modules import FusedConv2d
 
 
 def randomise(model):
@@ -41,7 +45,9 @@ def test_parity_small_resolution(name):
     fused = deploy(model, img_size=64)
     with torch.no_grad():
         ref, out = model(x), fused(x)
-    assert rel_diff(out, ref) < 1e-5
+        plain = deploy(model, img_size=64, cpu_kernels=False)(x)
+    assert rel_diff(out, ref) < 1e-5  # oneDNN fused kernels (the default on CPU)
+    assert rel_diff(plain, ref) < 1e-5  # plain PyTorch ops (what exporters trace)
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.Dropout)) for m in fused.modules())
     assert model.head_dist is not None and isinstance(fused.head, nn.Linear)
 
@@ -96,3 +102,85 @@ def test_errors(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="safetensors"):
         load_deployed(bad)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+def _packed_caches(model):
+    return [len(m._packed) for m in model.modules() if isinstance(m, FusedConv2d)]
+
+
+@needs_onednn
+def test_cpu_kernels_path_is_taken_only_for_eager_fp32_inference():
+    model = randomise(create_model("efficientformerv2_s0", img_size=64))
+    x = torch.randn(1, 3, 64, 64)
+    fused = deploy(model)
+    assert not any(p.requires_grad for p in fused.parameters())
+    with torch.no_grad():
+        ref = model(x)
+        out = fused(x)
+    assert all(n == 1 for n in _packed_caches(fused))  # every conv ran through a packed oneDNN weight
+    assert rel_diff(out, ref) < 1e-5
+
+    off = deploy(model, cpu_kernels=False)
+    with torch.no_grad():
+        off(x)
+    assert not any(_packed_caches(off))
+
+    # autograd through the input needs the plain path (the oneDNN ops have no backward)
+    xg = x.clone().requires_grad_(True)
+    fresh = deploy(model)
+    fresh(xg).sum().backward()
+    assert xg.grad is not None and not any(_packed_caches(fresh))
+
+    # tracing records plain ops only, so traced / exported graphs stay portable
+    traced = torch.jit.trace(deploy(model), x)
+    assert "mkldnn::_convolution_pointwise" not in str(traced.inlined_graph)
+    with torch.no_grad():
+        assert rel_diff(traced(x), ref) < 1e-5
+
+    # float64 falls back to plain ops, and .to() drops the packed cache
+    fused64 = fused.double()
+    assert not any(_packed_caches(fused64))
+    with torch.no_grad():
+        assert rel_diff(fused64(x.double()).float(), ref) < 1e-5
+    assert not any(_packed_caches(fused64))
+
+
+@needs_onednn
+def test_cpu_kernels_cache_follows_weights_and_copies():
+    model = randomise(create_model("efficientformer_l1", img_size=64))
+    x = torch.randn(2, 3, 64, 64)
+    fused = deploy(model)
+    with torch.no_grad():
+        fused(x)
+        conv = fused.stages[0].blocks[0].fc1
+        conv.weight.mul_(1.5)  # in-place edit: the cached layout must not be reused
+        edited = fused(x)
+        assert torch.allclose(edited, fused.use_cpu_kernels(False)(x), rtol=1e-4, atol=1e-5)
+        fused.use_cpu_kernels(True)  # switching off dropped the cache; this forward packs again
+        assert torch.equal(fused(x), edited)
+        # a new input shape gets its own packed weight; deep copies and pickles drop the cache
+        fused(torch.randn(1, 3, 64, 64))
+        assert len(conv._packed) == 2
+        clone = copy.deepcopy(fused)
+        assert not any(_packed_caches(clone))
+        assert torch.equal(clone(x), fused(x))
+        again = pickle.loads(pickle.dumps(fused))
+        assert torch.equal(again(x), fused(x))
+
+
+def test_old_deploy_format_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    fused = deploy(create_model("efficientformerv2_s0", img_size=64).eval())
+    path = save_deployed(fused, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = "1"
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="format version '1'"):
+        load_deployed(tmp_path / "old.safetensors")

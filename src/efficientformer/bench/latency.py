@@ -1,10 +1,11 @@
 """Latency / throughput benchmark: our models (eager, deploy, compiled, ONNX Runtime fp32 / INT8) against timm's
 implementation of the same network with the same weights and against MobileNetV2, all in one run.
 
-Method: the thread count is pinned (torch and ONNX Runtime), every backend gets ``warmup`` untimed calls, then
-``runs`` timed calls of one batch; we report the median and the 90th percentile of the per-call wall time, and
-throughput = batch / median. The environment (CPU model, threads, library versions, load average before and
-after, which shows whether the machine was shared) is stamped into the JSON.
+Method: the thread count is pinned (torch and ONNX Runtime), every candidate gets ``warmup`` untimed calls, then
+``runs`` rounds in which every candidate runs one batch (interleaved, so all rows share the machine's state); we
+report the median and the 90th percentile of the per-call wall time, and throughput = batch / median.
+The environment (CPU model, threads, library versions, load average before and after, which shows whether the
+machine was shared) is stamped into the JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..models.registry import create_model, list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .timing import ort_session, p90, time_interleaved
 
 BACKENDS = ("eager", "deploy", "compile", "onnxruntime", "onnxruntime-int8")
 
@@ -120,22 +122,6 @@ def environment(threads: int) -> dict:
     }
 
 
-def time_callable(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
-
-
-def _p90(values: list[float]) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
-
-
 def _timm():
     try:
         import timm
@@ -154,16 +140,6 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
     except Exception:  # timm raises shape errors of several kinds for unsupported resolutions
         return None
     return model
-
-
-def _ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> None:
@@ -215,7 +191,12 @@ def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Measure every (model, implementation, backend, batch) row; returns the JSON-able result."""
+    """Measure every (model, implementation, backend, batch) row; returns the JSON-able result.
+
+    For each batch size, every candidate (all models, implementations and backends, and the MobileNetV2
+    baseline) is built first, then all are timed interleaved (see :func:`time_interleaved`), so a row and the
+    rows it is compared with were measured over the same minutes of the machine's life.
+    """
     from ..deploy.fuse import deploy
 
     for b in cfg.backends:
@@ -228,30 +209,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     torch.set_num_threads(cfg.threads)
     env = environment(cfg.threads)
     timm = _timm() if (cfg.timm_rows or cfg.baseline) else None
-    rows: list[BenchRow] = []
     notes: list[str] = []
     if timm is None and (cfg.timm_rows or cfg.baseline):
         notes.append("timm is not installed: no timm or MobileNetV2 rows")
     tmp = Path(tempfile.mkdtemp(prefix="ef-bench-"))
     img = cfg.img_size
-
-    def record(model_name, impl, backend, batch, fn, params):
-        times = time_callable(fn, cfg.warmup, cfg.runs)
-        med = statistics.median(times)
-        row = BenchRow(
-            model_name,
-            impl,
-            backend,
-            batch,
-            med,
-            _p90(times),
-            batch * 1e3 / med,
-            params / 1e6,
-            PUBLISHED_TOP1.get(model_name),
-            cfg.runs,
-        )
-        rows.append(row)
-        log(f"{model_name:22s} {impl:5s} {backend:17s} b={batch:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f} ms")
 
     def torch_fn(m, x):
         def fn():
@@ -260,7 +222,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
         return fn
 
-    def ort_rows(model_name, impl, model, params, batch, int8: bool):
+    def ort_fn(model_name, impl, model, batch, int8: bool):
         path = tmp / f"{model_name}-{impl}-b{batch}.onnx"
         if not path.exists():
             _export_plain_onnx(model, path, img, batch)
@@ -269,18 +231,14 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             if not q.exists():
                 _int8_from(path, q, img)
             path = q
-        sess = _ort_session(path, cfg.threads)
+        sess = ort_session(path, cfg.threads)
         x = torch.randn(batch, 3, img, img).numpy()
-        record(
-            model_name,
-            impl,
-            "onnxruntime-int8" if int8 else "onnxruntime",
-            batch,
-            lambda: sess.run(None, {"image": x}),
-            params,
-        )
+        return lambda: sess.run(None, {"image": x})
 
+    # (model, impl, backend, batch) -> (callable, params); filled per batch size, then timed together
+    rows: list[BenchRow] = []
     try:
+        built = []  # (name, ours, fused, foreign, params)
         for name in cfg.models:
             ours = create_model(name, img_size=img).eval()
             foreign = None
@@ -294,44 +252,60 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 else:
                     load_checkpoint(ours, foreign.state_dict())
                     ours.eval()
-            params = sum(p.numel() for p in ours.parameters())
             fused = deploy(ours)
             if cfg.channels_last:
                 fused = fused.to(memory_format=torch.channels_last)
-            for batch in cfg.batch_sizes:
-                x = torch.randn(batch, 3, img, img)
-                xf = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            built.append((name, ours, fused, foreign, sum(p.numel() for p in ours.parameters())))
+        baseline = timm.create_model("mobilenetv2_100", pretrained=False).eval() if timm and cfg.baseline else None
+
+        for batch in cfg.batch_sizes:
+            x = torch.randn(batch, 3, img, img)
+            xf = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            cands: dict[tuple[str, str, str, int], tuple[Callable[[], object], int]] = {}
+            for name, ours, fused, foreign, params in built:
                 for backend in cfg.backends:
+                    key = (name, "ours", backend, batch)
                     if backend == "eager":
-                        record(name, "ours", "eager", batch, torch_fn(ours, x), params)
+                        cands[key] = torch_fn(ours, x), params
                         if foreign is not None:
-                            record(name, "timm", "eager", batch, torch_fn(foreign, x), params)
+                            cands[(name, "timm", backend, batch)] = torch_fn(foreign, x), params
                     elif backend == "deploy":
-                        record(name, "ours", "deploy", batch, torch_fn(fused, xf), params)
+                        cands[key] = torch_fn(fused, xf), params
                     elif backend == "compile":
-                        compiled = torch.compile(fused)
-                        record(name, "ours", "compile", batch, torch_fn(compiled, xf), params)
+                        # the plain ops of the deploy form; inductor does its own fusion
+                        cands[key] = torch_fn(torch.compile(fused), xf), params
                         if foreign is not None:
-                            record(name, "timm", "compile", batch, torch_fn(torch.compile(foreign), x), params)
-                    elif backend.startswith("onnxruntime"):
+                            cands[(name, "timm", backend, batch)] = torch_fn(torch.compile(foreign), x), params
+                    else:
                         int8 = backend.endswith("int8")
-                        ort_rows(name, "ours", fused, params, batch, int8)
+                        log(f"exporting {name} for {backend} (batch {batch})")
+                        cands[key] = ort_fn(name, "ours", fused, batch, int8), params
                         if foreign is not None:
-                            ort_rows(name, "timm", foreign, params, batch, int8)
-        if timm is not None and cfg.baseline:
-            mb = timm.create_model("mobilenetv2_100", pretrained=False).eval()
-            params = sum(p.numel() for p in mb.parameters())
-            for batch in cfg.batch_sizes:
-                x = torch.randn(batch, 3, img, img)
-                record("mobilenetv2_100", "timm", "eager", batch, torch_fn(mb, x), params)
+                            cands[(name, "timm", backend, batch)] = ort_fn(name, "timm", foreign, batch, int8), params
+            if baseline is not None:
+                params = sum(p.numel() for p in baseline.parameters())
+                cands[("mobilenetv2_100", "timm", "eager", batch)] = torch_fn(baseline, x), params
                 for backend in cfg.backends:
                     if backend.startswith("onnxruntime"):
-                        ort_rows("mobilenetv2_100", "timm", mb, params, batch, backend.endswith("int8"))
+                        fn = ort_fn("mobilenetv2_100", "timm", baseline, batch, backend.endswith("int8"))
+                        cands[("mobilenetv2_100", "timm", backend, batch)] = fn, params
+            log(f"batch {batch}: timing {len(cands)} candidates interleaved, {cfg.warmup} warm-up + {cfg.runs} rounds")
+            times = time_interleaved({k: fn for k, (fn, _) in cands.items()}, cfg.warmup, cfg.runs, progress=True)
+            for key, (_, params) in cands.items():
+                model_name, impl, backend, b = key
+                med = statistics.median(times[key])
+                row = BenchRow(
+                    model_name, impl, backend, b, med, p90(times[key]), b * 1e3 / med, params / 1e6,
+                    PUBLISHED_TOP1.get(model_name), cfg.runs,
+                )  # fmt: skip
+                rows.append(row)
+                log(f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}")
     finally:
         for p in tmp.glob("*"):
             p.unlink(missing_ok=True)
         tmp.rmdir()
     env["loadavg_end"] = os.getloadavg()
+    env["method"] = "interleaved: one call of every candidate per round, rotating order"
     return {"config": asdict(cfg), "environment": env, "rows": [asdict(r) for r in rows], "notes": notes}
 
 

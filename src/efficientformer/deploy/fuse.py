@@ -38,10 +38,11 @@ from .modules import (
     DeployStageV2,
     GridAttention,
     _conv,
+    set_cpu_kernels,
 )
 
 FORMAT_NAME = "efficientformer-deploy"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: stem convs carry their activation (keys stem.0 / stem.1)
 
 
 class DeployedEfficientFormer(nn.Module):
@@ -60,9 +61,9 @@ class DeployedEfficientFormer(nn.Module):
             raise ValueError("deploy needs a classifier (num_classes >= 1); deploy a model with a head")
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans
         widths, depths = spec.widths, spec.depths
-        act = nn.ReLU if spec.family == "v1" else nn.GELU
+        act = "relu" if spec.family == "v1" else "gelu"
         self.stem = nn.Sequential(
-            _conv(in_chans, widths[0] // 2, 3, 2), act(), _conv(widths[0] // 2, widths[0], 3, 2), act()
+            _conv(in_chans, widths[0] // 2, 3, 2, act=act), _conv(widths[0] // 2, widths[0], 3, 2, act=act)
         )
         grids = [(h // 2 ** (i + 2), w // 2 ** (i + 2)) for i in range(4)]
         if spec.family == "v1":
@@ -96,6 +97,15 @@ class DeployedEfficientFormer(nn.Module):
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def use_cpu_kernels(self, enabled: bool = True) -> DeployedEfficientFormer:
+        """Run float32 CPU inference through oneDNN's fused conv kernels (on by default; see ``FusedConv2d``).
+
+        Only eager inference takes the fast path; tracing, ``torch.export``, ``torch.compile``, autograd and
+        other devices or dtypes always run plain PyTorch ops, so exports are unaffected either way.
+        """
+        set_cpu_kernels(self, enabled)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.img_size:
@@ -190,7 +200,7 @@ def _merged_head(model: EfficientFormerBase) -> tuple[torch.Tensor, torch.Tensor
 # ---------------------------------------------------------------------------------------------------------------
 def _fill_stem(dst: nn.Sequential, src: nn.Module) -> None:
     _put(dst[0], fold_conv_bn(src.conv1))
-    _put(dst[2], fold_conv_bn(src.conv2))
+    _put(dst[1], fold_conv_bn(src.conv2))
 
 
 def _fill_v1(dst: DeployedEfficientFormer, model: EfficientFormerBase, grid: Grid) -> None:
@@ -265,11 +275,15 @@ def _fill_v2(dst: DeployedEfficientFormer, model: EfficientFormerBase, img: Grid
 # Public API
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def deploy(model: nn.Module, img_size: int | Grid | None = None) -> DeployedEfficientFormer:
+def deploy(
+    model: nn.Module, img_size: int | Grid | None = None, *, cpu_kernels: bool = True
+) -> DeployedEfficientFormer:
     """Return the inference form of ``model`` for inputs of ``img_size`` (default: the size it was built for).
 
-    ``model`` is left untouched. The result is in eval mode, on the model's device and dtype, and its output
-    equals ``model.eval()(x)`` (the mean of the two heads for a distilled model) up to float rounding.
+    ``model`` is left untouched. The result is in eval mode, on the model's device and dtype, has no trainable
+    parameters, and its output equals ``model.eval()(x)`` (the mean of the two heads for a distilled model) up
+    to float rounding. ``cpu_kernels``: fuse conv + activation + residual into oneDNN kernels for CPU float32
+    inference (see :meth:`DeployedEfficientFormer.use_cpu_kernels`).
     """
     if isinstance(model, DeployedEfficientFormer):
         if img_size is None or to_grid(img_size) == model.img_size:
@@ -291,7 +305,8 @@ def deploy(model: nn.Module, img_size: int | Grid | None = None) -> DeployedEffi
             _fill_v2(dst, model, img)
     finally:
         model.train(was_training)
-    return dst.to(device=param.device, dtype=param.dtype).eval()
+    dst = dst.to(device=param.device, dtype=param.dtype).eval().requires_grad_(False)
+    return dst.use_cpu_kernels(cpu_kernels)
 
 
 def save_deployed(model: DeployedEfficientFormer, path: str | Path) -> Path:
@@ -314,7 +329,9 @@ def save_deployed(model: DeployedEfficientFormer, path: str | Path) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(data))
 
 
-def load_deployed(path: str | Path, map_location: str | torch.device = "cpu") -> DeployedEfficientFormer:
+def load_deployed(
+    path: str | Path, map_location: str | torch.device = "cpu", *, cpu_kernels: bool = True
+) -> DeployedEfficientFormer:
     """Rebuild a deployed model from a file written by :func:`save_deployed`."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -331,6 +348,11 @@ def load_deployed(path: str | Path, map_location: str | torch.device = "cpu") ->
         ) from None
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not an efficientformer deploy checkpoint (no '{FORMAT_NAME}' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is deploy format version {meta.get('format_version')!r}, this library reads version "
+            f"{FORMAT_VERSION}; deploy the original checkpoint again and save it with save_deployed"
+        )
     name = meta.get("model", "")
     if name not in VARIANTS:
         raise ValueError(f"{path} names an unknown model {name!r}")
@@ -340,4 +362,4 @@ def load_deployed(path: str | Path, map_location: str | torch.device = "cpu") ->
     model.norm_eps = float(meta.get("norm_eps", 1e-5))
     state = load_file(str(path), device="cpu")
     model.load_state_dict(state, strict=True)
-    return model.to(map_location).eval()
+    return model.to(map_location).eval().requires_grad_(False).use_cpu_kernels(cpu_kernels)

@@ -9,12 +9,12 @@ held-out folder and batch-1 latency of each file, measured in the same process.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..bench.timing import ort_session, time_callable
 from ..data.constants import EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD
 from .export import require
 
@@ -110,27 +110,11 @@ class QuantReport:
         return "\n".join(lines)
 
 
-def _session(path: Path, threads: int):
-    ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def ort_latency(session, size: tuple[int, int], runs: int = 30, warmup: int = 5, batch: int = 1) -> list[float]:
     """Wall-clock milliseconds of ``runs`` timed calls after ``warmup`` untimed ones."""
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
-    for _ in range(warmup):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
+    return time_callable(lambda: session.run(None, {name: x}), warmup, runs)
 
 
 def _predict(session, files: list[Path], size: tuple[int, int]) -> np.ndarray:
@@ -162,7 +146,7 @@ def quantize_onnx(
     calib_files = list_images(calib_dir)[:max_calib]
     eval_files = list_images(eval_dir) if eval_dir else []
     output_dir.mkdir(parents=True, exist_ok=True)
-    fp32_session = _session(model_path, threads)
+    fp32_session = ort_session(model_path, threads)
     size = _input_size(fp32_session)
     input_name = fp32_session.get_inputs()[0].name
 
@@ -199,7 +183,7 @@ def quantize_onnx(
         threads=threads,
     )
     for name, path in outputs:
-        sess = _session(path, threads)
+        sess = ort_session(path, threads)
         agree = float((_predict(sess, eval_files, size) == fp32_pred).mean()) if fp32_pred is not None else None
         report.variants.append(
             QuantVariant(name, str(path), path.stat().st_size, statistics.median(ort_latency(sess, size, runs)), agree)

@@ -146,6 +146,8 @@ def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> No
     """ONNX export for foreign models (timm), same exporter and settings as ours."""
     import warnings
 
+    from ..deploy.export import DEFAULT_OPSET
+
     x = torch.randn(batch, 3, img, img)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -155,7 +157,7 @@ def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> No
             dynamo=True,
             input_names=["image"],
             output_names=["logits"],
-            opset_version=18,
+            opset_version=DEFAULT_OPSET,
             optimize=True,
             verbose=False,
         )

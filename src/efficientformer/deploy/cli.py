@@ -55,7 +55,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         kwargs["fp16"] = args.fp16
     elif args.fp16:
         raise ValueError("--fp16 is only supported for --format coreml; use `efficientformer quantize` for INT8 ONNX")
-    if args.format == "onnx":
+    if args.format == "onnx" and args.opset is not None:
         kwargs["opset"] = args.opset
     report = export_model(model, args.format, output, **kwargs)
     print(report)
@@ -127,7 +127,12 @@ def register(subparsers) -> None:
     p.add_argument("--batch", default=None, help="'dynamic' (default; ExecuTorch: 1) or a fixed batch size N")
     p.add_argument("--fp16", action="store_true", help="Core ML: float16 compute precision")
     p.add_argument("--deploy", action="store_true", help="export the fused deploy form (recommended)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; the exporter writes at least 18)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (>= 17; the exporter writes at least 18; default: 20, which has a single Gelu op)",
+    )
     p.set_defaults(func=_export_entry)
 
     p = subparsers.add_parser("quantize", help="ONNX Runtime INT8 (static calibrated + dynamic) with a report")

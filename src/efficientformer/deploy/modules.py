@@ -146,7 +146,12 @@ class PoolBlock(nn.Module):
         self.fc2 = _conv(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.lerp(x, self.pool(x), self.ls1)
+        pooled = self.pool(x)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # exporters decompose lerp into Sub/Mul/Add plus a Where per block; the plain formula has no Where
+            x = x + self.ls1 * (pooled - x)
+        else:
+            x = torch.lerp(x, pooled, self.ls1)  # one kernel in eager mode
         return self.fc2(self.fc1(x), residual=x)
 
 

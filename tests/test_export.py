@@ -238,6 +238,22 @@ def test_quantize_on_image_folder(tmp_path, image_dirs, capsys):
         assert 0.0 <= v["top1_agreement"] <= 1.0 and v["latency_ms"] > 0
     assert report["eval_images"] == 8 and report["calib_images"] == 8
     assert "top-1 agreement" in capsys.readouterr().out
+
+    # the stem convs and the classifier stay float in the static model; everything else conv-like is quantised
+    import onnx
+
+    from efficientformer.deploy.quantize import float_nodes
+
+    fp32_graph = onnx.load(str(out / "efficientformerv2_s0.fp32.onnx")).graph
+    kept = float_nodes(out / "efficientformerv2_s0.fp32.onnx")
+    convs = [n.name for n in fp32_graph.node if n.op_type == "Conv"]
+    assert kept[:2] == convs[:2] and len(kept) == 3
+    q = onnx.load(str(out / "efficientformerv2_s0.fp32.int8-static.onnx")).graph
+    dq_outputs = {o for n in q.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weight_of = {n.name: n.input[1] for n in q.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    assert all(weight_of[name] not in dq_outputs for name in kept)  # float weights
+    quantised = [name for name in convs[2:] if weight_of.get(name) in dq_outputs]
+    assert len(quantised) == len(convs) - 2
     with pytest.raises(FileNotFoundError):
         run_cli(["quantize", "--onnx", str(tmp_path / "missing.onnx"), "--calib-dir", str(calib)])
     with pytest.raises(FileNotFoundError, match="image folder"):

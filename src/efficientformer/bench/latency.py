@@ -165,9 +165,10 @@ def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> No
 
 
 def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:
-    """Static INT8 (QDQ, per-channel) calibrated on random normalised inputs: a speed measurement only."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Static INT8 as `efficientformer quantize` writes it, calibrated on random inputs: a speed measurement only."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..deploy.quantize import quantize_static_qdq
 
     class Reader:
         def __init__(self) -> None:
@@ -179,16 +180,7 @@ def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:
 
     prep = out.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
-    quantize_static(
-        str(prep),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    quantize_static_qdq(prep, out, Reader())
     prep.unlink(missing_ok=True)
 
 

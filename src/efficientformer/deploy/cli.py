@@ -12,9 +12,16 @@ EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "ex
 def _build(name: str, checkpoint: str | None, img_size: int | None):
     from ..models.registry import create_model
 
-    if checkpoint is not None and not Path(checkpoint).exists():
+    if checkpoint is None:
+        return create_model(name, img_size=img_size or 224).eval()
+    if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    return create_model(name, img_size=img_size or 224, checkpoint=checkpoint).eval()
+    from ..inference.api import checkpoint_num_classes
+    from ..models.checkpoint import read_checkpoint
+
+    # the classifier is sized from the checkpoint, so a fine-tuned (e.g. 10-class) model exports as it is
+    num_classes = checkpoint_num_classes(read_checkpoint(checkpoint)[0]) or 1000
+    return create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=checkpoint).eval()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -79,7 +86,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         fp32 = out_dir / f"{model.name}.fp32.onnx"
         print(export_onnx(model, fp32, img_size=args.img_size, batch=1))
     report = quantize_onnx(
-        fp32, out_dir, args.calib_dir, args.eval_dir, tuple(args.mode.split(",")), threads=args.threads, runs=args.runs
+        fp32,
+        out_dir,
+        args.calib_dir,
+        args.eval_dir,
+        tuple(args.mode.split(",")),
+        threads=args.threads,
+        runs=args.runs,
+        keep_float=not args.int8_stem_head,
     )
     print(report)
     if args.json:
@@ -143,6 +157,11 @@ def register(subparsers) -> None:
     p.add_argument("--calib-dir", required=True, help="folder of calibration images")
     p.add_argument("--eval-dir", default=None, help="held-out folder for top-1 agreement with fp32")
     p.add_argument("--mode", default="static,dynamic", help="static, dynamic or both (comma-separated)")
+    p.add_argument(
+        "--int8-stem-head",
+        action="store_true",
+        help="also quantise the stem convolutions and the classifier (kept in float by default: more accurate)",
+    )
     p.add_argument("--output-dir", default="quantized")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=30, help="timed runs per model for the latency column")

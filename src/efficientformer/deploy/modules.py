@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 Grid = tuple[int, int]
 
@@ -76,6 +77,8 @@ class FusedConv2d(nn.Conv2d):
             and not torch.jit.is_tracing()
             and not torch.jit.is_scripting()
             and not torch.compiler.is_compiling()
+            # a dispatch mode (FlopCounterMode, fake/debug modes) must see the ordinary aten ops it knows
+            and _get_current_dispatch_mode() is None
         )
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:

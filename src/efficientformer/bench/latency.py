@@ -344,13 +344,17 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     series: dict[str, list[dict]] = {}
     for r in rows:
-        series.setdefault(f"{r['impl']} {r['backend']}", []).append(r)
+        # one line per family: joining V1 and V2 points by latency would draw a meaningless zigzag
+        m = r["model"]
+        family = "V2" if m.startswith("efficientformerv2") else "V1" if m.startswith("efficientformer") else m
+        series.setdefault(f"{r['impl']} {r['backend']} {family}", []).append(r)
     for ax, key, label in ((axes[0], "top1", "published ImageNet top-1 (%)"), (axes[1], "params_m", "params (M)")):
         for s_name, s_rows in sorted(series.items()):
             pts = sorted((r["median_ms"], r[key], r["model"]) for r in s_rows if r[key] is not None)
             if not pts:
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s_name, linewidth=1)
+            style = "--" if s_name.endswith("V1") else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s_name, linewidth=1, linestyle=style)
             if s_name.startswith("ours deploy") or "mobilenet" in pts[0][2]:
                 for lat, y, m in pts:
                     ax.annotate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,57 @@ def test_frozen_stages_stay_eval_and_untrainable():
     assert not bb.body.stem.training and not bb.body.stages[1].training and bb.body.stages[2].training
     assert all(not p.requires_grad for p in bb.body.stages[0].parameters())
     assert all(p.requires_grad for p in bb.body.stages[3].parameters())
+
+
+def test_output_norm_official_default_trainable_and_per_sample():
+    torch.manual_seed(0)
+    v1 = EfficientFormerBackbone("efficientformer_l1", img_size=64)
+    v2 = EfficientFormerBackbone("efficientformerv2_s0", img_size=64)
+    gns = [m for m in v1.norms if isinstance(m, torch.nn.GroupNorm)]
+    assert v1.output_norm and len(gns) == 4
+    assert [(m.num_groups, m.num_channels) for m in gns] == [(1, c) for c in v1.channels]
+    assert not v2.output_norm and not any(isinstance(m, torch.nn.GroupNorm) for m in v2.modules())
+    # overrides both ways
+    off = EfficientFormerBackbone("efficientformer_l1", img_size=64, output_norm=False)
+    assert not off.output_norm and not any(isinstance(m, torch.nn.GroupNorm) for m in off.modules())
+    assert EfficientFormerBackbone("efficientformerv2_s0", img_size=64, output_norm=True).output_norm
+    # trainable, even with every stage frozen
+    frozen = EfficientFormerBackbone("efficientformer_l1", img_size=64, frozen_stages=3)
+    names = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert names == {f"norms.{i}.{w}" for i in range(4) for w in ("weight", "bias")}
+
+    # each sample normalised on its own, over the cropped map (not the padding): two inputs of very different
+    # scale, sides not multiples of 32
+    x = torch.randn(1, 3, 70, 90)
+    x = torch.cat([x, 10 * x.flip(-1) + 3])
+    v1.eval()
+    with torch.no_grad():
+        outs = v1(x)
+        raw_norms, v1.norms = v1.norms, torch.nn.ModuleList(torch.nn.Identity() for _ in range(4))
+        raws = v1(x)
+        v1.norms = raw_norms
+    for out, raw in zip(outs, raws, strict=True):
+        flat = out.flatten(1)
+        assert torch.allclose(flat.mean(1), torch.zeros(2), atol=1e-4)
+        raw_var = raw.flatten(1).var(1, unbiased=False)
+        assert torch.allclose(flat.var(1, unbiased=False), raw_var / (raw_var + 1e-5), atol=1e-4)  # 1 but for eps
+        assert torch.allclose(out, torch.nn.functional.group_norm(raw, 1), atol=1e-5)
+        assert not torch.allclose(raw_var, torch.ones(2), atol=1e-1)
+    # gradients reach the norm parameters
+    v1.train()
+    sum(o[:, :1].sum() for o in v1(x[:1, :, :64, :64])).backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in gns)
+
+
+def test_output_norm_config_override():
+    from efficientformer.dense.segmentation import SegmentConfig, SemanticFPN
+
+    small = {"num_classes": 3, "crop_size": 64, "fpn_channels": 8, "head_channels": 8}
+    assert SemanticFPN(SegmentConfig(model="efficientformer_l1", **small)).backbone.output_norm
+    assert not SemanticFPN(SegmentConfig(model="efficientformer_l1", output_norm=False, **small)).backbone.output_norm
+    cfg = build_config(SegmentConfig, None, ["model=efficientformerv2_s0", "output_norm=true"])
+    assert cfg.output_norm is True
+    assert build_config(SegmentConfig, None, ["output_norm=none"]).output_norm is None
 
 
 def test_backbone_with_fpn_five_levels():
@@ -235,12 +287,28 @@ def test_build_config_layers_and_errors(tmp_path):
     assert cfg.epochs == 3 and cfg.anchor_sizes == (8, 16, 32, 64, 128) and cfg.lr == 5e-4 and cfg.frozen_bn
     assert cfg.resolved_weight_decay() == 1e-4
     assert build_config(DetectConfig, None, ["model=efficientformerv2_s0"]).resolved_weight_decay() == 0.05
+    from efficientformer.dense.segmentation import SegmentConfig
+
+    # official Semantic FPN: poly decay to 0 for V1, to 1e-6 for V2
+    assert SegmentConfig(model="efficientformer_l3").resolved_min_lr() == 0.0
+    assert SegmentConfig(model="efficientformerv2_s2").resolved_min_lr() == 1e-6
+    assert build_config(SegmentConfig, None, ["model=efficientformerv2_s2", "min_lr=0"]).resolved_min_lr() == 0.0
     with pytest.raises(ValueError, match="unknown config key 'epoch'"):
         build_config(DetectConfig, None, ["epoch=3"])
     with pytest.raises(ValueError, match="cannot read"):
         build_config(DetectConfig, None, ["epochs=three"])
     with pytest.raises(ValueError, match="key=value"):
         build_config(DetectConfig, None, ["epochs"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "dense").glob("*.yaml")))
+def test_dense_yaml_configs_build(path):
+    from efficientformer.dense.detection import DetectConfig
+    from efficientformer.dense.segmentation import SegmentConfig
+
+    cls = DetectConfig if "detect" in path.name else SegmentConfig
+    cfg = build_config(cls, path)  # unknown keys or unreadable values raise
+    assert cfg.model.startswith("efficientformer")
 
 
 def test_schedules():

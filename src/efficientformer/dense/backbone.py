@@ -3,8 +3,8 @@
 The classifier models already run at any input whose sides are multiples of 32 (attention biases are resampled
 at run time). This wrapper adds what detectors and segmenters need on top: padding of arbitrary inputs to a
 multiple of 32 with the outputs cropped back to ``ceil(H / stride)``, ImageNet weights loaded without the
-classifier, and BatchNorm that can be frozen for real (no trainable parameters, statistics never updated, and
-``train()`` cannot switch it back on).
+classifier, BatchNorm that can be frozen for real (no trainable parameters, statistics never updated, and
+``train()`` cannot switch it back on), and the official V1 output norms (GroupNorm with one group on each map).
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class EfficientFormerBackbone(nn.Module):
     ``out_indices``: which stages to return (0..3, strides 4/8/16/32). ``frozen_bn``: turn BatchNorm into
     :class:`FrozenBatchNorm2d`. ``frozen_stages``: -1 trains everything; k >= 0 freezes the stem and stages 0..k.
     ``img_size``: the grid the bias tables are stored for (the typical working resolution); any input still works.
+    ``output_norm``: a trainable ``GroupNorm(1, C)`` on every returned map; ``None`` follows the official dense
+    backbones: on for the V1 family (their ``norm0/2/4/6``), off for V2.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class EfficientFormerBackbone(nn.Module):
         frozen_stages: int = -1,
         img_size: int | tuple[int, int] = 224,
         drop_path_rate: float | None = None,
+        output_norm: bool | None = None,
     ) -> None:
         super().__init__()
         if frozen_stages not in range(-1, 4):
@@ -102,6 +105,9 @@ class EfficientFormerBackbone(nn.Module):
             raise ValueError(f"out_indices must be a non-empty subset of 0..3, got {out_indices}")
         self.channels = [self.body.spec.widths[i] for i in self.out_indices]
         self.strides = [STRIDES[i] for i in self.out_indices]
+        self.output_norm = (self.body.spec.family == "v1") if output_norm is None else bool(output_norm)
+        # GroupNorm(1, C): per-sample statistics over (C, H, W), so batch size and BN freezing do not affect it.
+        self.norms = nn.ModuleList(nn.GroupNorm(1, c) if self.output_norm else nn.Identity() for c in self.channels)
         self.frozen_stages = frozen_stages
         if frozen_bn:
             freeze_batchnorm(self.body)
@@ -131,9 +137,10 @@ class EfficientFormerBackbone(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = self.body(x)
         outs = []
-        for i in self.out_indices:
+        for i, norm in zip(self.out_indices, self.norms, strict=True):
             s = STRIDES[i]
-            outs.append(feats[i][..., : math.ceil(h / s), : math.ceil(w / s)])
+            # Normalise after cropping: statistics over the padding would make the output depend on it.
+            outs.append(norm(feats[i][..., : math.ceil(h / s), : math.ceil(w / s)]))
         return outs
 
 

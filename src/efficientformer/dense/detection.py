@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from .backbone import BackboneWithFPN, EfficientFormerBackbone
+from .backbone import BackboneWithFPN
+from .engine import DenseConfig, all_gather_lists, shard
 
 
 def _require_pycocotools():
@@ -38,19 +39,12 @@ def _require_pycocotools():
 
 # -- configuration -----------------------------------------------------------------------------------------------
 @dataclass
-class DetectConfig:
+class DetectConfig(DenseConfig):
     """Defaults are the official Mask R-CNN 1x recipe (MMDetection configs of the EfficientFormer repo)."""
 
     data: str = ""  # COCO-format root: images/<split>/ + annotations/instances_<split>.json (or COCO 2017 names)
-    train_split: str = "train"
-    val_split: str = "val"
     output: str = "runs/detect"
-    model: str = "efficientformer_l1"
-    pretrained: str | None = None  # ImageNet checkpoint (any supported layout); None = random init
     img_size: int = 0  # grid the attention-bias tables are stored for; 0 = min_size
-    frozen_bn: bool = False
-    frozen_stages: int = -1
-    fpn_channels: int = 256
     min_size: int = 800
     max_size: int = 1333
     flip_prob: float = 0.5
@@ -65,17 +59,11 @@ class DetectConfig:
     weight_decay: float | None = None  # None = 1e-4 for V1, 0.05 for V2 (official)
     warmup_iters: int = 500
     warmup_ratio: float = 1e-6
-    grad_clip: float = 0.0  # 0 = no clipping (official)
     batch_size: int = 2  # images per process
-    workers: int = 2
     max_iters: int = 0  # stop after this many iterations (0 = run all epochs); the schedule still follows epochs
     eval_every: int = 1  # evaluate every N epochs (0 = only at the end)
     checkpoint_every: int = 500  # iterations between mid-epoch checkpoints
     log_every: int = 20
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # CPU threads for torch (0 = torch default; 1 is much faster on an oversubscribed CPU)
-    resume: bool = True
     score_threshold: float = 0.5  # predict: draw detections at or above this score
 
     def resolved_weight_decay(self) -> float:
@@ -207,13 +195,7 @@ def build_mask_rcnn(cfg: DetectConfig, num_classes: int) -> torch.nn.Module:
 
     if len(cfg.anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {cfg.anchor_sizes}")
-    backbone = EfficientFormerBackbone(
-        cfg.model,
-        checkpoint=cfg.pretrained,
-        frozen_bn=cfg.frozen_bn,
-        frozen_stages=cfg.frozen_stages,
-        img_size=cfg.img_size or cfg.min_size,
-    )
+    backbone = cfg.build_backbone(cfg.min_size)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     return MaskRCNN(
         BackboneWithFPN(backbone, cfg.fpn_channels, extra_pool=True),
@@ -288,14 +270,29 @@ def coco_evaluate(gt: dict, results: list[dict], iou_types: tuple[str, ...] = ("
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: CocoInstances, device: torch.device, batch_size: int = 2) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    dataset: CocoInstances,
+    device: torch.device,
+    batch_size: int = 2,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """COCO box and mask AP on ``dataset``. With ``world_size > 1`` (an initialised process group) each rank runs
+    a share of the batches, the result lists are gathered, and every rank returns the same metrics."""
     model.eval()
+    # Shard whole batches, not images: torchvision pads each batch to its largest image, so a different batch
+    # composition would change the outputs and the metrics would depend on the number of processes.
+    batches = [range(s, min(len(dataset), s + batch_size)) for s in range(0, len(dataset), batch_size)]
     results: list[dict] = []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+    for batch in shard(batches, rank, world_size):
+        items = [dataset[i] for i in batch]
         outputs = model([img.to(device) for img, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
             results += predictions_to_coco(out, int(target["image_id"]), dataset.cat_ids)
+    # Stable sort by image: the merged list is in one process's order (COCOeval's tie-breaking depends on it).
+    results = sorted(all_gather_lists(results, world_size), key=lambda r: r["image_id"])
     metrics = coco_evaluate(dataset.coco_json, results)
     metrics["detections"] = len(results)
     return metrics

@@ -6,6 +6,7 @@ written atomically, so a run killed at any moment resumes from the last complete
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,12 +25,48 @@ import torch.distributed as dist
 from torch import nn
 
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from .backbone import EfficientFormerBackbone
 
 C = TypeVar("C")
 CHECKPOINT_NAME = "last.pth"
 
 
 # -- configuration -----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DenseConfig:
+    """The fields both tasks share: data, backbone, and how the run executes. Task configs add head, data
+    pipeline and schedule fields (and override the defaults that differ, such as the split names)."""
+
+    data: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    output: str = "runs/dense"
+    model: str = "efficientformer_l1"
+    pretrained: str | None = None  # ImageNet checkpoint (any supported layout); None = random init
+    img_size: int = 0  # grid the attention-bias tables are stored for; 0 = the task's working size
+    frozen_bn: bool = False
+    frozen_stages: int = -1
+    output_norm: bool | None = None  # GroupNorm(1, C) on the backbone maps; None = official (V1 on, V2 off)
+    fpn_channels: int = 256
+    grad_clip: float = 0.0  # 0 = no clipping (official)
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # CPU threads for torch (0 = torch default; 1 is much faster on an oversubscribed CPU)
+    resume: bool = True
+
+    def build_backbone(self, working_size: int) -> EfficientFormerBackbone:
+        """The backbone this config describes; ``working_size`` stands in for ``img_size=0``."""
+        return EfficientFormerBackbone(
+            self.model,
+            checkpoint=self.pretrained,
+            frozen_bn=self.frozen_bn,
+            frozen_stages=self.frozen_stages,
+            img_size=self.img_size or working_size,
+            output_norm=self.output_norm,
+        )
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert a YAML value or a ``key=value`` string to the dataclass field type ``typ``."""
     origin = typing.get_origin(typ)
@@ -132,13 +169,18 @@ class DistEnv:
 
 
 def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU); else one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU); else one process.
+
+    A group the caller already initialised is used as it is (rank and size come from it).
+    """
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asked for CUDA but none is available; use device=cpu")
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank if world > 1 else 0)))
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -152,13 +194,59 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier(env: DistEnv) -> None:
-    if env.distributed:
-        dist.barrier()
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[DistEnv]:
+    """:func:`init_distributed` for the duration of a ``with`` block. The process group is destroyed at the end
+    only if this block created it, so a caller's own group (a test, a notebook) survives."""
+    owned = not (dist.is_available() and dist.is_initialized())
+    env = init_distributed(device)
+    try:
+        yield env
+    finally:
+        if owned:
+            cleanup_distributed()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), the ones a checkpoint stores.
+
+    DDP broadcasts buffers only at the start of each training forward, so after the last step every rank holds
+    statistics updated with its own last batch; evaluating with those would make the shards disagree.
+    """
+    if env.distributed:
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+
+def shard(items: list[C], rank: int, world_size: int) -> list[C]:
+    """This rank's share of an evaluation list: every ``world_size``-th item from ``rank``.
+
+    Unlike ``DistributedSampler`` nothing is padded, so every item is evaluated exactly once and the merged
+    result equals a single process's.
+    """
+    return items[rank::world_size]
+
+
+def all_gather_lists(local: list, world_size: int) -> list:
+    """Concatenate every rank's list (rank order) on every rank; the list itself when not distributed."""
+    if world_size == 1:
+        return list(local)
+    parts: list[list | None] = [None] * world_size
+    dist.all_gather_object(parts, local)
+    return [item for part in parts for item in part or []]
+
+
+def all_reduce_sum(tensor: torch.Tensor, world_size: int, device: torch.device) -> torch.Tensor:
+    """Sum a tensor over ranks (on ``device``: NCCL reduces only CUDA tensors); returned on its original device."""
+    if world_size == 1:
+        return tensor
+    work = tensor.to(device)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
 
 
 # -- sampling ----------------------------------------------------------------------------------------------------
@@ -192,6 +280,28 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._indices()) - self.start
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """A dataset whose random augmentation of sample ``i`` in epoch ``e`` is drawn from a seed of ``(seed, e, i)``
+    alone, in an RNG fork that leaves the caller's torch RNG untouched.
+
+    So the augmented data do not depend on the number of loader workers or on where in an epoch a resumed run
+    starts, and the global RNG, which the checkpoint restores, is consumed by the model only. Together with the
+    resumable sampler this makes a resumed run train on exactly the data of a straight one.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -332,7 +442,3 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         else:
             decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def resolve_device(env: DistEnv) -> torch.device:
-    return env.device

@@ -8,11 +8,11 @@ evaluation). Rerunning ``train`` with the same output directory resumes from ``l
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from .engine import (
     DistEnv,
     JsonlLog,
     ResumableSampler,
+    SeededSamples,
     WarmupSchedule,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
+    broadcast_buffers,
+    distributed,
     load_checkpoint_file,
     param_groups,
     save_checkpoint,
@@ -51,9 +51,11 @@ def _seed_everything(seed: int, rank: int, threads: int = 0) -> None:
     random.seed(seed + rank)
 
 
-def _loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, collate=None, drop_last=False):
+def _loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, seed: int, collate=None,
+            drop_last: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
+    """The training loader for the sampler's current epoch, with per-sample augmentation seeds."""
     return torch.utils.data.DataLoader(
-        dataset,
+        SeededSamples(dataset, seed, sampler.epoch),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
@@ -61,6 +63,9 @@ def _loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, c
         drop_last=drop_last,
         worker_init_fn=seed_worker,
         persistent_workers=False,
+        # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
+        # resumed mid-epoch than in a straight one.
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + sampler.epoch),
     )
 
 
@@ -99,19 +104,119 @@ def _progress_bar(total: int, initial: int, env: DistEnv, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, disable=not env.is_main, dynamic_ncols=True, file=sys.stderr)
 
 
+# -- the shared training loop -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Plan:
+    """What differs between the two tasks' training runs; everything else is :func:`_fit`."""
+
+    task: str
+    model: nn.Module  # already on the device
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupSchedule
+    loader: Callable[[ResumableSampler], Any]  # the training DataLoader for a sampler
+    sampler: ResumableSampler
+    per_epoch: int  # iterations per epoch (per process)
+    stop_at: int  # last iteration of this run
+    loss: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (model, batch) -> total, parts
+    evaluate: Callable[[], dict]  # every rank calls it; every rank gets the same metrics
+    describe: Callable[[int, int, dict], str]  # (epoch, iteration, metrics) -> progress-bar line
+    meta: dict  # stored in the checkpoint's progress (task, class names, ...)
+    eval_unit: Literal["epoch", "iteration"]  # what eval_every counts; "epoch" also checkpoints every epoch end
+    find_unused: bool = False
+
+
+def _fit(cfg, env: DistEnv, plan: _Plan) -> dict:
+    """Train to ``plan.stop_at`` with resume, periodic logs, checkpoints and evaluations; returns the last metrics.
+
+    A checkpoint is written every ``checkpoint_every`` iterations, at every epoch end for epoch-based tasks, and at
+    the end; its progress (epoch, iteration within the epoch) is what the resumable sampler restarts from.
+    """
+    out = Path(cfg.output)
+    model, optimizer, schedule = plan.model, plan.optimizer, plan.schedule
+    progress = _resume(out, cfg, model, optimizer, schedule)
+    ddp_model = _wrap_ddp(model, env, find_unused=plan.find_unused)
+    log = JsonlLog(out / "log.jsonl", enabled=env.is_main)
+    if env.is_main:
+        write_config(out, cfg)
+    it, epoch, epoch_iter = int(progress["iteration"]), int(progress["epoch"]), int(progress["epoch_iter"])
+    metrics: dict = {}
+    bar = _progress_bar(plan.stop_at, it, env, f"{plan.task} train")
+
+    def checkpoint() -> None:
+        if env.is_main:
+            prog = {"iteration": it, "epoch": epoch, "epoch_iter": epoch_iter, **plan.meta}
+            save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, schedule, prog, cfg)
+
+    def run_eval() -> None:
+        nonlocal metrics
+        broadcast_buffers(model, env)
+        metrics = plan.evaluate()  # a collective under DDP: all ranks evaluate their share
+        if env.is_main:
+            log.write(kind="eval", iteration=it, epoch=epoch, **metrics)
+            atomic_write_json(out / "metrics.json", {"iteration": it, "epoch": epoch, **metrics})
+            bar.write(plan.describe(epoch, it, metrics))
+
+    def eval_due() -> bool:
+        if cfg.eval_every <= 0:
+            return False
+        if plan.eval_unit == "epoch":
+            return epoch_iter == 0 and epoch % cfg.eval_every == 0
+        return it % cfg.eval_every == 0
+
+    while it < plan.stop_at:
+        plan.sampler.set_epoch(epoch, start=epoch_iter * cfg.batch_size)
+        ddp_model.train()
+        for batch in plan.loader(plan.sampler):
+            loss, parts = plan.loss(ddp_model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _clip(model, cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            it, epoch_iter = it + 1, epoch_iter + 1
+            bar.update(1)
+            if it % cfg.log_every == 0 or it == plan.stop_at:
+                rec = {k: round(v.item(), 5) for k, v in parts.items()}
+                log.write(kind="train", iteration=it, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
+                          loss=round(loss.item(), 5), **rec)  # fmt: skip
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if epoch_iter >= plan.per_epoch:
+                epoch, epoch_iter = epoch + 1, 0
+            done = it >= plan.stop_at
+            epoch_end = epoch_iter == 0 and plan.eval_unit == "epoch"
+            if done or epoch_end or (cfg.checkpoint_every > 0 and it % cfg.checkpoint_every == 0):
+                checkpoint()
+            if not done and eval_due():
+                run_eval()
+                ddp_model.train()
+            if done or epoch_iter == 0:  # an epoch ends: the next one needs a fresh permutation
+                break
+        else:  # the loader ran dry before per_epoch batches (the samplers here never do): never spin on it
+            epoch, epoch_iter = epoch + 1, 0
+    bar.close()
+    run_eval()
+    return metrics
+
+
+def _train(cfg, build: Callable[[Any, DistEnv], _Plan]) -> dict:
+    with distributed(cfg.device) as env:
+        _seed_everything(cfg.seed, env.rank, cfg.threads)
+        return _fit(cfg, env, build(cfg, env))
+
+
+def _loader_factory(dataset, cfg, collate=None, drop_last: bool = False) -> Callable[[ResumableSampler], Any]:
+    return lambda sampler: _loader(dataset, sampler, cfg.batch_size, cfg.workers, cfg.seed, collate, drop_last)
+
+
 # -- detection ---------------------------------------------------------------------------------------------------
 def train_detection(cfg: det.DetectConfig) -> dict:
-    """Mask R-CNN training with the epoch/step schedule; returns the final evaluation metrics."""
-    env = init_distributed(cfg.device)
-    try:
-        return _train_detection(cfg, env)
-    finally:
-        cleanup_distributed()
+    """Mask R-CNN training with the epoch/step schedule; returns the final evaluation metrics (on every rank)."""
+    return _train(cfg, _plan_detection)
 
 
-def _train_detection(cfg: det.DetectConfig, env: DistEnv) -> dict:
-    out = Path(cfg.output)
-    _seed_everything(cfg.seed, env.rank, cfg.threads)
+def _plan_detection(cfg: det.DetectConfig, env: DistEnv) -> _Plan:
     train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.flip_prob)
     val_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.val_split))
     if val_set.cat_ids != train_set.cat_ids:
@@ -122,98 +227,70 @@ def _train_detection(cfg: det.DetectConfig, env: DistEnv) -> dict:
     total = per_epoch * cfg.epochs
     schedule = WarmupSchedule(optimizer, total, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
                               milestones=tuple(e * per_epoch for e in cfg.lr_steps))  # fmt: skip
-    progress = _resume(out, cfg, model, optimizer, schedule)
-    ddp_model = _wrap_ddp(model, env, find_unused=True)
-    log = JsonlLog(out / "log.jsonl", enabled=env.is_main)
-    if env.is_main:
-        write_config(out, cfg)
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-    stop_at = min(total, cfg.max_iters) if cfg.max_iters > 0 else total
-    it = int(progress["iteration"])
-    metrics: dict = {}
-    meta = {"task": "detect", "classes": train_set.class_names, "cat_ids": train_set.cat_ids}
-    bar = _progress_bar(stop_at, it, env, "detect train")
 
-    def checkpoint(epoch: int, epoch_iter: int) -> None:
-        if env.is_main:
-            prog = {"iteration": it, "epoch": epoch, "epoch_iter": epoch_iter, **meta}
-            save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, schedule, prog, cfg)
+    def loss(ddp_model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = [im.to(env.device) for im in batch[0]]
+        targets = [{k: v.to(env.device) for k, v in t.items()} for t in batch[1]]
+        parts = ddp_model(images, targets)
+        return sum(parts.values()), parts
 
-    def run_eval(epoch: int) -> None:
-        nonlocal metrics
-        if env.is_main:
-            metrics = det.evaluate(model, val_set, env.device, batch_size=cfg.batch_size)
-            log.write(kind="eval", iteration=it, epoch=epoch, **metrics)
-            atomic_write_json(out / "metrics.json", {"iteration": it, "epoch": epoch, **metrics})
-            bar.write(f"epoch {epoch} iter {it}: bbox AP {metrics['bbox_AP']:.3f} AP50 {metrics['bbox_AP50']:.3f} "
-                      f"| segm AP {metrics['segm_AP']:.3f} AP50 {metrics['segm_AP50']:.3f}")  # fmt: skip
-        barrier(env)
+    def describe(epoch: int, it: int, m: dict) -> str:
+        return (f"epoch {epoch} iter {it}: bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} "
+                f"| segm AP {m['segm_AP']:.3f} AP50 {m['segm_AP50']:.3f}")  # fmt: skip
 
-    epoch = int(progress["epoch"])
-    epoch_iter = int(progress["epoch_iter"])
-    while it < stop_at and epoch < cfg.epochs:
-        sampler.set_epoch(epoch, start=epoch_iter * cfg.batch_size)
-        ddp_model.train()
-        for images, targets in _loader(train_set, sampler, cfg.batch_size, cfg.workers, collate=det.collate):
-            images = [im.to(env.device) for im in images]
-            targets = [{k: v.to(env.device) for k, v in t.items()} for t in targets]
-            losses = ddp_model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _clip(model, cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            it += 1
-            epoch_iter += 1
-            bar.update(1)
-            if it % cfg.log_every == 0 or it == stop_at:
-                rec = {k: round(v.item(), 5) for k, v in losses.items()}
-                log.write(kind="train", iteration=it, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                          loss=round(loss.item(), 5), **rec)  # fmt: skip
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.checkpoint_every > 0 and it % cfg.checkpoint_every == 0:
-                checkpoint(epoch, epoch_iter)
-            if it >= stop_at:
-                break
-        if epoch_iter >= per_epoch:
-            epoch, epoch_iter = epoch + 1, 0
-        checkpoint(epoch, epoch_iter)
-        finished = it >= stop_at or epoch >= cfg.epochs
-        if not finished and cfg.eval_every > 0 and epoch % cfg.eval_every == 0 and epoch_iter == 0:
-            run_eval(epoch)
-    bar.close()
-    run_eval(epoch)
-    return metrics
+    return _Plan(
+        task="detect",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        loader=_loader_factory(train_set, cfg, collate=det.collate),
+        sampler=ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world_size),
+        per_epoch=per_epoch,
+        stop_at=min(total, cfg.max_iters) if cfg.max_iters > 0 else total,
+        loss=loss,
+        evaluate=lambda: det.evaluate(
+            model, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world_size
+        ),
+        describe=describe,
+        meta={"task": "detect", "classes": train_set.class_names, "cat_ids": train_set.cat_ids},
+        eval_unit="epoch",
+        find_unused=True,  # torchvision's heads skip the mask branch for images without positive proposals
+    )
 
 
-def _load_for_inference(checkpoint: str | Path, task: str, device: torch.device):
+def _model_from_checkpoint(checkpoint: str | Path, task: str, cfg_cls: type, build: Callable, device: torch.device,
+                           **overrides):  # fmt: skip
+    """Rebuild a task model from a ``train`` checkpoint: its saved config (``overrides`` on top), then its weights."""
     state = load_checkpoint_file(checkpoint)
     if state.get("progress", {}).get("task") != task:
         raise ValueError(f"{checkpoint} is not a `{task}` checkpoint (it is {state.get('progress', {}).get('task')!r})")
-    return state
-
-
-def detection_model_from_checkpoint(checkpoint: str | Path, device: torch.device, **overrides):
-    state = _load_for_inference(checkpoint, "detect", device)
-    fields = {f.name for f in dataclasses.fields(det.DetectConfig)}
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
     cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items() if k in fields}
+    # Checkpoints written before the output_norm option existed have no output norms, whatever the family.
+    cfg_dict.setdefault("output_norm", False)
     cfg_dict.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = det.DetectConfig(**{**cfg_dict, "pretrained": None})
-    model = det.build_mask_rcnn(cfg, len(state["progress"]["classes"]))
+    cfg = cfg_cls(**{**cfg_dict, "pretrained": None})
+    model = build(cfg, state)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, state["progress"]
 
 
+def detection_model_from_checkpoint(checkpoint: str | Path, device: torch.device, **overrides):
+    """``(model, config, progress)`` of a detection checkpoint, the model in eval mode on ``device``."""
+    return _model_from_checkpoint(checkpoint, "detect", det.DetectConfig,
+                                  lambda cfg, st: det.build_mask_rcnn(cfg, len(st["progress"]["classes"])), device,
+                                  **overrides)  # fmt: skip
+
+
 def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto") -> dict:
-    dev = _device(device)
-    model, cfg, prog = detection_model_from_checkpoint(checkpoint, dev)
-    dataset = det.CocoInstances(*det.coco_paths(data or cfg.data, split or cfg.val_split))
-    if dataset.cat_ids != list(prog["cat_ids"]):
-        raise ValueError(f"the data set's categories {dataset.cat_ids} differ from the checkpoint's {prog['cat_ids']}")
-    return det.evaluate(model, dataset, dev, batch_size=cfg.batch_size)
+    """COCO AP of a checkpoint on a split; under torchrun the images are shared out and every rank gets the result."""
+    with distributed(device) as env:
+        model, cfg, prog = detection_model_from_checkpoint(checkpoint, env.device)
+        dataset = det.CocoInstances(*det.coco_paths(data or cfg.data, split or cfg.val_split))
+        if dataset.cat_ids != list(prog["cat_ids"]):
+            raise ValueError(f"the data set's categories {dataset.cat_ids} differ from the checkpoint's "
+                             f"{prog['cat_ids']}")  # fmt: skip
+        return det.evaluate(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world_size)
 
 
 def predict_detection(checkpoint: str, image: str, output: str, threshold: float | None, device: str = "auto") -> int:
@@ -231,100 +308,56 @@ def predict_detection(checkpoint: str, image: str, output: str, threshold: float
 
 # -- segmentation ------------------------------------------------------------------------------------------------
 def train_segmentation(cfg: seg.SegmentConfig) -> dict:
-    env = init_distributed(cfg.device)
-    try:
-        return _train_segmentation(cfg, env)
-    finally:
-        cleanup_distributed()
+    """Semantic FPN training with the poly schedule; returns the final evaluation metrics (on every rank)."""
+    return _train(cfg, _plan_segmentation)
 
 
-def _train_segmentation(cfg: seg.SegmentConfig, env: DistEnv) -> dict:
-    out = Path(cfg.output)
-    _seed_everything(cfg.seed, env.rank, cfg.threads)
+def _plan_segmentation(cfg: seg.SegmentConfig, env: DistEnv) -> _Plan:
     train_set = seg.ADESegmentation(cfg.data, cfg.train_split, cfg, train=True)
     val_set = seg.ADESegmentation(cfg.data, cfg.val_split, cfg, train=False)
     model = seg.SemanticFPN(cfg).to(env.device)
     optimizer = _build_optimizer(model, cfg.lr, cfg.weight_decay)
     schedule = WarmupSchedule(optimizer, cfg.iters, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power,
-                              min_lr=cfg.min_lr)  # fmt: skip
-    progress = _resume(out, cfg, model, optimizer, schedule)
-    ddp_model = _wrap_ddp(model, env, find_unused=False)
-    log = JsonlLog(out / "log.jsonl", enabled=env.is_main)
-    if env.is_main:
-        write_config(out, cfg)
+                              min_lr=cfg.resolved_min_lr())  # fmt: skip
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-    per_epoch = len(sampler) // cfg.batch_size
+    per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last
     if per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split per process "
                          f"({len(sampler)} images); lower batch_size")  # fmt: skip
-    it, epoch, epoch_iter = int(progress["iteration"]), int(progress["epoch"]), int(progress["epoch_iter"])
-    meta = {"task": "segment", "classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]}
-    metrics: dict = {}
-    bar = _progress_bar(cfg.iters, it, env, "segment train")
 
-    def checkpoint() -> None:
-        if env.is_main:
-            prog = {"iteration": it, "epoch": epoch, "epoch_iter": epoch_iter, **meta}
-            save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, schedule, prog, cfg)
+    def loss(ddp_model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, labels = batch[0].to(env.device), batch[1].to(env.device)
+        return F.cross_entropy(ddp_model(images), labels, ignore_index=cfg.ignore_index), {}
 
-    def run_eval() -> None:
-        nonlocal metrics
-        if env.is_main:
-            metrics = seg.evaluate(model, val_set, cfg, env.device)
-            log.write(kind="eval", iteration=it, **metrics)
-            atomic_write_json(out / "metrics.json", {"iteration": it, **metrics})
-            bar.write(f"iter {it}: mIoU {metrics['mIoU']:.4f} aAcc {metrics['aAcc']:.4f}")
-        barrier(env)
-
-    while it < cfg.iters:
-        sampler.set_epoch(epoch, start=epoch_iter * cfg.batch_size)
-        ddp_model.train()
-        for images, labels in _loader(train_set, sampler, cfg.batch_size, cfg.workers, drop_last=True):
-            images, labels = images.to(env.device), labels.to(env.device)
-            logits = ddp_model(images)
-            loss = F.cross_entropy(logits, labels, ignore_index=cfg.ignore_index)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower lr or check the labels")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            it += 1
-            epoch_iter += 1
-            bar.update(1)
-            if it % cfg.log_every == 0 or it == cfg.iters:
-                log.write(kind="train", iteration=it, lr=optimizer.param_groups[0]["lr"], loss=round(loss.item(), 5))
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            done = it >= cfg.iters
-            if epoch_iter >= per_epoch:
-                epoch, epoch_iter = epoch + 1, 0
-            if done or (cfg.checkpoint_every > 0 and it % cfg.checkpoint_every == 0):
-                checkpoint()
-            if not done and cfg.eval_every > 0 and it % cfg.eval_every == 0:
-                run_eval()
-                ddp_model.train()
-            if done or epoch_iter == 0:
-                break
-    bar.close()
-    run_eval()
-    return metrics
+    return _Plan(
+        task="segment",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        loader=_loader_factory(train_set, cfg, drop_last=True),
+        sampler=sampler,
+        per_epoch=per_epoch,
+        stop_at=cfg.iters,
+        loss=loss,
+        evaluate=lambda: seg.evaluate(model, val_set, cfg, env.device, rank=env.rank, world_size=env.world_size),
+        describe=lambda epoch, it, m: f"iter {it}: mIoU {m['mIoU']:.4f} aAcc {m['aAcc']:.4f}",
+        meta={"task": "segment", "classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
+        eval_unit="iteration",
+    )
 
 
 def segmentation_model_from_checkpoint(checkpoint: str | Path, device: torch.device):
-    state = _load_for_inference(checkpoint, "segment", device)
-    fields = {f.name for f in dataclasses.fields(seg.SegmentConfig)}
-    cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items() if k in fields}
-    cfg = seg.SegmentConfig(**{**cfg_dict, "pretrained": None})
-    model = seg.SemanticFPN(cfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg, state["progress"]
+    """``(model, config, progress)`` of a segmentation checkpoint, the model in eval mode on ``device``."""
+    return _model_from_checkpoint(checkpoint, "segment", seg.SegmentConfig, lambda cfg, st: seg.SemanticFPN(cfg),
+                                  device)  # fmt: skip
 
 
 def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "auto") -> dict:
-    dev = _device(device)
-    model, cfg, _ = segmentation_model_from_checkpoint(checkpoint, dev)
-    dataset = seg.ADESegmentation(data or cfg.data, split or cfg.val_split, cfg)
-    return seg.evaluate(model, dataset, cfg, dev)
+    """mIoU of a checkpoint on a split; under torchrun the images are shared out and every rank gets the result."""
+    with distributed(device) as env:
+        model, cfg, _ = segmentation_model_from_checkpoint(checkpoint, env.device)
+        dataset = seg.ADESegmentation(data or cfg.data, split or cfg.val_split, cfg)
+        return seg.evaluate(model, dataset, cfg, env.device, rank=env.rank, world_size=env.world_size)
 
 
 def predict_segmentation(checkpoint: str, image: str, output: str, device: str = "auto") -> dict:
@@ -364,10 +397,6 @@ def _save_png(img: Image.Image, output: str) -> None:
     if out.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {out}")
     atomic_write_bytes(out, lambda f: img.save(f, format="PNG"))
-
-
-def dump(metrics: dict) -> str:
-    return json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}, indent=2)
 
 
 __all__ = [

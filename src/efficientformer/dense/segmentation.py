@@ -21,35 +21,31 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from .backbone import FPN, EfficientFormerBackbone
+from .backbone import FPN
+from .engine import DenseConfig, all_reduce_sum, shard
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(DenseConfig):
     """Defaults are the official Semantic FPN 40k-iteration ADE20K recipe."""
 
     data: str = ""  # ADE20K-format root: images/<split>/*.jpg|png and annotations/<split>/*.png
     train_split: str = "training"
     val_split: str = "validation"
     output: str = "runs/segment"
-    model: str = "efficientformer_l1"
-    pretrained: str | None = None  # ImageNet checkpoint (any supported layout); None = random init
     img_size: int = 0  # grid the attention-bias tables are stored for; 0 = crop_size
-    frozen_bn: bool = False
-    frozen_stages: int = -1
     num_classes: int = 150
     reduce_zero_label: bool = True
     ignore_index: int = 255
-    fpn_channels: int = 256
     head_channels: int = 128
     dropout: float = 0.1
     iters: int = 40000
     lr: float = 2e-4
     weight_decay: float = 1e-4
     poly_power: float = 0.9
-    min_lr: float = 0.0
+    min_lr: float | None = None  # None = 0 for V1, 1e-6 for V2 (official)
     warmup_iters: int = 0
     crop_size: int = 512
     scale: tuple[int, ...] = (2048, 512)  # (long, short) bound of the keep-ratio resize, before the ratio jitter
@@ -58,15 +54,15 @@ class SegmentConfig:
     flip_prob: float = 0.5
     photometric: bool = True
     batch_size: int = 4  # images per process
-    workers: int = 2
     eval_every: int = 4000  # iterations (0 = only at the end)
     checkpoint_every: int = 4000
     log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # CPU threads for torch (0 = torch default; 1 is much faster on an oversubscribed CPU)
-    resume: bool = True
     overlay_alpha: float = 0.5  # predict: weight of the class colours in the overlay
+
+    def resolved_min_lr(self) -> float:
+        if self.min_lr is not None:
+            return self.min_lr
+        return 1e-6 if "v2" in self.model else 0.0
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -234,13 +230,7 @@ class SemanticFPN(nn.Module):
         super().__init__()
         if cfg.num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {cfg.num_classes}")
-        self.backbone = EfficientFormerBackbone(
-            cfg.model,
-            checkpoint=cfg.pretrained,
-            frozen_bn=cfg.frozen_bn,
-            frozen_stages=cfg.frozen_stages,
-            img_size=cfg.img_size or cfg.crop_size,
-        )
+        self.backbone = cfg.build_backbone(cfg.crop_size)
         self.neck = FPN(self.backbone.channels, cfg.fpn_channels, extra_pool=False)
         self.head = SemanticFPNHead(cfg.fpn_channels, cfg.head_channels, cfg.num_classes, self.backbone.strides,
                                     cfg.dropout)  # fmt: skip
@@ -298,13 +288,25 @@ def predict_logits(model: nn.Module, img: Image.Image, cfg: SegmentConfig, devic
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: ADESegmentation, cfg: SegmentConfig, device: torch.device) -> dict:
+def evaluate(
+    model: nn.Module,
+    dataset: ADESegmentation,
+    cfg: SegmentConfig,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """mIoU, mAcc and pixel accuracy on ``dataset``. With ``world_size > 1`` (an initialised process group) each
+    rank scores a share of the images and the confusion matrices are summed, so every rank returns the same."""
     model.eval()
     metric = SegMetric(cfg.num_classes, cfg.ignore_index)
-    for i in range(len(dataset)):
+    for i in shard(list(range(len(dataset))), rank, world_size):
         img, label = dataset.load(i)
         pred = predict_logits(model, img, cfg, device).argmax(0)
         metric.update(pred, torch.from_numpy(label.astype(np.int64)))
+    # Integer counts: the sum over ranks is exact, whatever the split.
+    metric.confusion = all_reduce_sum(metric.confusion, world_size, device)
     return metric.compute()
 
 

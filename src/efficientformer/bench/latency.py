@@ -283,8 +283,17 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                     if backend.startswith("onnxruntime"):
                         fn = ort_fn("mobilenetv2_100", "timm", baseline, batch, backend.endswith("int8"))
                         cands[("mobilenetv2_100", "timm", backend, batch)] = fn, params
-            log(f"batch {batch}: timing {len(cands)} candidates interleaved, {cfg.warmup} warm-up + {cfg.runs} rounds")
-            times = time_interleaved({k: fn for k, (fn, _) in cands.items()}, cfg.warmup, cfg.runs, progress=True)
+            # PyTorch and ONNX Runtime each keep a pool of worker threads that spin for a while after a call; with
+            # more than one thread, interleaving the two runtimes makes one's spinning workers steal cores from the
+            # other. So each runtime's candidates are interleaved among themselves, one runtime after the other.
+            times: dict = {}
+            for runtime in ("torch", "onnxruntime"):
+                is_ort = runtime == "onnxruntime"
+                group = {k: fn for k, (fn, _) in cands.items() if k[2].startswith("onnxruntime") == is_ort}
+                if group:
+                    log(f"batch {batch}: timing {len(group)} {runtime} candidates interleaved, "
+                        f"{cfg.warmup} warm-up + {cfg.runs} rounds")  # fmt: skip
+                    times.update(time_interleaved(group, cfg.warmup, cfg.runs, progress=True))
             for key, (_, params) in cands.items():
                 model_name, impl, backend, b = key
                 med = statistics.median(times[key])
@@ -299,7 +308,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             p.unlink(missing_ok=True)
         tmp.rmdir()
     env["loadavg_end"] = os.getloadavg()
-    env["method"] = "interleaved: one call of every candidate per round, rotating order"
+    env["method"] = "interleaved per runtime: one call of every candidate per round, rotating order"
     return {"config": asdict(cfg), "environment": env, "rows": [asdict(r) for r in rows], "notes": notes}
 
 

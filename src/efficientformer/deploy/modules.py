@@ -49,6 +49,7 @@ class FusedConv2d(nn.Conv2d):
             raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
         self.act = act
         self.cpu_kernels = False
+        self._geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}  # input shape -> weight in oneDNN's layout
         self._packed_key: tuple[int, int] | None = None
 
@@ -92,14 +93,15 @@ class FusedConv2d(nn.Conv2d):
         if packed is None:
             if len(self._packed) >= 8:
                 self._packed.clear()
-            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             weight = self.weight.detach().to_mkldnn()
-            packed = self._packed[shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(weight, *geometry, list(shape))
+            packed = self._packed[shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight, *self._geometry, list(shape)
+            )
         return packed
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self._use_kernels(x):
-            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            geometry = self._geometry
             if residual is not None and self.act == "none":
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, residual, self._packed_weight(x), self.bias, *geometry, "add", None, None, [], None

@@ -19,10 +19,13 @@ def __getattr__(name: str):
         from .inference import inference_model
 
         return inference_model
-    if name in ("deploy", "save_deployed", "load_deployed"):
+    if name in ("deploy_model", "save_deployed", "load_deployed"):
+        # Not called `deploy` here: `efficientformer.deploy` is the subpackage, and the first import of it would
+        # replace a root-level function of that name with the module.
         import importlib
 
-        return getattr(importlib.import_module(".deploy", __name__), name)
+        module = importlib.import_module(".deploy", __name__)
+        return module.deploy if name == "deploy_model" else getattr(module, name)
     raise AttributeError(f"module 'efficientformer' has no attribute {name!r}")
 
 
@@ -37,7 +40,7 @@ __all__ = [
     "UnknownModelError",
     "__version__",
     "create_model",
-    "deploy",
+    "deploy_model",
     "inference_model",
     "load_deployed",
     "save_deployed",

@@ -143,25 +143,10 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
 
 
 def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> None:
-    """ONNX export for foreign models (timm), same exporter and settings as ours."""
-    import warnings
+    """ONNX export of any model (ours or timm's) with the exporter and settings of `efficientformer export`."""
+    from ..deploy.export import write_onnx
 
-    from ..deploy.export import DEFAULT_OPSET
-
-    x = torch.randn(batch, 3, img, img)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            model,
-            (x,),
-            dynamo=True,
-            input_names=["image"],
-            output_names=["logits"],
-            opset_version=DEFAULT_OPSET,
-            optimize=True,
-            verbose=False,
-        )
-    prog.save(str(path))
+    write_onnx(model, torch.randn(batch, 3, img, img), path)
 
 
 def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:

@@ -116,6 +116,29 @@ def _check(diff: float, tolerance: float, fmt: str) -> None:
 DEFAULT_OPSET = 20
 
 
+def write_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False
+) -> None:
+    """The bare export (no checks): ``torch.export``-based exporter, input ``image``, output ``logits``, graph
+    optimised by onnxscript. The benchmark exports timm's models with this too, so both sides get the same
+    exporter and settings."""
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=dynamic,
+            opset_version=max(opset, 18),  # the dynamo exporter's lowest opset is 18
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -136,22 +159,8 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     example = _inputs(fixed or 2, img, 0, getattr(model, "in_chans", 3))
-    dynamic = None if fixed else {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes=dynamic,
-            opset_version=max(opset, 18),  # the dynamo exporter's lowest opset is 18
-            optimize=True,
-            verbose=False,
-        )
-    program.save(str(path))
+    write_onnx(model, example, path, opset, dynamic_batch=fixed is None)
     seconds = time.perf_counter() - start
     proto = onnx.load(str(path), load_external_data=False)
     report = ExportReport("onnx", str(path), img, "dynamic" if fixed is None else str(fixed), _size(path), seconds)

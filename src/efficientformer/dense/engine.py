@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 import types
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..train.distributed import DistInfo, cleanup, setup
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from .backbone import EfficientFormerBackbone
 
@@ -152,72 +152,31 @@ def config_help(cls: type) -> str:
 
 
 # -- distributed -------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU); else one process.
-
-    A group the caller already initialised is used as it is (rank and size come from it).
-    """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but none is available; use device=cpu")
-    if dist.is_available() and dist.is_initialized():
-        world, rank = dist.get_world_size(), dist.get_rank()
-    else:
-        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank if world > 1 else 0)))
-    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 @contextlib.contextmanager
-def distributed(device: str = "auto") -> Iterator[DistEnv]:
-    """:func:`init_distributed` for the duration of a ``with`` block. The process group is destroyed at the end
-    only if this block created it, so a caller's own group (a test, a notebook) survives."""
+def distributed(device: str = "auto") -> Iterator[DistInfo]:
+    """Classification training's process-group set-up (:func:`efficientformer.train.distributed.setup`) for the
+    duration of a ``with`` block. The group is destroyed at the end only if this block created it, so a caller's
+    own group (a test, a notebook) survives."""
     owned = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(device)
+    env = setup(device)
     try:
         yield env
     finally:
         if owned:
-            cleanup_distributed()
+            cleanup()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+def broadcast_buffers(model: nn.Module, env: DistInfo) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics), the ones a checkpoint stores.
 
     DDP broadcasts buffers only at the start of each training forward, so after the last step every rank holds
     statistics updated with its own last batch; evaluating with those would make the shards disagree.
     """
-    if env.distributed:
+    if env.enabled:
         for buf in model.buffers():
             dist.broadcast(buf.data, src=0)
 

@@ -26,7 +26,7 @@ from . import detection as det
 from . import segmentation as seg
 from .engine import (
     CHECKPOINT_NAME,
-    DistEnv,
+    DistInfo,
     JsonlLog,
     ResumableSampler,
     SeededSamples,
@@ -69,8 +69,8 @@ def _loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, s
     )
 
 
-def _wrap_ddp(model: nn.Module, env: DistEnv, find_unused: bool) -> nn.Module:
-    if not env.distributed:
+def _wrap_ddp(model: nn.Module, env: DistInfo, find_unused: bool) -> nn.Module:
+    if not env.enabled:
         return model
     ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
@@ -100,7 +100,7 @@ def _clip(model: nn.Module, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
 
 
-def _progress_bar(total: int, initial: int, env: DistEnv, desc: str):
+def _progress_bar(total: int, initial: int, env: DistInfo, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, disable=not env.is_main, dynamic_ncols=True, file=sys.stderr)
 
 
@@ -125,7 +125,7 @@ class _Plan:
     find_unused: bool = False
 
 
-def _fit(cfg, env: DistEnv, plan: _Plan) -> dict:
+def _fit(cfg, env: DistInfo, plan: _Plan) -> dict:
     """Train to ``plan.stop_at`` with resume, periodic logs, checkpoints and evaluations; returns the last metrics.
 
     A checkpoint is written every ``checkpoint_every`` iterations, at every epoch end for epoch-based tasks, and at
@@ -200,7 +200,7 @@ def _fit(cfg, env: DistEnv, plan: _Plan) -> dict:
     return metrics
 
 
-def _train(cfg, build: Callable[[Any, DistEnv], _Plan]) -> dict:
+def _train(cfg, build: Callable[[Any, DistInfo], _Plan]) -> dict:
     with distributed(cfg.device) as env:
         _seed_everything(cfg.seed, env.rank, cfg.threads)
         return _fit(cfg, env, build(cfg, env))
@@ -216,14 +216,14 @@ def train_detection(cfg: det.DetectConfig) -> dict:
     return _train(cfg, _plan_detection)
 
 
-def _plan_detection(cfg: det.DetectConfig, env: DistEnv) -> _Plan:
+def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> _Plan:
     train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.flip_prob)
     val_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.val_split))
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError("train and val annotation files list different categories")
     model = det.build_mask_rcnn(cfg, train_set.num_classes).to(env.device)
     optimizer = _build_optimizer(model, cfg.lr, cfg.resolved_weight_decay())
-    per_epoch = det.iterations_per_epoch(len(train_set), cfg.batch_size, env.world_size)
+    per_epoch = det.iterations_per_epoch(len(train_set), cfg.batch_size, env.world)
     total = per_epoch * cfg.epochs
     schedule = WarmupSchedule(optimizer, total, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
                               milestones=tuple(e * per_epoch for e in cfg.lr_steps))  # fmt: skip
@@ -244,13 +244,11 @@ def _plan_detection(cfg: det.DetectConfig, env: DistEnv) -> _Plan:
         optimizer=optimizer,
         schedule=schedule,
         loader=_loader_factory(train_set, cfg, collate=det.collate),
-        sampler=ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world_size),
+        sampler=ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world),
         per_epoch=per_epoch,
         stop_at=min(total, cfg.max_iters) if cfg.max_iters > 0 else total,
         loss=loss,
-        evaluate=lambda: det.evaluate(
-            model, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world_size
-        ),
+        evaluate=lambda: det.evaluate(model, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world),
         describe=describe,
         meta={"task": "detect", "classes": train_set.class_names, "cat_ids": train_set.cat_ids},
         eval_unit="epoch",
@@ -290,7 +288,7 @@ def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto")
         if dataset.cat_ids != list(prog["cat_ids"]):
             raise ValueError(f"the data set's categories {dataset.cat_ids} differ from the checkpoint's "
                              f"{prog['cat_ids']}")  # fmt: skip
-        return det.evaluate(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world_size)
+        return det.evaluate(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world)
 
 
 def predict_detection(checkpoint: str, image: str, output: str, threshold: float | None, device: str = "auto") -> int:
@@ -312,14 +310,14 @@ def train_segmentation(cfg: seg.SegmentConfig) -> dict:
     return _train(cfg, _plan_segmentation)
 
 
-def _plan_segmentation(cfg: seg.SegmentConfig, env: DistEnv) -> _Plan:
+def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> _Plan:
     train_set = seg.ADESegmentation(cfg.data, cfg.train_split, cfg, train=True)
     val_set = seg.ADESegmentation(cfg.data, cfg.val_split, cfg, train=False)
     model = seg.SemanticFPN(cfg).to(env.device)
     optimizer = _build_optimizer(model, cfg.lr, cfg.weight_decay)
     schedule = WarmupSchedule(optimizer, cfg.iters, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power,
                               min_lr=cfg.resolved_min_lr())  # fmt: skip
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world)
     per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last
     if per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split per process "
@@ -339,7 +337,7 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistEnv) -> _Plan:
         per_epoch=per_epoch,
         stop_at=cfg.iters,
         loss=loss,
-        evaluate=lambda: seg.evaluate(model, val_set, cfg, env.device, rank=env.rank, world_size=env.world_size),
+        evaluate=lambda: seg.evaluate(model, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
         describe=lambda epoch, it, m: f"iter {it}: mIoU {m['mIoU']:.4f} aAcc {m['aAcc']:.4f}",
         meta={"task": "segment", "classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
         eval_unit="iteration",
@@ -357,7 +355,7 @@ def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "aut
     with distributed(device) as env:
         model, cfg, _ = segmentation_model_from_checkpoint(checkpoint, env.device)
         dataset = seg.ADESegmentation(data or cfg.data, split or cfg.val_split, cfg)
-        return seg.evaluate(model, dataset, cfg, env.device, rank=env.rank, world_size=env.world_size)
+        return seg.evaluate(model, dataset, cfg, env.device, rank=env.rank, world_size=env.world)
 
 
 def predict_segmentation(checkpoint: str, image: str, output: str, device: str = "auto") -> dict:

@@ -26,15 +26,22 @@ class DistInfo:
 
 
 def setup(device: str = "auto") -> DistInfo:
-    """Read torchrun's (or Slurm's) environment; start the process group when there is more than one process."""
+    """Read torchrun's (or Slurm's) environment; start the process group when there is more than one process.
+
+    A process group the caller already started (a test, a notebook) is used as it is: rank and size come from it.
+    """
     env = os.environ
     if "RANK" not in env and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env.get("SLURM_NTASKS", "1")
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    rank, world, local = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    local = int(env.get("LOCAL_RANK", rank if world > 1 else 0))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device=cuda requested but no CUDA device is available; use device=cpu")
+        raise ValueError(f"device={device!r} asked for CUDA but no CUDA device is available; use device=cpu")
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

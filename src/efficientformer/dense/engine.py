@@ -119,16 +119,10 @@ def build_config(cls: type[C], yaml_path: str | Path | None = None, overrides: l
         values[key] = _coerce(value, hints[key], key)
 
     if yaml_path:
-        import yaml
+        from ..train.config import load_yaml
 
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of key: value, got {type(loaded).__name__}")
-        for k, v in loaded.items():
-            put(str(k), v, str(path))
+        for k, v in load_yaml(yaml_path).items():
+            put(str(k), v, str(yaml_path))
     for k, v in kw.items():
         if v is not None:
             put(k, v, "command-line flags")

@@ -2,7 +2,7 @@
 
 import time
 
-from efficientformer.bench.timing import p90, time_interleaved
+from efficientformer.utils.timing import p90, time_interleaved
 
 
 def test_time_interleaved_rounds_and_rotation():

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientformer.dense import cli as dense_cli
+from efficientformer.cli import dense as dense_cli
 from efficientformer.utils.io import safe_torch_load
 
 torch.set_num_threads(1)

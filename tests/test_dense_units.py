@@ -349,7 +349,7 @@ def _cli(argv):
     import argparse
 
     from efficientformer.cli import UserError
-    from efficientformer.dense import cli as dense_cli
+    from efficientformer.cli import dense as dense_cli
 
     parser = argparse.ArgumentParser(prog="efficientformer")
     dense_cli.register(parser.add_subparsers(dest="command"))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from efficientformer import create_model
+from efficientformer.cli.deploy import register
 from efficientformer.deploy import deploy
-from efficientformer.deploy.cli import register
 from efficientformer.deploy.export import export_onnx, export_torchscript, parse_batch, require
 
 IMG = 64

@@ -7,8 +7,8 @@ import pytest
 
 from efficientformer import create_model, list_models
 from efficientformer.bench.profile import PUBLISHED, paper_param_count, profile_model
+from efficientformer.cli.deploy import register
 from efficientformer.deploy import deploy
-from efficientformer.deploy.cli import register
 
 
 def run_cli(argv):

@@ -42,7 +42,7 @@ def colour_folder(root: Path, n_train: int = 16, n_val: int = 6, size: int = 32)
 
 
 def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "efficientformer.train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "efficientformer", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)  # fmt: skip
 
 
@@ -208,7 +208,7 @@ def test_kill_minus_9_mid_run_then_resume(tmp_path):
     data = colour_folder(tmp_path / "data", n_train=32)
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--output", str(out), *[f"{k}={v}" for k, v in TINY.items()], "epochs=40"]
-    proc = subprocess.Popen([sys.executable, "-m", "efficientformer.train", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "efficientformer", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.time() + 150

@@ -26,11 +26,11 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     data = colour_folder(tmp_path / "data", n_train=16, n_val=5)
     Image.open(data / "val" / "dark" / "0.png").save(data / "val" / "dark" / "extra.png")  # 11 val images: odd
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    res = subprocess.run([sys.executable, "-m", "efficientformer.train", *_ddp_args(data, single, 8)], cwd=REPO,
+    res = subprocess.run([sys.executable, "-m", "efficientformer", *_ddp_args(data, single, 8)], cwd=REPO,
                          capture_output=True, text=True, timeout=240)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "efficientformer.train", *_ddp_args(data, ddp, 4)]  # fmt: skip
+           "-m", "efficientformer", *_ddp_args(data, ddp, 4)]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout and "global batch 8" in res.stdout

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models.registry import create_model, list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .timing import ort_session, p90, time_interleaved
+from ..utils.timing import ort_session, p90, time_interleaved
 
 BACKENDS = ("eager", "deploy", "compile", "onnxruntime", "onnxruntime-int8")
 

@@ -20,15 +20,9 @@ from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.layers import to_grid
+from ..utils.optional import require
 
 FORMATS = ("onnx", "torchscript", "coreml", "executorch")
-EXTRAS = {
-    "onnx": "onnx",
-    "onnxruntime": "onnx",
-    "onnxscript": "onnx",
-    "coremltools": "coreml",
-    "executorch": "executorch",
-}
 
 
 class ExportParityError(ValueError):
@@ -60,18 +54,6 @@ class ExportReport:
         text = f"wrote {self.path} ({self.format}, {h}x{w}, batch {self.batch}, {self.size_bytes / 1e6:.2f} MB, "
         text += f"{self.seconds:.1f} s){diff}"
         return "\n".join([text] + [f"  {n}" for n in self.notes])
-
-
-def require(module: str):
-    """Import an optional dependency or raise a one-line ImportError naming the extra that provides it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        top = module.split(".")[0]
-        extra = EXTRAS.get(top, top)
-        raise ImportError(f"{top} is not installed; install it with: pip install efficientformer[{extra}]") from None
 
 
 def parse_batch(batch: str | int) -> int | None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench.timing import ort_session, time_callable
 from ..data.constants import EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD
-from .export import require
+from ..utils.optional import require
+from ..utils.timing import ort_session, time_callable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 

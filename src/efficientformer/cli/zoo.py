@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .models import create_model, list_models
+from ..models import create_model, list_models
 
 
 def zoo_summary(models: list[str], img_size: int = 224, batch_size: int = 1, runs: int = 3) -> list[dict]:

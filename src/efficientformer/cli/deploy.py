@@ -6,18 +6,24 @@ import argparse
 import json
 from pathlib import Path
 
+from ..bench.latency import BenchConfig, parse_list, resolve_models, run_benchmark, write_outputs
+from ..bench.profile import PUBLISHED, format_profile, profile_model
+from ..deploy.export import export_model, export_onnx
+from ..deploy.fuse import deploy
+from ..deploy.quantize import quantize_onnx
+from ..inference.api import checkpoint_num_classes
+from ..models.checkpoint import read_checkpoint
+from ..models.registry import create_model
+from ..utils.io import atomic_write_json
+
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
 
 
 def _build(name: str, checkpoint: str | None, img_size: int | None):
-    from ..models.registry import create_model
-
     if checkpoint is None:
         return create_model(name, img_size=img_size or 224).eval()
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    from ..inference.api import checkpoint_num_classes
-    from ..models.checkpoint import read_checkpoint
 
     # the classifier is sized from the checkpoint, so a fine-tuned (e.g. 10-class) model exports as it is
     num_classes = checkpoint_num_classes(read_checkpoint(checkpoint)[0]) or 1000
@@ -25,10 +31,6 @@ def _build(name: str, checkpoint: str | None, img_size: int | None):
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ..bench.latency import resolve_models
-    from ..bench.profile import PUBLISHED, format_profile, profile_model
-    from ..models.registry import create_model
-
     results = []
     for name in resolve_models(args.model):
         res = profile_model(create_model(name, img_size=args.img_size or 224), args.img_size)
@@ -48,9 +50,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
-    from .fuse import deploy
-
     model = _build(args.model, args.checkpoint, args.img_size)
     if args.deploy:
         model = deploy(model)
@@ -70,10 +69,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .export import export_onnx
-    from .fuse import deploy
-    from .quantize import quantize_onnx
-
     out_dir = Path(args.output_dir)
     if args.onnx:
         fp32 = Path(args.onnx)
@@ -97,15 +92,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     )
     print(report)
     if args.json:
-        from ..utils.io import atomic_write_json
-
         atomic_write_json(args.json, report.to_dict())
     return 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from ..bench.latency import BenchConfig, parse_list, resolve_models, run_benchmark, write_outputs
-
     cfg = BenchConfig(
         models=resolve_models(args.model),
         backends=parse_list(args.backend),

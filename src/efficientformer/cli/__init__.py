@@ -7,21 +7,13 @@ Errors that are the user's (bad input, missing files, missing extras) are printe
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from . import dense, deploy, inference, train, zoo
+from .errors import UserError
+
 #: Modules that add sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = (
-    "efficientformer.zoo",
-    "efficientformer.train.cli",
-    "efficientformer.inference.cli",
-    "efficientformer.deploy.cli",
-    "efficientformer.dense.cli",
-)
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line without a traceback."""
+COMMAND_MODULES = (zoo, train, inference, deploy, dense)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="EfficientFormer / EfficientFormerV2 toolkit: models, training, export, benchmarks.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

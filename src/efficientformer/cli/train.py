@@ -6,7 +6,11 @@ import argparse
 import json
 from dataclasses import fields
 
-from .config import TrainConfig, build_config, parse_overrides
+from ..train.config import TrainConfig, build_config, parse_overrides
+from ..train.engine import train
+from ..train.evaluate import evaluate_checkpoint
+from ..train.recipes import DIGITS_RECIPE
+from ..train.slurm import submit
 
 
 def register(subparsers) -> None:
@@ -78,8 +82,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             overrides[key[len("cfg__") :]] = value
     config_file = args.config
     if config_file is None and overrides.get("data") in (None, "", "none"):
-        from .recipes import DIGITS_RECIPE
-
         return build_config(None, {**{k: v for k, v in DIGITS_RECIPE.items()}, **overrides})
     return build_config(config_file, overrides)
 
@@ -88,7 +90,6 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if getattr(args, "slurm", False):
         return _submit(cfg, args)
-    from .engine import train
 
     train(cfg)
     return 0
@@ -99,8 +100,6 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def _submit(cfg: TrainConfig, args: argparse.Namespace) -> int:
-    from .slurm import submit
-
     job, summary = submit(
         cfg,
         nodes=args.nodes,
@@ -119,8 +118,6 @@ def _submit(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
-
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.data, img_size=args.img_size, resize=args.resize,
         batch_size=args.batch_size, workers=args.workers, use_ema=args.ema, amp=args.amp, device=args.device,
@@ -137,13 +134,3 @@ def run_eval(args: argparse.Namespace) -> int:
             + (f" ({result['skipped']} unreadable images skipped)" if result["skipped"] else "")
         )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point with only these sub-commands (``python -m efficientformer.train``); the toolkit-wide
-    ``efficientformer`` command registers the same ones."""
-    from ..cli import main as toolkit_main
-
-    parser = argparse.ArgumentParser(prog="efficientformer")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return toolkit_main(argv, parser=parser)

@@ -15,8 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from .images import ImageLoadError, as_rgb_image, find_images
-from .preprocess import INTERPOLATIONS
+from tqdm import tqdm
+
+from ..inference.api import Predictor, load_model
+from ..inference.images import ImageLoadError, as_rgb_image, find_images
+from ..inference.preprocess import INTERPOLATIONS, EvalPreprocess
+from ..model_cards import format_card, model_card
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,11 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # -- predict -----------------------------------------------------------------------------------------------------
 def run_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .api import Predictor, load_model
-    from .preprocess import EvalPreprocess
-
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
@@ -135,8 +134,6 @@ class _Writer:
 
 # -- info --------------------------------------------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
-    from ..model_cards import format_card, model_card
-
     if args.img_size < 32 or args.img_size % 32:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {args.img_size}")
     card = model_card(args.name, img_size=args.img_size)

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
+from .optional import require
+
 
 def time_callable(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
     """Milliseconds of ``runs`` timed calls after ``warmup`` untimed ones."""
@@ -55,8 +57,6 @@ def p90(values: list[float]) -> float:
 
 def ort_session(path: str | Path, threads: int):
     """An ONNX Runtime CPU session with a pinned thread count and every graph optimisation on."""
-    from ..deploy.export import require
-
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

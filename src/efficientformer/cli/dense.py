@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine import build_config, config_help
+from ..dense import loops, synthetic
+from ..dense.detection import DetectConfig
+from ..dense.engine import build_config, config_help
+from ..dense.segmentation import SegmentConfig
+from ..utils.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,6 @@ TASKS = (
 
 def register(subparsers: Any) -> None:
     """Add ``detect`` and ``segment`` (each with train / eval / predict / synth) to a top-level subparser set."""
-    from .detection import DetectConfig
-    from .segmentation import SegmentConfig
-
     configs = {"detect": DetectConfig, "segment": SegmentConfig}
     for task in TASKS:
         top = subparsers.add_parser(task.name, help=task.help)
@@ -128,8 +129,6 @@ def _is_main_process() -> bool:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import loops
-
     flags = {k: getattr(args, k) for k in ("data", "output", "model", "pretrained", "device")}
     cfg = build_config(args.config_cls, args.config, args.overrides, **flags)
     metrics = getattr(loops, args.task.train)(cfg)
@@ -140,22 +139,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from . import loops
-
     metrics = getattr(loops, args.task.evaluate)(args.checkpoint, args.data, args.split, args.device)
     if _is_main_process():
         text = json.dumps(metrics, indent=2)
         print(text)
         if args.output:
-            from ..utils.io import atomic_write_text
-
             atomic_write_text(Path(args.output), text + "\n")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from . import loops
-
     if args.task.name == "detect":
         n = loops.predict_detection(args.checkpoint, args.image, args.output, args.threshold, args.device)
         print(f"wrote {args.output} ({n} detections drawn)")
@@ -166,8 +159,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from . import synthetic
-
     make = getattr(synthetic, args.task.synth)
     root = make(args.output, train=args.train, val=args.val, size=args.size, seed=args.seed)
     print(f"wrote a {args.task.synth_format} set to {root} ({args.train} train / {args.val} val images, "

@@ -61,8 +61,12 @@ def test_distillation_outputs():
     model = create_model("efficientformerv2_s0", num_classes=7)
     x = torch.randn(2, 3, 64, 64)
     model.train()
+    mean = model(x)  # as it comes: one tensor in train mode too, so a user's own loop works
+    assert isinstance(mean, torch.Tensor) and mean.shape == (2, 7)
+    model.set_distilled_training(True)  # what the trainer does for DeiT distillation
     head, dist = model(x)
     assert head.shape == dist.shape == (2, 7)
+    model.set_distilled_training(False)
     model.eval()
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -71,6 +75,8 @@ def test_distillation_outputs():
         assert torch.allclose(model(x), expected)
     single = create_model("efficientformerv2_s0", num_classes=7, distillation=False).train()
     assert single(x).shape == (2, 7) and single.head_dist is None
+    with pytest.raises(ValueError, match="distillation=True"):
+        single.set_distilled_training(True)
 
 
 def test_drop_path_schedule_and_defaults():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,16 +17,16 @@ import torch
 import yaml
 from PIL import Image
 
-from efficientformer.train.config import TrainConfig, build_config, parse_overrides
+from efficientformer.runtime.config import parse_overrides, validate
+from efficientformer.runtime.optim import param_groups
+from efficientformer.train.config import TrainConfig, build_config
 from efficientformer.train.distill import DistillationLoss, build_teacher
-from efficientformer.train.mixup import MixupCutmix
-from efficientformer.train.optim import EpochScheduler, adaptive_clip_grad_, param_groups
 from efficientformer.utils.io import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model="efficientformerv2_s0", img_size=32, batch_size=8, workers=0, threads=1, epochs=1, mixup=0.0,
-            cutmix=0.0, randaugment=None, reprob=0.0, hflip=0.0, repeated_aug=False, distillation="none",
-            teacher=None, warmup_epochs=0, lr=2e-3, ema_decay=0.9, progress=False)  # fmt: skip
+            cutmix=0.0, auto_augment=None, color_jitter=None, reprob=0.0, hflip=0.0, repeated_aug=False,
+            distillation="none", teacher=None, warmup_epochs=0, lr=2e-3, ema_decay=0.9, progress=False)  # fmt: skip
 
 
 def colour_folder(root: Path, n_train: int = 16, n_val: int = 6, size: int = 32) -> Path:
@@ -54,36 +54,116 @@ def cfg_of(**kw) -> TrainConfig:
 def test_config_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 7\nlr: 0.5\nmodel: efficientformer_l1\n")
-    cfg = build_config(f, parse_overrides(["lr=0.1", "--batch-size", "16", "--no-ema", "amp=bf16"]))
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.ema, cfg.amp, cfg.model) == (
-        7,
-        0.1,
-        16,
-        False,
-        "bf16",
-        "efficientformer_l1",
-    )
+    cfg = build_config(f, parse_overrides(["lr=0.1", "--batch-size", "16", "--no-ema", "amp=bf16"], ["ema"]))
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.ema, cfg.amp, cfg.model) == (7, 0.1, 16, False, "bf16",
+                                                                                   "efficientformer_l1")  # fmt: skip
     assert TrainConfig().global_lr(8) == pytest.approx(1e-3)  # 8 x 128 = 1024
     with pytest.raises(ValueError, match="unknown config key 'epoch'.*epochs"):
         build_config(None, {"epoch": "3"})
-    with pytest.raises(ValueError, match="batch_size expects int"):
+    with pytest.raises(ValueError, match="'batch_size' expects int"):
         build_config(None, {"batch_size": "many"})
-    with pytest.raises(ValueError, match="distillation='x'"):
+    with pytest.raises(ValueError, match="'distillation' is 'x'; allowed: none, soft, hard"):
         build_config(None, {"distillation": "x"})
 
 
-def test_every_recipe_file_loads_and_digits_matches_the_builtin():
+@pytest.mark.parametrize(
+    "key,value,message",
+    [("clip_grad", "-1", "'clip_grad' must be > 0.0"), ("max_steps", "-1", "'max_steps' must be >= 1"),
+     ("smoothing", "2", "'smoothing' must be < 1.0"), ("ema_decay", "1.5", "'ema_decay' must be < 1.0"),
+     ("hflip", "3", "'hflip' must be <= 1.0"), ("mixup", "-1", "'mixup' must be >= 0.0"),
+     ("drop_path", "1.5", "'drop_path' must be < 1.0"), ("eval_every", "-1", "'eval_every' must be >= 0"),
+     ("img_size", "48", "multiple of 32"), ("auto_augment", "rand-q9", "not a timm auto-augment spec"),
+     ("batch_size", "7", "even batch_size"), ("device", "gpu", "device='gpu'"), ("lr", "0", "'lr' must be > 0.0")],
+)  # fmt: skip
+def test_out_of_range_values_are_refused(key, value, message):
+    """Each of these used to be accepted and quietly wreck (or crash) training."""
+    with pytest.raises(ValueError, match=message):
+        build_config(None, {key: value})
+    with pytest.raises(ValueError, match=message):  # Python callers get the same checks as the CLI and YAML
+        validate(TrainConfig(**{key: value}))
+
+
+def test_cli_range_error_and_yaml_errors_are_one_line(tmp_path):
+    res = run_cli("train", "--clip-grad", "-1")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "'clip_grad' must be > 0.0" in res.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\nlr: 3\n")
+    with pytest.raises(ValueError, match="not valid YAML .* at line"):
+        build_config(bad)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("epochs: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ValueError, match="no !!python tags"):
+        build_config(evil)
+    res = run_cli("train", "--config", str(evil))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "pwned" not in res.stdout
+
+
+def test_every_recipe_file_loads_states_only_differences_and_digits_matches_the_builtin():
     from efficientformer.models import list_models
     from efficientformer.train.recipes import DIGITS_RECIPE
 
     for name in list_models():
         for epochs in (300, 450):
-            cfg = build_config(REPO / "configs" / f"{name}_{epochs}e.yaml")
+            path = REPO / "configs" / f"{name}_{epochs}e.yaml"
+            cfg = build_config(path)
             assert (cfg.model, cfg.epochs, cfg.weight_decay, cfg.ema_decay) == (name, epochs, 0.025, 0.99996)
+            stated = yaml.safe_load(path.read_text())
+            assert set(stated) == {"model", "epochs", "data", "output"}, f"{path} repeats defaults"
     assert yaml.safe_load((REPO / "configs" / "digits.yaml").read_text()) == DIGITS_RECIPE
 
 
-# -- optimiser, schedule, clipping, mixup, distillation -------------------------------------------------------
+# -- the recipe is timm's, as the official main.py builds it ----------------------------------------------------
+def test_train_transform_is_timms_create_transform_with_the_official_arguments():
+    from sklearn.datasets import load_sample_image
+    from timm.data import create_transform
+
+    from efficientformer.train.engine import train_transform
+
+    img = Image.fromarray(load_sample_image("china.jpg"))
+    official = create_transform(input_size=64, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
+                                interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1)  # fmt: skip
+    ours = train_transform(TrainConfig(img_size=64))
+    for seed in range(6):
+        outs = []
+        for tf in (official, ours):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+            outs.append(tf(img))
+        assert torch.equal(outs[0], outs[1]), seed
+    assert "RandAugment" in repr(ours) and "RandomErasing" in repr(ours)
+
+
+def test_lr_curve_equals_the_official_loop_epoch_by_epoch(tmp_path):
+    """The official loop: timm ``create_scheduler(args)``, train an epoch, then ``step(epoch)``. Ours records the
+    rate each epoch trained with; a run of 8 epochs (one step each) must match it exactly."""
+    from argparse import Namespace
+
+    from timm.scheduler import create_scheduler
+
+    from efficientformer.train.engine import train
+
+    epochs, warmup = 8, 3
+    args = Namespace(sched="cosine", epochs=epochs, decay_epochs=30, decay_milestones=[30, 60], cooldown_epochs=10,
+                     patience_epochs=10, decay_rate=0.1, min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=warmup,
+                     lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, seed=42, lr_cycle_mul=1.0,
+                     lr_cycle_decay=0.1, lr_cycle_limit=1, lr_k_decay=1.0)  # fmt: skip
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched, _ = create_scheduler(args, opt)
+    official = []
+    for epoch in range(epochs):
+        official.append(opt.param_groups[0]["lr"])
+        sched.step(epoch)
+    data = colour_folder(tmp_path / "data")
+    summary = train(cfg_of(data=str(data), output=str(tmp_path / "run"), epochs=epochs, warmup_epochs=warmup,
+                           warmup_lr=1e-5, min_lr=1e-5, lr=1e-3, max_steps=1, eval_every=0))  # fmt: skip
+    ours = [h["lr"] for h in safe_torch_load(tmp_path / "run" / "last.pth")["history"]]
+    assert summary["epochs"] == epochs and ours == pytest.approx(official, rel=1e-12, abs=0)
+    # the official order trains epoch e >= 1 with the rate of e - 1: epoch 3 (the first after warm-up) uses lr(2)
+    assert ours[3] == pytest.approx(1e-5 + 2 * (1e-3 - 1e-5) / warmup)
+
+
 def test_no_weight_decay_list_is_deliberate():
     from efficientformer.models import create_model
 
@@ -98,35 +178,9 @@ def test_no_weight_decay_list_is_deliberate():
     assert all(p.ndim > 1 for p in decay["params"])
 
 
-def test_cosine_schedule_with_warmup():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    s = EpochScheduler(opt, lr=1e-3, epochs=300, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-5)
-    assert s.step(0) == pytest.approx(1e-5) and opt.param_groups[0]["lr"] == pytest.approx(1e-5)
-    assert s.lr_at(4) == pytest.approx(1e-5 + 4 * (1e-3 - 1e-5) / 5)
-    assert s.lr_at(5) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 5 / 300)))
-    assert s.lr_at(299) == pytest.approx(1e-5, abs=1e-7)
-
-
-def test_adaptive_gradient_clipping():
-    w = torch.nn.Parameter(torch.ones(2, 4))
-    w.grad = torch.tensor([[10.0] * 4, [1e-3] * 4])
-    adaptive_clip_grad_([w], 0.01)
-    # row norm of w is 2 -> max grad norm 0.02; the big row is scaled down to it, the small one untouched
-    assert w.grad[0].norm().item() == pytest.approx(0.02, rel=1e-4)
-    assert torch.allclose(w.grad[1], torch.full((4,), 1e-3))
-
-
-def test_mixup_cutmix_targets_are_distributions():
-    torch.manual_seed(0)
-    np.random.seed(0)
-    mix = MixupCutmix(5, mixup=0.8, cutmix=1.0, smoothing=0.1)
-    x, y = mix(torch.randn(6, 3, 32, 32), torch.arange(6) % 5)
-    assert x.shape == (6, 3, 32, 32) and torch.allclose(y.sum(1), torch.ones(6))
-    _, y0 = MixupCutmix(5, 0.0, 0.0, smoothing=0.1)(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))
-    assert y0[0, 1].item() == pytest.approx(0.92) and y0[0, 0].item() == pytest.approx(0.02)
-
-
 def test_distillation_losses():
+    from timm.loss import SoftTargetCrossEntropy
+
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
     x, target = torch.randn(4, 3, 4, 4), torch.eye(5)[torch.tensor([0, 1, 2, 3])]
@@ -134,16 +188,19 @@ def test_distillation_losses():
     base = -(target * head.log_softmax(1)).sum(1).mean()
     t_logits = teacher(x)
     hard = torch.nn.functional.cross_entropy(dist, t_logits.argmax(1))
-    assert DistillationLoss("hard", teacher, 0.5)(x, (head, dist), target).item() == pytest.approx(
+    ce = SoftTargetCrossEntropy()
+    assert DistillationLoss(ce, "hard", teacher, 0.5)(x, (head, dist), target).item() == pytest.approx(
         (0.5 * base + 0.5 * hard).item(), rel=1e-5)  # fmt: skip
     tau = 2.0
     p_t = (t_logits / tau).softmax(1)
     kl = (p_t * (p_t.log() - (dist / tau).log_softmax(1))).sum() * tau**2 / dist.numel()
-    got = DistillationLoss("soft", teacher, 0.5, tau)(x, (head, dist), target)
+    got = DistillationLoss(ce, "soft", teacher, 0.5, tau)(x, (head, dist), target)
     assert got.item() == pytest.approx((0.5 * base + 0.5 * kl).item(), rel=1e-4)
-    assert DistillationLoss("none")(x, head, target).item() == pytest.approx(base.item(), rel=1e-6)
+    assert DistillationLoss(ce, "none")(x, head, target).item() == pytest.approx(base.item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs a teacher"):
-        DistillationLoss("hard", None)
+        DistillationLoss(ce, "hard", None)
+    with pytest.raises(ValueError, match="set_distilled_training"):
+        DistillationLoss(ce, "hard", teacher)(x, head, target)
 
 
 def test_teacher_sources_and_class_mismatch(tmp_path):
@@ -177,15 +234,17 @@ def test_digits_short_run_learns(tmp_path):
     for name in ("last.pth", "best.pth", "log.jsonl", "curves.png", "config.yaml", "summary.json"):
         assert (out / name).is_file(), name
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
     for key in ("train_loss", "lr", "val_top1", "val_top5", "ema_top1", "ema_top5", "images_per_s", "epoch_seconds"):
-        assert key in lines[-1]
+        assert key in epochs[-1]
     saved = json.loads((out / "summary.json").read_text())
     assert {"val_top1", "epochs", "seconds", "checkpoint"} <= set(saved) and saved["val_images"] == 359
     ckpt = torch.load(out / "last.pth", weights_only=True)  # plain tensors and containers only
-    assert ckpt["class_names"] == [str(i) for i in range(10)] and ckpt["epoch"] == 1
-    for key in ("model", "model_ema", "optimizer", "scheduler", "scaler", "rng", "sampler", "config"):
+    assert ckpt["class_names"] == [str(i) for i in range(10)] and ckpt["progress"]["epoch"] == 2
+    for key in ("model", "model_ema", "optimizer", "scheduler", "scaler", "rng", "progress", "config", "history"):
         assert key in ckpt
+    assert len(ckpt["rng"]) == 1  # one random state per rank
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
 
 
@@ -198,7 +257,7 @@ def test_resume_extends_a_finished_run(tmp_path):
     first = safe_torch_load(out / "last.pth")
     summary = train(cfg_of(data=str(data), output=str(out), epochs=2))
     ckpt = safe_torch_load(out / "last.pth")
-    assert ckpt["epoch"] == 1 and summary["epochs"] == 2
+    assert ckpt["progress"]["epoch"] == 2 and summary["epochs"] == 2
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
     assert ckpt["history"][0] == first["history"][0]  # epoch 1 was not redone
     assert not torch.equal(first["model"]["head.weight"], ckpt["model"]["head.weight"])
@@ -219,27 +278,110 @@ def test_kill_minus_9_mid_run_then_resume(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    done = safe_torch_load(out / "last.pth")["epoch"] + 1
+    done = safe_torch_load(out / "last.pth")["progress"]["epoch"]
     assert done < 40
     res = run_cli(*args[:-1], f"epochs={done + 1}")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resuming from {out / 'last.pth'}: epoch {done} of {done + 1} already done" in res.stdout
-    assert safe_torch_load(out / "last.pth")["epoch"] == done
-    assert not list(out.glob(".*.tmp"))  # no torn temporary files left visible as checkpoints
+    assert f"resuming from {out / 'last.pth'}: iteration {done * 8} of {(done + 1) * 8}, epoch {done}" in res.stdout
+    assert safe_torch_load(out / "last.pth")["progress"]["epoch"] == done + 1
+    assert not list(out.glob(".*.tmp"))  # temporary files of interrupted writes are cleaned up
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
-    from efficientformer.train import distill, engine
+    from efficientformer.train import engine
 
     data = colour_folder(tmp_path / "data")
     out = tmp_path / "run"
     engine.train(cfg_of(data=str(data), output=str(out), epochs=1))
     good = safe_torch_load(out / "last.pth")
-    monkeypatch.setattr(distill, "soft_target_cross_entropy", lambda logits, target: logits.sum() * float("nan"))
-    with pytest.raises(engine.NonFiniteLossError, match="loss is nan at epoch 2 step 1.*last.pth"):
+    monkeypatch.setattr(engine, "base_criterion", lambda cfg: lambda logits, target: logits.sum() * float("nan"))
+    with pytest.raises(engine.NonFiniteLossError, match=r"NaN or infinite by iteration 4 \(epoch 2\).*kept in "
+                       r".*last.pth \(iteration 2\)"):  # fmt: skip
         engine.train(cfg_of(data=str(data), output=str(out), epochs=3))
     kept = safe_torch_load(out / "last.pth")
-    assert kept["epoch"] == 0 and torch.equal(kept["model"]["head.weight"], good["model"]["head.weight"])
+    assert kept["progress"]["epoch"] == 1 and torch.equal(kept["model"]["head.weight"], good["model"]["head.weight"])
+    # in the first epoch there is no good checkpoint yet: the message must not point at one
+    with pytest.raises(engine.NonFiniteLossError, match="no checkpoint was written yet"):
+        engine.train(cfg_of(data=str(data), output=str(tmp_path / "fresh"), epochs=3))
+    assert not (tmp_path / "fresh" / "last.pth").exists()
+
+
+def test_best_is_written_before_last_and_temporaries_are_cleaned(tmp_path, monkeypatch):
+    from efficientformer.runtime import loop
+    from efficientformer.train.engine import train
+
+    data = colour_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".last.pth.x1y2.tmp"
+    stale.write_bytes(b"0" * 1000)  # what a kill during an atomic write leaves behind
+    order = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (order.append(path.name), real_save(path, state)))
+    old_umask = os.umask(0o022)
+    try:
+        train(cfg_of(data=str(data), output=str(out), epochs=1))
+    finally:
+        os.umask(old_umask)
+    assert order == ["best.pth", "last.pth"]  # a kill between the two never leaves last.pth naming a newer best
+    assert not stale.exists()
+    assert (out / "last.pth").stat().st_mode & 0o777 == 0o644  # the umask, not mkstemp's 0600
+
+
+def test_disk_full_during_a_checkpoint_write_is_one_line_and_keeps_the_old_file(tmp_path):
+    import errno
+
+    from efficientformer.utils.io import atomic_write_bytes
+
+    target = tmp_path / "last.pth"
+    target.write_bytes(b"old")
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="cannot write .*last.pth: the disk is full") as err:
+        atomic_write_bytes(target, full)
+    assert len(str(err.value).splitlines()) == 1 and target.read_bytes() == b"old"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    def torn(f):  # torch.save reports a failed write this way
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 6144 vs 6082")
+
+    with pytest.raises(OSError, match="the disk is full"):
+        atomic_write_bytes(target, torn)
+
+
+def test_corrupt_last_checkpoint_and_unwritable_output_are_one_line(tmp_path):
+    data = colour_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    args = ["train", "--data", str(data), "--output", str(out), *[f"{k}={v}" for k, v in TINY.items()]]
+    res = run_cli(*args)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot resume from" in res.stderr and "move it away" in res.stderr
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    res = run_cli("train", "--data", str(data), "--output", str(a_file), *[f"{k}={v}" for k, v in TINY.items()])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "is a file, not a folder" in res.stderr
+
+
+@pytest.mark.slow
+def test_compile_with_ema_trains_resumes_and_evaluates(tmp_path):
+    """torch.compile wraps the model; EMA and checkpoints must see the plain module (was a KeyError)."""
+    from efficientformer.train.engine import train
+
+    data = colour_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    train(cfg_of(data=str(data), output=str(out), epochs=1, compile=True, max_steps=2))
+    summary = train(cfg_of(data=str(data), output=str(out), epochs=2, compile=True, max_steps=2))
+    ckpt = safe_torch_load(out / "last.pth")
+    assert summary["epochs"] == 2 and not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    res = run_cli("eval", "--model", "efficientformerv2_s0", "--checkpoint", str(out / "last.pth"), "--data",
+                  str(data), "--img-size", "32", "--json", "--workers", "0", "--ema")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["top1"] == pytest.approx(ckpt["history"][-1]["ema_top1"])
 
 
 def test_eval_command_counts_and_errors(tmp_path):
@@ -273,7 +415,7 @@ def test_resume_into_another_model_is_a_clear_error(tmp_path):
     data = colour_folder(tmp_path / "data")
     out = tmp_path / "run"
     train(cfg_of(data=str(data), output=str(out), epochs=1))
-    with pytest.raises(ValueError, match="cannot resume from .*does not fit efficientformer_l1"):
+    with pytest.raises(ValueError, match="cannot resume from .*it trains efficientformerv2_s0, not efficientformer_l1"):
         train(cfg_of(data=str(data), output=str(out), epochs=2, model="efficientformer_l1"))
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
-from test_train import REPO, TINY, colour_folder
+from test_train import REPO, TINY, colour_folder, run_cli
 
 from efficientformer.utils.io import safe_torch_load
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 def _ddp_args(data, out, batch_size: int, extra=()) -> list[str]:
@@ -60,3 +64,98 @@ def test_submitit_local_executor_runs_and_requeues(tmp_path):
     assert isinstance(again, submitit.helpers.DelayedSubmission) and again.function.cfg.output == cfg.output
     with pytest.raises(ValueError, match="--output is required"):
         submit(build_config(None, {**TINY, "data": str(data)}), local=True)
+
+
+def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    res = subprocess.run([*TORCHRUN, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.mark.slow
+def test_ddp_ema_identical_reported_metrics_are_the_checkpoints_and_resume_is_exact(tmp_path):
+    """2 gloo processes with EMA, augmentation and BatchNorm in batch-statistics mode (no SyncBN on CPU):
+    (1) the EMA is the same on both ranks; (2) the top-1/loss reported for the model and the EMA equal what
+    ``eval`` (and ``eval --ema``) give on the saved checkpoint; (3) a run stopped after epoch 1 and resumed ends
+    bit-identical to a straight run (model, EMA, optimizer)."""
+    data = colour_folder(tmp_path / "data", n_train=16, n_val=5)
+    common = [*[f"{k}={v}" for k, v in TINY.items()], "ema_decay=0.5", "crop_scale_min=0.5", "drop_path=0.1",
+              "batch_size=4"]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _torchrun(str(REPO / "tests" / "ddp_probe.py"), "--data", str(data), "--output", str(straight), *common, "epochs=2")
+    ranks = json.loads((straight / "ema_ranks.json").read_text())
+    assert ranks["differing"] == 0 and ranks["max_diff"] == 0.0, ranks
+
+    a = safe_torch_load(straight / "last.pth")
+    last = a["history"][-1]
+    for flag, top1_key in (("", "val_top1"), ("--ema", "ema_top1")):
+        extra = [flag] if flag else []
+        res = run_cli("eval", "--model", "efficientformerv2_s0", "--checkpoint", str(straight / "last.pth"),
+                      "--data", str(data), "--img-size", "32", "--json", "--workers", "0", *extra)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout)
+        assert got["top1"] == pytest.approx(last[top1_key], abs=1e-9), (flag, got, last)
+        if not flag:
+            assert got["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+    for epochs in (1, 2):
+        _torchrun("-m", "efficientformer", "train", "--data", str(data), "--output", str(resumed), *common,
+                  f"epochs={epochs}")  # fmt: skip
+    b = safe_torch_load(resumed / "last.pth")
+    assert len(b["rng"]) == 2  # every rank's random state is saved
+    for part in ("model", "model_ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_cuda_runs_get_one_group_for_nccl_and_gloo(monkeypatch):
+    """NCCL reduces only CUDA tensors: on GPU machines the group must carry both backends."""
+    import torch.distributed as dist
+
+    from efficientformer.runtime import distributed
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.setdefault("device", device))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: seen.setdefault("backend", backend))
+    monkeypatch.setattr(distributed, "active", lambda: False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = distributed.setup("auto")
+    assert seen["backend"] == "cpu:gloo,cuda:nccl" and info.device == torch.device("cuda", 1)
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+
+
+def test_unwrap_strips_ddp_and_compile_wrappers():
+    from efficientformer.runtime.distributed import unwrap
+
+    net = torch.nn.Linear(2, 2)
+    compiled = torch.compile(net, backend="eager")
+    assert unwrap(compiled) is net and set(unwrap(compiled).state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.slow
+def test_ddp_segmentation_resume_exact_and_metrics_equal_eval(tmp_path):
+    from efficientformer.dense.synthetic import make_ade
+
+    data = make_ade(tmp_path / "ade", train=8, val=3, size=64, seed=2)
+    common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
+              "scale=128,64", "batch_size=2", "workers=0", "threads=1", "fpn_channels=16", "head_channels=8",
+              "poly_power=0", "eval_every=0", "checkpoint_every=1"]  # fmt: skip
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(straight), *common, "iters=4")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "iters=2")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "iters=4")
+    a, b = safe_torch_load(straight / "last.pth"), safe_torch_load(resumed / "last.pth")
+    assert len(b["rng"]) == 2 and b["progress"]["iteration"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    reported = json.loads((straight / "metrics.json").read_text())
+    res = run_cli("segment", "eval", "--checkpoint", str(straight / "last.pth"), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["mIoU"] == pytest.approx(reported["mIoU"], abs=1e-9)

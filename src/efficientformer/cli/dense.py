@@ -17,7 +17,7 @@ from typing import Any
 
 from ..dense import loops, synthetic
 from ..dense.detection import DetectConfig
-from ..dense.engine import build_config, config_help
+from ..runtime.config import config_help, load_config
 from ..dense.segmentation import SegmentConfig
 from ..utils.io import atomic_write_text
 
@@ -130,7 +130,7 @@ def _is_main_process() -> bool:
 
 def _train(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("data", "output", "model", "pretrained", "device")}
-    cfg = build_config(args.config_cls, args.config, args.overrides, **flags)
+    cfg = load_config(args.config_cls, args.config, list(args.overrides or []), **flags)
     metrics = getattr(loops, args.task.train)(cfg)
     if metrics and _is_main_process():
         # per-class IoU lists are in metrics.json; the summary line keeps the scalars

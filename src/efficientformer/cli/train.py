@@ -6,7 +6,8 @@ import argparse
 import json
 from dataclasses import fields
 
-from ..train.config import TrainConfig, build_config, parse_overrides
+from ..runtime.config import parse_overrides
+from ..train.config import TrainConfig, build_config
 from ..train.engine import train
 from ..train.evaluate import evaluate_checkpoint
 from ..train.recipes import DIGITS_RECIPE
@@ -60,7 +61,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=dest, nargs="?", const="true", default=None, metavar="BOOL")
             g.add_argument("--no-" + f.name.replace("_", "-"), dest=dest, action="store_const", const="false")
         else:
-            g.add_argument(flag, dest=dest, default=None, metavar="V", help=hints.get(f.name))
+            g.add_argument(flag, dest=dest, default=None, metavar="V", help=hints.get(f.name) or f.metadata.get("help"))
 
 
 def _add_slurm_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +77,7 @@ def _add_slurm_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = parse_overrides(list(args.overrides or []))
+    overrides = parse_overrides(list(args.overrides or []), [f.name for f in fields(TrainConfig)])
     for key, value in vars(args).items():
         if key.startswith("cfg__") and value is not None:
             overrides[key[len("cfg__") :]] = value
@@ -90,7 +91,6 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if getattr(args, "slurm", False):
         return _submit(cfg, args)
-
     train(cfg)
     return 0
 

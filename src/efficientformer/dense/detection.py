@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.distributed import all_gather_objects, shard
 from .backbone import BackboneWithFPN
-from .engine import DenseConfig, all_gather_lists, shard
+from .config import DenseConfig
 
 
 def _require_pycocotools():
@@ -292,7 +293,7 @@ def evaluate(
         for (_, target), out in zip(items, outputs, strict=True):
             results += predictions_to_coco(out, int(target["image_id"]), dataset.cat_ids)
     # Stable sort by image: the merged list is in one process's order (COCOeval's tie-breaking depends on it).
-    results = sorted(all_gather_lists(results, world_size), key=lambda r: r["image_id"])
+    results = sorted((r for part in all_gather_objects(results) for r in part), key=lambda r: r["image_id"])
     metrics = coco_evaluate(dataset.coco_json, results)
     metrics["detections"] = len(results)
     return metrics

@@ -1,46 +1,34 @@
-"""Training, evaluation and prediction loops for both dense tasks (single process or torchrun DDP).
+"""Detection and segmentation as plans for the runtime's loop, and their evaluation and prediction.
 
-Layout of an output directory: ``config.json``, ``log.jsonl`` (one JSON record per log step / evaluation),
-``last.pth`` (model, optimizer, scheduler, progress, RNG, config; rewritten atomically), ``metrics.json`` (the last
-evaluation). Rerunning ``train`` with the same output directory resumes from ``last.pth``.
+Layout of an output directory: ``config.yaml``, ``log.jsonl`` (one JSON record per log step / evaluation / epoch),
+``last.pth`` (the runtime's checkpoint: model, optimizer, scheduler, progress, every rank's RNG, config; rewritten
+atomically), ``metrics.json`` (the last evaluation), ``curves.png``. Rerunning ``train`` with the same output
+directory resumes from ``last.pth``, also part-way through an epoch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
-from ..utils.io import atomic_write_json
+from ..data.samplers import SeededSamples, TrainSampler, seed_worker
+from ..runtime import config as runtime_config
+from ..runtime.checkpoint import CheckpointReadError, read_checkpoint
+from ..runtime.distributed import DistInfo, process_group
+from ..runtime.loop import Plan, Step, fit
+from ..runtime.optim import build_optimizer
+from ..runtime.schedule import WarmupSchedule
+from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import detection as det
 from . import segmentation as seg
-from .engine import (
-    CHECKPOINT_NAME,
-    DistInfo,
-    JsonlLog,
-    ResumableSampler,
-    SeededSamples,
-    WarmupSchedule,
-    broadcast_buffers,
-    distributed,
-    load_checkpoint_file,
-    param_groups,
-    save_checkpoint,
-    seed_worker,
-    set_rng_state,
-    unwrap,
-    write_config,
-)
 
 
 def _seed_everything(seed: int, rank: int, threads: int = 0) -> None:
@@ -51,163 +39,48 @@ def _seed_everything(seed: int, rank: int, threads: int = 0) -> None:
     random.seed(seed + rank)
 
 
-def _loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, seed: int, collate=None,
-            drop_last: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
-    """The training loader for the sampler's current epoch, with per-sample augmentation seeds."""
-    return torch.utils.data.DataLoader(
-        SeededSamples(dataset, seed, sampler.epoch),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        drop_last=drop_last,
-        worker_init_fn=seed_worker,
-        persistent_workers=False,
-        # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
-        # resumed mid-epoch than in a straight one.
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + sampler.epoch),
-    )
+def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool = False) -> Callable:
+    """``(epoch, first batch) -> DataLoader`` with per-sample augmentation seeds and a resumable sampler."""
+
+    def make(epoch: int, start: int) -> torch.utils.data.DataLoader:
+        sampler.set_epoch(epoch, start * cfg.batch_size)
+        return torch.utils.data.DataLoader(
+            SeededSamples(dataset, cfg.seed, epoch), batch_size=cfg.batch_size, sampler=sampler,
+            num_workers=cfg.workers, collate_fn=collate, drop_last=drop_last, worker_init_fn=seed_worker,
+            # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
+            # resumed mid-epoch than in a straight one.
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+        )  # fmt: skip
+
+    return make
 
 
-def _wrap_ddp(model: nn.Module, env: DistInfo, find_unused: bool) -> nn.Module:
-    if not env.enabled:
-        return model
-    ids = [env.device.index] if env.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+def _check_model(cfg) -> Callable[[dict, Path], None]:
+    def check(state: dict, path: Path) -> None:
+        if state.get("config", {}).get("model") != cfg.model:
+            raise CheckpointReadError(f"{path} was trained with model {state.get('config', {}).get('model')!r}, not "
+                                      f"{cfg.model!r}; use another --output or resume=false")  # fmt: skip
+
+    return check
 
 
-def _resume(out: Path, cfg, model: nn.Module, optimizer, schedule) -> dict[str, Any]:
-    path = out / CHECKPOINT_NAME
-    if not (cfg.resume and path.is_file()):
-        return {"iteration": 0, "epoch": 0, "epoch_iter": 0}
-    state = load_checkpoint_file(path)
-    if state.get("config", {}).get("model") != cfg.model:
-        raise ValueError(f"{path} was trained with model {state.get('config', {}).get('model')!r}, not "
-                         f"{cfg.model!r}; use another --output or resume=false")  # fmt: skip
-    unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return dict(state["progress"])
-
-
-def _build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
-
-
-def _clip(model: nn.Module, max_norm: float) -> None:
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
-
-
-def _progress_bar(total: int, initial: int, env: DistInfo, desc: str):
-    return tqdm(total=total, initial=initial, desc=desc, disable=not env.is_main, dynamic_ncols=True, file=sys.stderr)
-
-
-# -- the shared training loop -------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Plan:
-    """What differs between the two tasks' training runs; everything else is :func:`_fit`."""
-
-    task: str
-    model: nn.Module  # already on the device
-    optimizer: torch.optim.Optimizer
-    schedule: WarmupSchedule
-    loader: Callable[[ResumableSampler], Any]  # the training DataLoader for a sampler
-    sampler: ResumableSampler
-    per_epoch: int  # iterations per epoch (per process)
-    stop_at: int  # last iteration of this run
-    loss: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (model, batch) -> total, parts
-    evaluate: Callable[[], dict]  # every rank calls it; every rank gets the same metrics
-    describe: Callable[[int, int, dict], str]  # (epoch, iteration, metrics) -> progress-bar line
-    meta: dict  # stored in the checkpoint's progress (task, class names, ...)
-    eval_unit: Literal["epoch", "iteration"]  # what eval_every counts; "epoch" also checkpoints every epoch end
-    find_unused: bool = False
-
-
-def _fit(cfg, env: DistInfo, plan: _Plan) -> dict:
-    """Train to ``plan.stop_at`` with resume, periodic logs, checkpoints and evaluations; returns the last metrics.
-
-    A checkpoint is written every ``checkpoint_every`` iterations, at every epoch end for epoch-based tasks, and at
-    the end; its progress (epoch, iteration within the epoch) is what the resumable sampler restarts from.
-    """
+def _run(cfg, env: DistInfo, plan: Plan) -> dict:
     out = Path(cfg.output)
-    model, optimizer, schedule = plan.model, plan.optimizer, plan.schedule
-    progress = _resume(out, cfg, model, optimizer, schedule)
-    ddp_model = _wrap_ddp(model, env, find_unused=plan.find_unused)
-    log = JsonlLog(out / "log.jsonl", enabled=env.is_main)
     if env.is_main:
-        write_config(out, cfg)
-    it, epoch, epoch_iter = int(progress["iteration"]), int(progress["epoch"]), int(progress["epoch_iter"])
-    metrics: dict = {}
-    bar = _progress_bar(plan.stop_at, it, env, f"{plan.task} train")
-
-    def checkpoint() -> None:
-        if env.is_main:
-            prog = {"iteration": it, "epoch": epoch, "epoch_iter": epoch_iter, **plan.meta}
-            save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, schedule, prog, cfg)
-
-    def run_eval() -> None:
-        nonlocal metrics
-        broadcast_buffers(model, env)
-        metrics = plan.evaluate()  # a collective under DDP: all ranks evaluate their share
-        if env.is_main:
-            log.write(kind="eval", iteration=it, epoch=epoch, **metrics)
-            atomic_write_json(out / "metrics.json", {"iteration": it, "epoch": epoch, **metrics})
-            bar.write(plan.describe(epoch, it, metrics))
-
-    def eval_due() -> bool:
-        if cfg.eval_every <= 0:
-            return False
-        if plan.eval_unit == "epoch":
-            return epoch_iter == 0 and epoch % cfg.eval_every == 0
-        return it % cfg.eval_every == 0
-
-    while it < plan.stop_at:
-        plan.sampler.set_epoch(epoch, start=epoch_iter * cfg.batch_size)
-        ddp_model.train()
-        for batch in plan.loader(plan.sampler):
-            loss, parts = plan.loss(ddp_model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _clip(model, cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            it, epoch_iter = it + 1, epoch_iter + 1
-            bar.update(1)
-            if it % cfg.log_every == 0 or it == plan.stop_at:
-                rec = {k: round(v.item(), 5) for k, v in parts.items()}
-                log.write(kind="train", iteration=it, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                          loss=round(loss.item(), 5), **rec)  # fmt: skip
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if epoch_iter >= plan.per_epoch:
-                epoch, epoch_iter = epoch + 1, 0
-            done = it >= plan.stop_at
-            epoch_end = epoch_iter == 0 and plan.eval_unit == "epoch"
-            if done or epoch_end or (cfg.checkpoint_every > 0 and it % cfg.checkpoint_every == 0):
-                checkpoint()
-            if not done and eval_due():
-                run_eval()
-                ddp_model.train()
-            if done or epoch_iter == 0:  # an epoch ends: the next one needs a fresh permutation
-                break
-        else:  # the loader ran dry before per_epoch batches (the samplers here never do): never spin on it
-            epoch, epoch_iter = epoch + 1, 0
-    bar.close()
-    run_eval()
-    return metrics
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", runtime_config.dump_yaml(cfg))
+    state = fit(plan)
+    if env.is_main:
+        atomic_write_json(out / "metrics.json", {"iteration": state.iteration, "epoch": state.epoch, **state.metrics})
+    return state.metrics
 
 
-def _train(cfg, build: Callable[[Any, DistInfo], _Plan]) -> dict:
-    with distributed(cfg.device) as env:
-        _seed_everything(cfg.seed, env.rank, cfg.threads)
-        return _fit(cfg, env, build(cfg, env))
-
-
-def _loader_factory(dataset, cfg, collate=None, drop_last: bool = False) -> Callable[[ResumableSampler], Any]:
-    return lambda sampler: _loader(dataset, sampler, cfg.batch_size, cfg.workers, cfg.seed, collate, drop_last)
+def _train(cfg, build: Callable[[Any, DistInfo], Plan]) -> dict:
+    with process_group(cfg.device) as env:
+        _seed_everything(cfg.seed, 0, cfg.threads)  # the same initial weights on every rank
+        plan = build(cfg, env)
+        _seed_everything(cfg.seed, env.rank)  # then each rank its own stream
+        return _run(cfg, env, plan)
 
 
 # -- detection ---------------------------------------------------------------------------------------------------
@@ -216,89 +89,85 @@ def train_detection(cfg: det.DetectConfig) -> dict:
     return _train(cfg, _plan_detection)
 
 
-def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> _Plan:
+def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
     train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.flip_prob)
     val_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.val_split))
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError("train and val annotation files list different categories")
     model = det.build_mask_rcnn(cfg, train_set.num_classes).to(env.device)
-    optimizer = _build_optimizer(model, cfg.lr, cfg.resolved_weight_decay())
+    optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.resolved_weight_decay())
     per_epoch = det.iterations_per_epoch(len(train_set), cfg.batch_size, env.world)
     total = per_epoch * cfg.epochs
     schedule = WarmupSchedule(optimizer, total, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
                               milestones=tuple(e * per_epoch for e in cfg.lr_steps))  # fmt: skip
 
-    def loss(ddp_model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(train_model: nn.Module, batch) -> Step:
         images = [im.to(env.device) for im in batch[0]]
         targets = [{k: v.to(env.device) for k, v in t.items()} for t in batch[1]]
-        parts = ddp_model(images, targets)
-        return sum(parts.values()), parts
+        parts = train_model(images, targets)
+        return Step(sum(parts.values()), len(images), parts)
 
-    def describe(epoch: int, it: int, m: dict) -> str:
-        return (f"epoch {epoch} iter {it}: bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} "
+    def describe(m: dict) -> str:
+        return (f"epoch {m['epoch']} iter {m['iteration']}: bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} "
                 f"| segm AP {m['segm_AP']:.3f} AP50 {m['segm_AP50']:.3f}")  # fmt: skip
 
-    return _Plan(
-        task="detect",
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        loader=_loader_factory(train_set, cfg, collate=det.collate),
-        sampler=ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world),
-        per_epoch=per_epoch,
-        stop_at=min(total, cfg.max_iters) if cfg.max_iters > 0 else total,
-        loss=loss,
-        evaluate=lambda: det.evaluate(model, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world),
-        describe=describe,
-        meta={"task": "detect", "classes": train_set.class_names, "cat_ids": train_set.cat_ids},
-        eval_unit="epoch",
+    sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
+    return Plan(
+        task="detect", model=model, optimizer=optimizer, step=step,
+        batches=_batches(train_set, sampler, cfg, collate=det.collate), steps_per_epoch=per_epoch,
+        total_steps=min(total, cfg.max_iters) if cfg.max_iters > 0 else total,
+        evaluate=lambda m: det.evaluate(m, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world),
+        config=cfg, output=Path(cfg.output), info=env, seed=cfg.seed, iteration_scheduler=schedule,
+        clip_grad=cfg.grad_clip or None, clip_mode="norm", eval_every=cfg.eval_every, eval_unit="epoch",
+        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, metric_names=("bbox_AP50", "segm_AP50"),
+        meta={"classes": train_set.class_names, "cat_ids": train_set.cat_ids}, check_resume=_check_model(cfg),
+        describe=describe, resume=cfg.resume,
         find_unused=True,  # torchvision's heads skip the mask branch for images without positive proposals
-    )
+    )  # fmt: skip
 
 
 def _model_from_checkpoint(checkpoint: str | Path, task: str, cfg_cls: type, build: Callable, device: torch.device,
                            **overrides):  # fmt: skip
     """Rebuild a task model from a ``train`` checkpoint: its saved config (``overrides`` on top), then its weights."""
-    state = load_checkpoint_file(checkpoint)
-    if state.get("progress", {}).get("task") != task:
-        raise ValueError(f"{checkpoint} is not a `{task}` checkpoint (it is {state.get('progress', {}).get('task')!r})")
-    fields = {f.name for f in dataclasses.fields(cfg_cls)}
-    cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items() if k in fields}
+    state = read_checkpoint(checkpoint, "load")
+    if state.get("task") != task:
+        raise ValueError(f"{checkpoint} is not a `{task}` checkpoint (it is {state.get('task')!r})")
+    saved = dict(state["config"])
     # Checkpoints written before the output_norm option existed have no output norms, whatever the family.
-    cfg_dict.setdefault("output_norm", False)
-    cfg_dict.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = cfg_cls(**{**cfg_dict, "pretrained": None})
+    saved.setdefault("output_norm", False)
+    saved.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = runtime_config.from_dict(cfg_cls, {**saved, "pretrained": None})
     model = build(cfg, state)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg, state["progress"]
+    return model.to(device).eval(), cfg, state
 
 
 def detection_model_from_checkpoint(checkpoint: str | Path, device: torch.device, **overrides):
-    """``(model, config, progress)`` of a detection checkpoint, the model in eval mode on ``device``."""
+    """``(model, config, checkpoint)`` of a detection checkpoint, the model in eval mode on ``device``."""
     return _model_from_checkpoint(checkpoint, "detect", det.DetectConfig,
-                                  lambda cfg, st: det.build_mask_rcnn(cfg, len(st["progress"]["classes"])), device,
+                                  lambda cfg, st: det.build_mask_rcnn(cfg, len(st["classes"])), device,
                                   **overrides)  # fmt: skip
 
 
 def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto") -> dict:
     """COCO AP of a checkpoint on a split; under torchrun the images are shared out and every rank gets the result."""
-    with distributed(device) as env:
-        model, cfg, prog = detection_model_from_checkpoint(checkpoint, env.device)
+    with process_group(device) as env:
+        model, cfg, state = detection_model_from_checkpoint(checkpoint, env.device)
         dataset = det.CocoInstances(*det.coco_paths(data or cfg.data, split or cfg.val_split))
-        if dataset.cat_ids != list(prog["cat_ids"]):
+        if dataset.cat_ids != list(state["cat_ids"]):
             raise ValueError(f"the data set's categories {dataset.cat_ids} differ from the checkpoint's "
-                             f"{prog['cat_ids']}")  # fmt: skip
+                             f"{state['cat_ids']}")  # fmt: skip
         return det.evaluate(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world)
 
 
 def predict_detection(checkpoint: str, image: str, output: str, threshold: float | None, device: str = "auto") -> int:
     dev = _device(device)
-    model, cfg, prog = detection_model_from_checkpoint(checkpoint, dev)
+    model, cfg, state = detection_model_from_checkpoint(checkpoint, dev)
     img = _open_image(image)
     x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1).to(dev)
     with torch.no_grad():
         result = model([x])[0]
-    drawn, n = det.draw_detections(img, result, list(prog["classes"]), cfg.score_threshold if threshold is None
+    drawn, n = det.draw_detections(img, result, list(state["classes"]), cfg.score_threshold if threshold is None
                                    else threshold)  # fmt: skip
     _save_png(drawn, output)
     return n
@@ -310,49 +179,47 @@ def train_segmentation(cfg: seg.SegmentConfig) -> dict:
     return _train(cfg, _plan_segmentation)
 
 
-def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> _Plan:
+def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
     train_set = seg.ADESegmentation(cfg.data, cfg.train_split, cfg, train=True)
     val_set = seg.ADESegmentation(cfg.data, cfg.val_split, cfg, train=False)
     model = seg.SemanticFPN(cfg).to(env.device)
-    optimizer = _build_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay)
     schedule = WarmupSchedule(optimizer, cfg.iters, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power,
                               min_lr=cfg.resolved_min_lr())  # fmt: skip
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=env.rank, world_size=env.world)
+    sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last
     if per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split per process "
                          f"({len(sampler)} images); lower batch_size")  # fmt: skip
 
-    def loss(ddp_model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(train_model: nn.Module, batch) -> Step:
         images, labels = batch[0].to(env.device), batch[1].to(env.device)
-        return F.cross_entropy(ddp_model(images), labels, ignore_index=cfg.ignore_index), {}
+        return Step(F.cross_entropy(train_model(images), labels, ignore_index=cfg.ignore_index), images.shape[0])
 
-    return _Plan(
-        task="segment",
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        loader=_loader_factory(train_set, cfg, drop_last=True),
-        sampler=sampler,
-        per_epoch=per_epoch,
-        stop_at=cfg.iters,
-        loss=loss,
-        evaluate=lambda: seg.evaluate(model, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
-        describe=lambda epoch, it, m: f"iter {it}: mIoU {m['mIoU']:.4f} aAcc {m['aAcc']:.4f}",
-        meta={"task": "segment", "classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
-        eval_unit="iteration",
-    )
+    return Plan(
+        task="segment", model=model, optimizer=optimizer, step=step,
+        batches=_batches(train_set, sampler, cfg, drop_last=True), steps_per_epoch=per_epoch,
+        total_steps=cfg.iters,
+        evaluate=lambda m: seg.evaluate(m, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
+        config=cfg, output=Path(cfg.output), info=env, seed=cfg.seed, iteration_scheduler=schedule,
+        clip_grad=cfg.grad_clip or None, clip_mode="norm", eval_every=cfg.eval_every, eval_unit="iteration",
+        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, metric_names=("mIoU", "aAcc"),
+        plot_x="iteration",
+        meta={"classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
+        check_resume=_check_model(cfg), describe=lambda m: f"iter {m['iteration']}: mIoU {m['mIoU']:.4f} "
+        f"aAcc {m['aAcc']:.4f}", resume=cfg.resume,
+    )  # fmt: skip
 
 
 def segmentation_model_from_checkpoint(checkpoint: str | Path, device: torch.device):
-    """``(model, config, progress)`` of a segmentation checkpoint, the model in eval mode on ``device``."""
+    """``(model, config, checkpoint)`` of a segmentation checkpoint, the model in eval mode on ``device``."""
     return _model_from_checkpoint(checkpoint, "segment", seg.SegmentConfig, lambda cfg, st: seg.SemanticFPN(cfg),
                                   device)  # fmt: skip
 
 
 def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "auto") -> dict:
     """mIoU of a checkpoint on a split; under torchrun the images are shared out and every rank gets the result."""
-    with distributed(device) as env:
+    with process_group(device) as env:
         model, cfg, _ = segmentation_model_from_checkpoint(checkpoint, env.device)
         dataset = seg.ADESegmentation(data or cfg.data, split or cfg.val_split, cfg)
         return seg.evaluate(model, dataset, cfg, env.device, rank=env.rank, world_size=env.world)
@@ -360,11 +227,11 @@ def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "aut
 
 def predict_segmentation(checkpoint: str, image: str, output: str, device: str = "auto") -> dict:
     dev = _device(device)
-    model, cfg, prog = segmentation_model_from_checkpoint(checkpoint, dev)
+    model, cfg, state = segmentation_model_from_checkpoint(checkpoint, dev)
     img = _open_image(image)
     pred = seg.predict_logits(model, img, cfg, dev).argmax(0).cpu().numpy()
     _save_png(seg.overlay(img, pred, cfg.num_classes, cfg.overlay_alpha), output)
-    names = list(prog["classes"])
+    names = list(state["classes"])
     counts = np.bincount(pred.ravel(), minlength=cfg.num_classes)
     return {names[i] if i < len(names) else str(i): round(float(c) / pred.size, 4) for i, c in enumerate(counts) if c}
 
@@ -389,8 +256,6 @@ def _open_image(path: str) -> Image.Image:
 
 
 def _save_png(img: Image.Image, output: str) -> None:
-    from ..utils.io import atomic_write_bytes
-
     out = Path(output)
     if out.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {out}")

@@ -21,8 +21,9 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.distributed import all_reduce_sum, shard
 from .backbone import FPN
-from .engine import DenseConfig, all_reduce_sum, shard
+from .config import DenseConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -306,7 +307,7 @@ def evaluate(
         pred = predict_logits(model, img, cfg, device).argmax(0)
         metric.update(pred, torch.from_numpy(label.astype(np.int64)))
     # Integer counts: the sum over ranks is exact, whatever the split.
-    metric.confusion = all_reduce_sum(metric.confusion, world_size, device)
+    all_reduce_sum(metric.confusion)
     return metric.compute()
 
 

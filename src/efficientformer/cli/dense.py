@@ -17,8 +17,8 @@ from typing import Any
 
 from ..dense import loops, synthetic
 from ..dense.detection import DetectConfig
-from ..runtime.config import config_help, load_config
 from ..dense.segmentation import SegmentConfig
+from ..runtime.config import config_help, load_config
 from ..utils.io import atomic_write_text
 
 

@@ -53,7 +53,8 @@ def test_detection_learns_evaluates_predicts(tmp_path):
     assert {"model", "optimizer", "scheduler", "progress", "rng", "config"} <= set(ckpt)
     assert ckpt["progress"]["iteration"] == 64 and ckpt["progress"]["epoch"] == 4
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["kind"] == "eval" and any(r["kind"] == "train" for r in log)
+    assert log[-1]["kind"] == "epoch" and any(r["kind"] == "train" for r in log)
+    assert [r for r in log if r["kind"] == "eval"][-1]["bbox_AP50"] == pytest.approx(metrics["bbox_AP50"])
 
     # eval from the checkpoint reproduces the training-time evaluation
     assert _cli(["detect", "eval", "--checkpoint", str(out / "last.pth"), "--output", str(tmp_path / "m.json")]) == 0

@@ -108,8 +108,11 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
         return Step(sum(parts.values()), len(images), parts)
 
     def describe(m: dict) -> str:
-        return (f"epoch {m['epoch']} iter {m['iteration']}: bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} "
-                f"| segm AP {m['segm_AP']:.3f} AP50 {m['segm_AP50']:.3f}")  # fmt: skip
+        text = f"epoch {m['epoch']} iter {m['iteration']}: loss {m['train_loss']:.3f}"
+        if "bbox_AP" in m:
+            text += (f" | bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} | segm AP {m['segm_AP']:.3f} "
+                     f"AP50 {m['segm_AP50']:.3f}")  # fmt: skip
+        return text
 
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     return Plan(

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The training runtime's GPU checks, in one short call on a machine with a CUDA GPU (see docs/training.md):
+# NCCL collectives, bf16 + channels_last + torch.compile + EMA training, evaluation, checkpoint and resume, and a
+# few dense steps. Prints the environment and the tests' output; exits non-zero when a check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
+"$PY" - <<'PYEOF'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "devices", torch.cuda.device_count())
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(0), "nccl", ".".join(map(str, torch.cuda.nccl.version())))
+PYEOF
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} exec "$PY" -m pytest -q -s -rs tests/gpu "$@"

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models import create_model, load_checkpoint
 
@@ -155,9 +157,6 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels: list[int], out_channels: int = 256, extra_pool: bool = False) -> None:
         super().__init__()
-        from torchvision.ops import FeaturePyramidNetwork
-        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-
         self.fpn = FeaturePyramidNetwork(
             in_channels, out_channels, extra_blocks=LastLevelMaxPool() if extra_pool else None
         )

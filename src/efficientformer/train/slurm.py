@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import TrainConfig
+from .engine import train
 
 
 class TrainJob:
@@ -26,8 +27,6 @@ class TrainJob:
             os.environ.setdefault("MASTER_PORT", str(29500 + int(str(env.job_id).split("_")[0]) % 1000))
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(env.global_rank), str(env.num_tasks)
             os.environ["LOCAL_RANK"] = str(env.local_rank)
-        from .engine import train
-
         return train(replace(self.cfg, resume=True, progress=False))
 
     def checkpoint(self):

@@ -25,7 +25,15 @@ from torch import nn
 
 from ..utils.io import check_writable_dir, remove_stale_temporaries
 from .checkpoint import gather_rng_states, load_state, read_checkpoint, restore_rng, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, broadcast_module, wrap_ddp
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    broadcast_module,
+    wrap_ddp,
+)
 from .logging import RunLog, plot_curves, progress_bar
 
 CHECKPOINT_NAME, BEST_NAME = "last.pth", "best.pth"
@@ -100,6 +108,7 @@ class _State:
     history: list[dict] = dataclasses.field(default_factory=list)
     best: float | None = None
     metrics: dict = dataclasses.field(default_factory=dict)
+    epoch_partial: list = dataclasses.field(default_factory=list)  # per rank: [epoch sums, steps] at the checkpoint
 
 
 def _resume(plan: Plan, scaler: torch.amp.GradScaler, path: Path) -> _State:
@@ -115,10 +124,16 @@ def _resume(plan: Plan, scaler: torch.amp.GradScaler, path: Path) -> _State:
     if ckpt.get("scaler"):
         load_state(scaler, ckpt["scaler"], "gradient scaler state", path)
     progress = ckpt.get("progress", {})
-    state = _State(iteration=int(progress.get("iteration", 0)), epoch=int(progress.get("epoch", 0)),
-                   epoch_iter=int(progress.get("epoch_iter", 0)), ema_updates=int(ckpt.get("ema_updates", 0)),
-                   history=list(ckpt.get("history", [])), best=ckpt.get("best", {}).get("value"),
-                   metrics=dict(ckpt.get("metrics", {})))  # fmt: skip
+    state = _State(
+        iteration=int(progress.get("iteration", 0)),
+        epoch=int(progress.get("epoch", 0)),
+        epoch_iter=int(progress.get("epoch_iter", 0)),
+        ema_updates=int(ckpt.get("ema_updates", 0)),
+        history=list(ckpt.get("history", [])),
+        best=ckpt.get("best", {}).get("value"),
+        metrics=dict(ckpt.get("metrics", {})),
+        epoch_partial=list(progress.get("epoch_partial", [])),
+    )
     if plan.epoch_scheduler is not None and state.epoch > 0:
         # A per-epoch schedule is a function of the epoch: set the rate the straight run set after the last epoch
         # (so a run resumed with more epochs follows its new schedule instead of the saved one).
@@ -158,6 +173,9 @@ def fit(plan: Plan) -> _State:
     window = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, samples, non-finite losses
     epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, samples, skipped
     epoch_lr, epoch_start, epoch_steps = optimizer.param_groups[0]["lr"], time.perf_counter(), 0
+    if state.epoch_iter and len(state.epoch_partial) == info.world:  # resumed part-way through an epoch
+        sums, epoch_steps = state.epoch_partial[info.rank]
+        epoch_sums.copy_(torch.tensor(sums, dtype=torch.float64))
     bar = progress_bar(plan.total_steps, state.iteration, info.is_main and plan.progress, f"{plan.task} train")
 
     def flush_window() -> None:
@@ -193,7 +211,13 @@ def fit(plan: Plan) -> _State:
         return metrics
 
     def checkpoint(improved: bool) -> None:
-        rng = gather_rng_states()  # a collective: every rank takes part
+        # Collectives (every rank takes part): every rank leaves with rank 0's buffers, the ones saved, and each
+        # rank's random state and partial-epoch statistics are kept, so a resumed run continues every rank exactly.
+        broadcast_buffers(model)
+        if plan.ema is not None:
+            broadcast_buffers(plan.ema.module)
+        rng = gather_rng_states()
+        partial = all_gather_objects([epoch_sums.tolist(), epoch_steps])
         if info.is_main:
             saved = {
                 "task": plan.task,
@@ -206,7 +230,12 @@ def fit(plan: Plan) -> _State:
                     "iteration_scheduler": plan.iteration_scheduler.state_dict() if plan.iteration_scheduler else None,
                 },  # fmt: skip
                 "scaler": scaler.state_dict(),
-                "progress": {"iteration": state.iteration, "epoch": state.epoch, "epoch_iter": state.epoch_iter},
+                "progress": {
+                    "iteration": state.iteration,
+                    "epoch": state.epoch,
+                    "epoch_iter": state.epoch_iter,
+                    "epoch_partial": partial,
+                },  # fmt: skip
                 "rng": rng,
                 "world_size": info.world,
                 "config": dataclasses.asdict(plan.config),

@@ -99,8 +99,8 @@ def eval_loader(dataset, batch_size: int, workers: int, info: DistInfo) -> DataL
         num_workers=workers,
         collate_fn=collate_skip,
         pin_memory=info.device.type == "cuda",
-        generator=torch.Generator(),
-    )  # fmt: skip  (its own generator: evaluation draws nothing global)
+        generator=torch.Generator(),  # its own: creating the iterator draws nothing from the global RNG
+    )
 
 
 def resolve_data(cfg: TrainConfig, info: DistInfo) -> tuple[Path, str]:

@@ -268,6 +268,27 @@ def test_quantize_on_image_folder(tmp_path, image_dirs, capsys):
         )
 
 
+def test_quantize_skips_a_truncated_calibration_image_and_leaves_no_prep_file(tmp_path, image_dirs, capsys):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    calib, _ = image_dirs
+    bad_calib = tmp_path / "calib"
+    shutil.copytree(calib, bad_calib)
+    (bad_calib / "cut.png").write_bytes((calib / "0.png").read_bytes()[:100])  # truncated PNG
+    fp32 = tmp_path / "s0.onnx"
+    export_onnx(deploy(create_model("efficientformerv2_s0", img_size=IMG).eval()), fp32, batch=1)
+    out = tmp_path / "q"
+    argv = ["quantize", "--onnx", str(fp32), "--calib-dir", str(bad_calib), "--output-dir", str(out)]
+    assert run_cli([*argv, "--mode", "static", "--runs", "1", "--json", str(tmp_path / "q.json")]) == 0
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["calib_images"] == 8 and len(report["skipped_images"]) == 1
+    assert "cut.png" in report["skipped_images"][0]
+    captured = capsys.readouterr()
+    assert "cut.png" in captured.err and "1 unreadable image(s) skipped" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["s0.int8-static.onnx"]  # no *.prep.onnx left behind
+
+
 def test_benchmark_end_to_end(tmp_path, capsys):
     pytest.importorskip("timm")
     assert (

@@ -131,7 +131,7 @@ def test_unnamed_class_count_gets_numbered_names(tmp_path):
 
 def test_checkpoint_weights_are_really_used(small_ckpt):
     """The prediction equals a forward of the checkpoint's own weights."""
-    from efficientformer.inference.preprocess import EvalPreprocess
+    from efficientformer.data.transforms import EvalTransform as EvalPreprocess
 
     img = np.random.default_rng(3).integers(0, 255, (80, 80, 3), dtype=np.uint8)
     r = inference_model(NAME, img, checkpoint=small_ckpt, img_size=SIZE, device="cpu")
@@ -207,7 +207,7 @@ def test_pickle_payload_is_refused_by_predict(evil_ckpt, photos, capsys, monkeyp
 # -- the predict command -----------------------------------------------------------------------------------------
 def _cli(monkeypatch, argv):
     # Only this area's commands: the test must not depend on other areas' modules being importable.
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("efficientformer.inference.cli",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.inference,))
     return cli.main(argv)
 
 
@@ -309,7 +309,7 @@ def test_timm_and_official_files_give_timms_prediction(tmp_path):
     from reference_layouts import official_from_timm, randomize_
     from safetensors.torch import save_file
 
-    from efficientformer.inference.preprocess import EvalPreprocess
+    from efficientformer.data.transforms import EvalTransform as EvalPreprocess
     from efficientformer.models import VARIANTS
 
     timm = pytest.importorskip("timm")
@@ -331,3 +331,38 @@ def test_timm_and_official_files_give_timms_prediction(tmp_path):
         r = inference_model(NAME, img, checkpoint=f, device="cpu")  # published protocol: 256 -> 224
         np.testing.assert_allclose(r["pred_scores"], expected, atol=1e-5)
         assert r["pred_label"] == int(expected.argmax())
+
+
+def test_predict_reports_an_unlistable_folder_and_a_strip_image(photos, capsys, monkeypatch):
+    import os
+
+    (photos / "locked").mkdir()
+    Image.new("RGB", (70, 70)).save(photos / "locked" / "z.png")
+    Image.new("L", (30000, 1)).save(photos / "strip.png")  # 1x30000: refused before any resize, not a MemoryError
+    real = os.scandir
+
+    def scandir(path="."):  # tests run as root, where chmod does not stop reading
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code = _predict(monkeypatch, photos, "--json", "--no-progress")
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert sorted(pathlib.Path(json.loads(r)["file"]).name for r in out.splitlines()) == ["a.jpg", "b.png", "c.webp"]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert any("locked: cannot list folder" in e for e in errors)
+    assert any("strip.png" in e and "aspect ratio" in e for e in errors)
+    assert "1 folder(s) could not be read" in err
+
+
+def test_control_characters_in_class_names_are_escaped(tmp_path, photos, capsys, monkeypatch):
+    torch.manual_seed(1)
+    net = create_model(NAME, num_classes=2)
+    path = tmp_path / "evil_names.pth"
+    atomic_torch_save({"model": net.state_dict(), "class_names": ["\x1b[2Jcat", "dog\nFAKE 1.0000"]}, path)
+    for fmt in ([], ["--csv"]):
+        code = _predict(monkeypatch, photos / "a.jpg", "--checkpoint", path, "--no-progress", *fmt)
+        out = capsys.readouterr().out
+        assert code == 0 and "\x1b" not in out and "\\x1b[2Jcat" in out and "dog\\nFAKE" in out

@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.images import as_rgb_image
+from ..data.transforms import EvalTransform
 from ..models import create_model, load_checkpoint, resolve_name
 from ..models.base import EfficientFormerBase
 from ..models.checkpoint import CheckpointError, read_checkpoint
 from .classes import resolve_class_names
-from .images import as_rgb_image
-from .preprocess import EvalPreprocess
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
 #: then mmpretrain).
@@ -178,12 +178,12 @@ def _num_outputs(net: nn.Module) -> int:
 class Predictor:
     """Preprocess, batch and classify RGB PIL images with a loaded model."""
 
-    def __init__(self, loaded: LoadedModel, preprocess: EvalPreprocess | None = None, topk: int = 5) -> None:
+    def __init__(self, loaded: LoadedModel, preprocess: EvalTransform | None = None, topk: int = 5) -> None:
         if not isinstance(topk, int) or topk < 1:
             raise ValueError(f"topk must be a positive integer, got {topk!r}")
         self.model = loaded.model
         self.class_names = loaded.class_names
-        self.preprocess = preprocess or EvalPreprocess()
+        self.preprocess = preprocess or EvalTransform()
         self.topk = min(topk, len(self.class_names))
         self.device = next(iter(self.model.parameters())).device
 
@@ -191,7 +191,12 @@ class Predictor:
     def predict_batch(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
         if not images:
             return []
-        batch = torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        return self.predict_tensor(torch.stack([self.preprocess(img) for img in images]))
+
+    @torch.inference_mode()
+    def predict_tensor(self, batch: torch.Tensor) -> list[dict[str, Any]]:
+        """Classify an already preprocessed NCHW float32 batch."""
+        batch = batch.to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -248,12 +253,12 @@ def inference_model(
     :mod:`efficientformer.hub`) load weights; names come from ``class_names``, else the checkpoint, else ImageNet.
     Preprocessing is the published evaluation (resize 256, centre crop 224, bicubic, ImageNet mean/std);
     ``img_size``, ``resize`` and ``interpolation`` override it. Bad inputs raise
-    :class:`~efficientformer.inference.images.ImageLoadError` (a ``ValueError``) naming the input.
+    :class:`~efficientformer.data.images.ImageLoadError` (a ``ValueError``) naming the input.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     items, single = _as_list(images)
-    preprocess = EvalPreprocess(img_size=img_size, resize=resize, interpolation=interpolation)
+    preprocess = EvalTransform(img_size=img_size, resize=resize, interpolation=interpolation)
     loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, class_names=class_names, device=device)
     predictor = Predictor(loaded, preprocess, topk=topk)
     results: list[dict[str, Any]] = []

@@ -275,7 +275,7 @@ def test_info_json_counts_params_and_macs(capsys, monkeypatch):
 
 
 def test_count_macs_matches_a_hand_count():
-    from efficientformer.model_cards import count_macs
+    from efficientformer.models.cards import count_macs
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -294,7 +294,7 @@ def test_count_macs_matches_a_hand_count():
 
 
 def test_s0_macs_at_224_match_the_published_count():
-    from efficientformer.model_cards import count_macs
+    from efficientformer.models.cards import count_macs
 
     macs = count_macs(create_model(NAME), 224)
     assert abs(macs / 0.396e9 - 1) < 0.02  # official toolbox: 0.396 G (it also counts GELU/LN; we count matmuls)

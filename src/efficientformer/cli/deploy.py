@@ -13,7 +13,7 @@ from ..deploy.fuse import deploy
 from ..deploy.quantize import quantize_onnx
 from ..inference.api import checkpoint_num_classes
 from ..models.checkpoint import read_checkpoint
-from ..models.registry import create_model
+from ..models.factory import create_model
 from ..utils.io import atomic_write_json
 
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}

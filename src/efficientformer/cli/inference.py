@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data.images import ImageLoadError, as_rgb_image, find_images
 from ..data.transforms import PIL_INTERPOLATIONS, EvalTransform
 from ..inference.api import Predictor, load_model
-from ..model_cards import format_card, model_card
+from ..models.cards import format_card, model_card
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

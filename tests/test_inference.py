@@ -366,3 +366,18 @@ def test_control_characters_in_class_names_are_escaped(tmp_path, photos, capsys,
         code = _predict(monkeypatch, photos / "a.jpg", "--checkpoint", path, "--no-progress", *fmt)
         out = capsys.readouterr().out
         assert code == 0 and "\x1b" not in out and "\\x1b[2Jcat" in out and "dog\\nFAKE" in out
+
+
+def test_uint8_float64_and_channels_last_tensors(model):
+    rng = np.random.default_rng(3)
+    u8 = torch.from_numpy(rng.integers(0, 256, (2, 3, 70, 90), dtype=np.uint8))
+    ref = inference_model(model, u8.float() / 255, img_size=SIZE, device="cpu")
+    for batch in (u8, u8.double() / 255):  # uint8 0..255 and float64 0..1 give the float32 answer
+        out = inference_model(model, batch, img_size=SIZE, device="cpu")
+        assert [r["pred_label"] for r in out] == [r["pred_label"] for r in ref]
+        np.testing.assert_allclose(out[0]["pred_scores"], ref[0]["pred_scores"], atol=1e-6)
+    with pytest.raises(ImageLoadError, match=r"input #0 .*looks channels-last.*permute\(0, 3, 1, 2\)") as info:
+        inference_model(model, u8.permute(0, 2, 3, 1), img_size=SIZE, device="cpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ImageLoadError, match=r"\[0, 1\]"):  # an already-normalised batch is not an image
+        inference_model(model, torch.randn(1, 3, 64, 64, dtype=torch.float64), img_size=SIZE, device="cpu")

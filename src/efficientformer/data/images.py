@@ -251,6 +251,11 @@ def image_from_tensor(t: torch.Tensor) -> Image.Image:
     """CHW (C = 1, 3 or 4) or HW tensor to RGB; float values must be in [0, 1]."""
     t = t.detach().cpu()
     if t.ndim == 3:
+        if t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
+            raise ValueError(
+                f"tensor of shape {tuple(t.shape)} looks channels-last (HWC, or NHWC for a batch); tensors must be "
+                "CHW / NCHW: pass x.permute(2, 0, 1) (or x.permute(0, 3, 1, 2) for a batch)"
+            )
         if t.shape[0] not in (1, 3, 4):
             raise ValueError(f"expected a CHW image tensor with 1, 3 or 4 channels, got shape {tuple(t.shape)}")
         t = t.permute(1, 2, 0)

@@ -101,6 +101,7 @@ def test_coreml_spec(tmp_path):
     assert spec["spec_type"] == "mlProgram"
     assert spec["inputs"] == ["image"] and spec["input_types"] == ["imageType"]
     assert "classLabel" in spec["outputs"] and spec["num_labels"] == 1000
+    assert spec["labels"][0] == "tench, Tinca tinca" and spec["labels"][-1].startswith("toilet tissue")
     assert spec["ops"].get("conv", 0) > 50 and spec["ops"].get("classify") == 1
     assert "batch_norm" not in spec["ops"]
     import coremltools as ct
@@ -174,7 +175,7 @@ def test_export_cli_and_errors(tmp_path, capsys):
                 "64",
             ]
         )
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="checkpoint not found"):
         run_cli(
             [
                 "export",

@@ -15,11 +15,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import DatasetFolder
 
-from .images import IMAGE_EXTENSIONS, ImageLoadError, read_rgb, walk_image_files
-
-
-class SkippedImageWarning(UserWarning):
-    """An image (or a folder of them) left out of a data set; the message names it and says why."""
+from .images import IMAGE_EXTENSIONS, ImageLoadError, SkippedImageWarning, read_rgb, walk_image_files
 
 
 class TolerantImageFolder(DatasetFolder):

@@ -54,6 +54,10 @@ DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 WHITE = (255, 255, 255)
 
 
+class SkippedImageWarning(UserWarning):
+    """An image (or a folder of them, or an annotation) left out of a data set; the message names it and says why."""
+
+
 class ImageLoadError(ValueError):
     """An input that is not a usable image. ``str(err)`` is one line naming the input and the problem."""
 
@@ -120,6 +124,37 @@ def read_rgb(
         raise ImageLoadError(name, f"corrupt or truncated image ({_first_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - decoders raise many types (SyntaxError, struct.error, ...) on bad data
         raise ImageLoadError(name, f"corrupt image ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def probe_image(
+    path: str | os.PathLike, *, max_pixels: int | None = None, max_aspect: float | None = MAX_ASPECT
+) -> tuple[int, int]:
+    """Cheap up-front check of an image file without decoding its pixels: it exists, is an image Pillow can
+    identify, passes the size and aspect limits, and its structure checks out (``Image.verify``: for PNG the CRC
+    of every chunk, so a truncated PNG is caught). Returns ``(width, height)`` as stored (before EXIF rotation);
+    raises :class:`ImageLoadError`."""
+    name = str(path)
+    p = Path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if not p.is_file():
+        raise ImageLoadError(name, "no such file" if not p.exists() else "is not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open_with_limit(p, limit) as img:
+                _check_pixels(name, img.size, limit)
+                _check_aspect(name, img.size, max_aspect)
+                size = img.size
+                img.verify()
+                return size
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(name, f"refused as a possible decompression bomb ({_first_line(err)})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image file, or an image format Pillow cannot decode") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise many types on bad data
+        raise ImageLoadError(name, f"corrupt or truncated image ({_first_line(err)})") from None
 
 
 #: The earlier name of :func:`read_rgb`.

@@ -4,10 +4,10 @@ Images are read by :mod:`efficientformer.data.images` and preprocessed by
 :class:`efficientformer.data.transforms.EvalTransform`, the same reader and preprocessing as training and evaluation.
 """
 
+from ..data.classes import imagenet_class_names
 from ..data.images import ImageLoadError, as_rgb_image, read_rgb
 from ..data.transforms import EvalTransform
 from .api import LoadedModel, Predictor, inference_model, load_model
-from .classes import imagenet_class_names
 
 #: The earlier names.
 EvalPreprocess = EvalTransform

@@ -22,13 +22,13 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..data.classes import resolve_class_names
 from ..data.images import as_rgb_image
 from ..data.transforms import EvalTransform
 from ..models import create_model, load_checkpoint, resolve_name
 from ..models.base import EfficientFormerBase
 from ..models.checkpoint import CheckpointError, read_checkpoint, torch_load_weights
 from ..models.hub import pretrained_path
-from .classes import resolve_class_names
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
 #: then mmpretrain).

@@ -57,3 +57,18 @@ def test_traceback_env_var_and_user_errors(capsys, monkeypatch):
 
 def test_real_parser_accepts_the_flag():
     assert "--traceback" in cli.build_parser().format_help()
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["zoo", "*s0", "--runs", "0"], "--runs must be at least 1, got 0"),
+        (["zoo", "*s0", "--img-size", "100"], "multiples of 32"),
+        (["predict", "x.png", "--model", "efficientformerv2_s0", "--max-pixels", "0"], "--max-pixels must be"),
+    ],
+)
+def test_bad_options_are_one_line(argv, needle, capsys, monkeypatch):
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err

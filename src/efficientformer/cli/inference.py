@@ -63,6 +63,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     preprocess = EvalTransform(img_size=args.img_size, resize=args.resize, interpolation=args.interpolation)
     files, problems = find_images(args.paths)
     for line in problems:  # a folder that cannot be listed: its images are missing, say so and fail at the end

@@ -1,6 +1,7 @@
 """Checkpoint containers, file formats, head handling and clear errors."""
 
 import argparse
+import re
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_two_heads_into_one_and_back(s0_state):
 
 def test_other_class_count(s0_state):
     model = create_model("efficientformerv2_s0", num_classes=10)
-    with pytest.raises(CheckpointError, match="1000 classes, the model 10; pass strict=False"):
+    with pytest.raises(CheckpointError, match="1000 classes, the model 10; to fine-tune new heads from it"):
         load_checkpoint(model, s0_state)
     report = load_checkpoint(model, s0_state, strict=False)
     assert "head.weight" in report.dropped and "head.weight" in report.missing
@@ -113,3 +114,45 @@ def test_pickled_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_checkpoint(create_model("efficientformerv2_s0"), path)
     assert not marker.exists()
+
+
+def test_legacy_non_zip_pickle_with_a_payload_gets_a_readable_refusal(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "legacy_evil.pth"
+    payload = {"model": {"x": torch.zeros(1)}, "payload": _Payload(str(marker))}
+    torch.save(payload, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(create_model("efficientformerv2_s0"), path)
+    text = str(info.value)
+    expected = rf"refusing to unpickle {re.escape(str(path))}: it references [\w.]*open, which could run code"
+    assert re.match(expected, text)
+    assert "\n" not in text and "\x1b" not in text and "Weights only load failed" not in text
+    assert not marker.exists()
+
+
+def test_harmless_legacy_checkpoint_with_argparse_args_loads(tmp_path, s0_state):
+    import argparse
+
+    path = tmp_path / "legacy_args.pth"
+    torch.save({"model": s0_state, "args": argparse.Namespace(lr=1e-3)}, path, _use_new_zipfile_serialization=False)
+    model = create_model("efficientformerv2_s0")
+    report = load_checkpoint(model, path)
+    assert report.container == "model" and not report.missing
+    torch.testing.assert_close(model.state_dict()["head.weight"], s0_state["head.weight"])
+
+
+def test_non_finite_weights_are_refused(s0_state):
+    bad = dict(s0_state)
+    bad["head.bias"] = bad["head.bias"].clone()
+    bad["head.bias"][3] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 tensor\(s\) \(head\.bias\)"):
+        load_checkpoint(create_model("efficientformerv2_s0"), bad)
+
+
+def test_messages_give_cli_advice_not_python_calls(s0_state):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(create_model("efficientformerv2_s1"), s0_state)
+    assert "--model efficientformerv2_s0" in str(info.value) and "create_model(" not in str(info.value)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(create_model("efficientformerv2_s0", num_classes=10), s0_state)
+    assert "strict=False" not in str(info.value)

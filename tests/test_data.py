@@ -9,7 +9,7 @@ from PIL import Image
 
 from efficientformer.data.folder import build_datasets, collate_skip
 from efficientformer.data.samplers import EvalSampler, TrainSampler
-from efficientformer.data.transforms import eval_transform, parse_randaugment, train_transform
+from efficientformer.data.transforms import eval_transform
 
 
 def _write_folder(root, classes=("a", "b"), n=4, size=40, splits=("train", "val")):
@@ -26,24 +26,23 @@ def _write_folder(root, classes=("a", "b"), n=4, size=40, splits=("train", "val"
 
 def test_eval_transform_is_the_published_protocol():
     tf = eval_transform()
-    resize, crop = tf.transforms[0], tf.transforms[1]
-    assert resize.size == 256 and resize.interpolation.value == "bicubic"
-    assert tuple(crop.size) == (224, 224)
+    assert tf.resize_to == 256 and tf.interpolation == "bicubic" and tf.img_size == 224
     img = Image.fromarray(np.zeros((300, 500, 3), dtype=np.uint8))
     x = tf(img)
     assert x.shape == (3, 224, 224)
     # black normalised with ImageNet statistics
     assert torch.allclose(x[:, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]), atol=1e-5)
-    assert eval_transform(64).transforms[0].size == 73
+    assert eval_transform(64).resize_to == 73 and eval_transform(256).resize_to == 292
 
 
-def test_train_transform_shapes_and_randaugment_spec():
+def test_train_transform_shapes_and_a_bad_augment_spec():
+    from efficientformer.train.config import TrainConfig, build_config
+    from efficientformer.train.engine import train_transform
+
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8))
-    assert train_transform(64)(img).shape == (3, 64, 64)
-    ra = parse_randaugment("rand-m9-mstd0.5-n3")
-    assert (ra.mean_magnitude, ra.magnitude_std, ra.num_ops) == (9.0, 0.5, 3)
-    with pytest.raises(ValueError, match="RandAugment"):
-        parse_randaugment("m9-bogus")
+    assert train_transform(TrainConfig(img_size=64))(img).shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="not a timm auto-augment spec"):
+        build_config(None, {"auto_augment": "rand-bogus9"})
 
 
 def test_digits_folder_written_once(tmp_path):
@@ -106,3 +105,41 @@ def test_train_sampler_ranks_cover_the_single_process_batches():
     assert list(s) != single  # reshuffled per epoch
     rep = TrainSampler(600, 0, 1, seed=0, repeats=3)
     assert len(rep) == 512 and len(set(rep)) < 200  # floor(600/256)*256 samples, ~1/3 unique
+
+
+def test_bad_training_files_incl_a_decompression_bomb_are_skipped_counted_and_named(tmp_path):
+    from efficientformer.data.folder import SkippedImageWarning
+    from efficientformer.data.images import DEFAULT_MAX_PIXELS
+
+    root = _write_folder(tmp_path / "d")
+    side = int(DEFAULT_MAX_PIXELS**0.5) + 100  # a bilevel PNG of a few kB announcing > 89 MP
+    Image.new("1", (side, side), 0).save(root / "train" / "a" / "bomb.png")
+    Image.new("L", (30000, 1)).save(root / "train" / "b" / "strip.png")
+    (root / "train" / "b" / "cut.png").write_bytes((root / "train" / "b" / "0.png").read_bytes()[:60])
+    train, _ = build_datasets(root, eval_transform(32), eval_transform(32))
+    with pytest.warns(SkippedImageWarning) as record:
+        images, targets, skipped = collate_skip([train[i] for i in range(len(train))])
+    assert skipped == 3 and images.shape[0] == len(train) - 3
+    named = " ".join(str(w.message) for w in record)
+    assert "bomb.png" in named and "decompression bomb" in named and "strip.png" in named and "cut.png" in named
+
+
+def test_unlistable_class_subfolder_is_named(tmp_path, monkeypatch):
+    import os
+
+    from efficientformer.data.folder import SkippedImageWarning
+
+    root = _write_folder(tmp_path / "d")
+    (root / "train" / "a" / "more").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "train" / "a" / "more" / "x.png")
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("more"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.warns(SkippedImageWarning, match="more: cannot list folder"):
+        train, _ = build_datasets(root, eval_transform(32), eval_transform(32))
+    assert len(train.scan_problems) == 1 and not any("more" in p for p, _ in train.samples)

@@ -228,6 +228,133 @@ def test_ade_dataset_reduce_zero_label_and_augment(ade_root):
         ADESegmentation(ade_root, "nope", cfg)
 
 
+def _bad_coco(root, tmp_path):
+    """A copy of the synthetic val split with one of each annotation problem the issue lists."""
+    import shutil
+
+    src_images, src_ann = root / "images" / "val", root / "annotations" / "instances_val.json"
+    dst = tmp_path / "bad"
+    shutil.copytree(src_images, dst / "images" / "val")
+    doc = json.loads(src_ann.read_text())
+    first = doc["images"][0]
+    (dst / "images" / "val" / first["file_name"]).write_bytes(b"\x89PNG\r\n\x1a\n corrupt")  # corrupt image
+    doc["images"].append({"id": 999, "file_name": "listed_but_missing.png", "height": 96, "width": 96})
+    anns = doc["annotations"]
+    kept = next(a for a in anns if a["image_id"] != first["id"])
+    anns.append({**kept, "id": 9001})
+    del anns[-1]["bbox"]  # annotation without bbox
+    anns.append({**kept, "id": 9002, "segmentation": [[1, 2, 3, 4]]})  # degenerate polygon
+    anns.append({**kept, "id": 9003, "category_id": 77})  # unknown category
+    (dst / "annotations").mkdir()
+    (dst / "annotations" / "instances_val.json").write_text(json.dumps(doc))
+    return dst, doc
+
+
+def test_coco_whole_file_is_checked_up_front_and_every_problem_named(coco_root, tmp_path):
+    from efficientformer.data.images import SkippedImageWarning
+    from efficientformer.dense.detection import CocoInstances, coco_paths
+
+    root, doc = _bad_coco(coco_root, tmp_path)
+    images, ann = coco_paths(root, "val")
+    with pytest.warns(SkippedImageWarning) as record:
+        ds = CocoInstances(images, ann, train=True)
+    problems = ds.problems
+    assert len(problems) == 5 and all(str(ann) in p for p in problems)
+    text = " | ".join(problems)
+    n_ann = len(doc["annotations"])
+    assert "images[0]" in text and "corrupt" in text
+    assert f"images[{len(doc['images']) - 1}] (id 999, listed_but_missing.png): no such file" in text
+    assert f"annotations[{n_ann - 3}] (id 9001" in text and "no 'bbox'" in text
+    assert f"annotations[{n_ann - 2}] (id 9002" in text and "polygon 0 has 4 coordinates" in text
+    assert f"annotations[{n_ann - 1}] (id 9003" in text and "unknown category_id 77" in text
+    assert "5 problem(s)" in str(record[0].message)
+    assert len(ds) == len(doc["images"]) - 2
+    for i in range(len(ds)):  # every remaining sample loads: nothing is left to fail inside the training loop
+        _, target = ds[i]
+        assert len(target["boxes"]) == len(target["masks"])
+    assert {a["id"] for a in ds.coco_json["annotations"]}.isdisjoint({9001, 9002, 9003})
+
+
+def test_coco_image_corrupt_after_the_check_is_skipped_in_training(coco_root, tmp_path):
+    import shutil
+
+    from efficientformer.data.images import ImageLoadError, SkippedImageWarning
+    from efficientformer.dense.detection import CocoInstances, coco_paths
+
+    dst = tmp_path / "c"
+    shutil.copytree(coco_root, dst)
+    images, ann = coco_paths(dst, "val")
+    ds = CocoInstances(images, ann, train=True)
+    first = images / ds.images[0]["file_name"]
+    Image.new("RGB", (3, 400)).save(first)  # readable header, refused by the reader (aspect ratio)
+    with pytest.warns(SkippedImageWarning, match=first.name):
+        _, target = ds[0]
+    assert int(target["image_id"]) == ds.images[1]["id"] and ds.skipped == 1
+    ds.train = False  # evaluation must score every listed image: a failure there is an error naming the file
+    with pytest.raises(ImageLoadError, match=first.name):
+        ds[0]
+
+
+def test_ade_problems_named_up_front(ade_root, tmp_path):
+    import shutil
+
+    from efficientformer.data.images import SkippedImageWarning
+    from efficientformer.dense.segmentation import ADESegmentation, SegmentConfig
+
+    root = tmp_path / "ade"
+    shutil.copytree(ade_root, root)
+    imgs = sorted((root / "images" / "training").iterdir())
+    (root / "annotations" / "training" / (imgs[0].stem + ".png")).unlink()  # image without a label file
+    imgs[1].write_bytes(b"garbage")  # corrupt image
+    cfg = SegmentConfig(num_classes=4, crop_size=64, scale=(256, 64))
+    with pytest.warns(SkippedImageWarning) as record:
+        ds = ADESegmentation(root, "training", cfg, train=True)
+    text = str(record[0].message)
+    assert f"{imgs[0]}: no label file" in text and f"{imgs[1]}: not an image file" in text
+    assert len(ds) == len(imgs) - 2
+    # a label value that does not fit num_classes is a configuration mistake: named up front, not in the loop
+    lbl = root / "annotations" / "training" / (imgs[2].stem + ".png")
+    arr = np.asarray(Image.open(lbl)).copy()
+    arr[0, 0] = 9
+    Image.fromarray(arr).save(lbl)
+    with pytest.raises(ValueError, match=rf"{lbl.name}: label value\(s\) \[9\] do not fit num_classes=4"):
+        ADESegmentation(root, "training", cfg, train=True)
+
+
+def test_mask_ap_by_size_uses_mask_areas():
+    """A detection whose mask is small but whose box is large belongs to the small bucket of mask AP."""
+    pytest.importorskip("pycocotools")
+    from efficientformer.dense.detection import coco_evaluate, predictions_to_coco
+
+    h = w = 200
+    gt_mask = np.zeros((h, w), np.uint8)
+    gt_mask[10:30, 10:30] = 1  # a 20x20 object: small (area 400 < 32^2) by mask and by box
+    diag = np.zeros((h, w), np.uint8)
+    for i in range(150):  # a thin diagonal: mask area 300 (small), box 150x150 = 22,500 (large)
+        diag[40 + i, 40 + i] = 1
+        diag[40 + i, min(w - 1, 41 + i)] = 1
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    rle = mask_utils.encode(np.asfortranarray(gt_mask))
+    rle["counts"] = rle["counts"].decode("ascii")
+    gt = {
+        "images": [{"id": 1, "file_name": "x.png", "height": h, "width": w}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": 400.0,
+                         "bbox": [10, 10, 20, 20], "iscrowd": 0}],
+    }  # fmt: skip
+    out = {
+        "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 190.0, 190.0]]),
+        "labels": torch.tensor([1, 1]),
+        "scores": torch.tensor([0.5, 0.9]),  # the false positive ranks first
+        "masks": torch.from_numpy(np.stack([gt_mask, diag]))[:, None].float(),
+    }
+    m = coco_evaluate(gt, predictions_to_coco(out, 1, [1]))
+    # By mask area the diagonal is a small false positive ranked above the true positive: small mask AP ~0.5.
+    # By box area (the old behaviour) it fell in the large bucket and small mask AP was a perfect 1.0.
+    assert m["segm_APs"] == pytest.approx(0.5, abs=0.01)
+    assert m["bbox_APs"] == pytest.approx(1.0)  # box AP keeps box areas (the FP box is large)
+
+
 # -- evaluators ----------------------------------------------------------------------------------------------------
 def test_coco_evaluator_perfect_and_wrong(coco_root):
     from efficientformer.dense.detection import CocoInstances, coco_evaluate, coco_paths, predictions_to_coco

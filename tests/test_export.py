@@ -101,6 +101,7 @@ def test_coreml_spec(tmp_path):
     assert spec["spec_type"] == "mlProgram"
     assert spec["inputs"] == ["image"] and spec["input_types"] == ["imageType"]
     assert "classLabel" in spec["outputs"] and spec["num_labels"] == 1000
+    assert spec["labels"][0] == "tench, Tinca tinca" and spec["labels"][-1].startswith("toilet tissue")
     assert spec["ops"].get("conv", 0) > 50 and spec["ops"].get("classify") == 1
     assert "batch_norm" not in spec["ops"]
     import coremltools as ct
@@ -174,7 +175,7 @@ def test_export_cli_and_errors(tmp_path, capsys):
                 "64",
             ]
         )
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="checkpoint not found"):
         run_cli(
             [
                 "export",
@@ -266,6 +267,27 @@ def test_quantize_on_image_folder(tmp_path, image_dirs, capsys):
                 str(tmp_path / "nowhere"),
             ]
         )
+
+
+def test_quantize_skips_a_truncated_calibration_image_and_leaves_no_prep_file(tmp_path, image_dirs, capsys):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    calib, _ = image_dirs
+    bad_calib = tmp_path / "calib"
+    shutil.copytree(calib, bad_calib)
+    (bad_calib / "cut.png").write_bytes((calib / "0.png").read_bytes()[:100])  # truncated PNG
+    fp32 = tmp_path / "s0.onnx"
+    export_onnx(deploy(create_model("efficientformerv2_s0", img_size=IMG).eval()), fp32, batch=1)
+    out = tmp_path / "q"
+    argv = ["quantize", "--onnx", str(fp32), "--calib-dir", str(bad_calib), "--output-dir", str(out)]
+    assert run_cli([*argv, "--mode", "static", "--runs", "1", "--json", str(tmp_path / "q.json")]) == 0
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["calib_images"] == 8 and len(report["skipped_images"]) == 1
+    assert "cut.png" in report["skipped_images"][0]
+    captured = capsys.readouterr()
+    assert "cut.png" in captured.err and "1 unreadable image(s) skipped" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["s0.int8-static.onnx"]  # no *.prep.onnx left behind
 
 
 def test_benchmark_end_to_end(tmp_path, capsys):

@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from efficientformer import hub
-from efficientformer.models import create_model
+from efficientformer.models import create_model, hub
 
 NAME = "efficientformerv2_s0"
 

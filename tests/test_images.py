@@ -5,14 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientformer.inference.images import (
+from efficientformer.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     as_rgb_image,
     find_images,
     load_image,
 )
-from efficientformer.inference.preprocess import EvalPreprocess
+from efficientformer.data.transforms import EvalTransform as EvalPreprocess
 
 
 def _save(img: Image.Image, path, **kw):
@@ -207,20 +207,31 @@ def test_find_images_recurses_and_keeps_explicit_files(tmp_path):
     (tmp_path / "a" / "notes.txt").write_bytes(b"1")
     (tmp_path / "a" / ".hidden.png").write_bytes(b"1")
     explicit = tmp_path / "explicit.dat"
-    found = find_images([tmp_path / "a", explicit])
+    found, problems = find_images([tmp_path / "a", explicit])
+    assert problems == []
     assert found == [tmp_path / "a" / "x.JPG", tmp_path / "a" / "b" / "y.png", explicit]
 
 
 # -- preprocessing -----------------------------------------------------------------------------------------------
-def test_preprocess_matches_published_eval_transform():
-    """Our torchvision-free preprocessing equals data.transforms.eval_transform (torchvision Resize+CenterCrop)."""
-    transforms = pytest.importorskip("efficientformer.data.transforms")
+def test_preprocess_matches_torchvision_resize_and_centre_crop():
+    """The one eval preprocessing equals torchvision's Resize + CenterCrop + ToTensor + Normalize on PIL images."""
+    from torchvision import transforms as T
+
+    from efficientformer.data.transforms import interpolation_mode
+
     rng = np.random.default_rng(1)
     for h, w in [(300, 451), (451, 300), (97, 97), (64, 200)]:
         img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        for size, interp in [(224, "bicubic"), (64, "bilinear"), (96, "nearest")]:
+        for size, interp in [(224, "bicubic"), (64, "bilinear"), (96, "nearest"), (256, "bicubic")]:
             ours = EvalPreprocess(img_size=size, interpolation=interp)(img)
-            ref = transforms.eval_transform(img_size=size, interpolation=interp)(img)
+            ref = T.Compose(
+                [
+                    T.Resize(int(size / 0.875), interpolation=interpolation_mode(interp)),
+                    T.CenterCrop(size),
+                    T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                ]
+            )(img)
             assert ours.shape == (3, size, size)
             torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
@@ -233,3 +244,61 @@ def test_preprocess_rejects_bad_settings():
     with pytest.raises(ValueError, match="at least img_size"):
         EvalPreprocess(img_size=224, resize=200)
     assert EvalPreprocess().resize_to == 256 and EvalPreprocess(img_size=64).resize_to == 73
+    # The official rule truncates: int(256 / 0.875) = int(292.57) = 292 (round() gave 293).
+    assert EvalPreprocess(img_size=256).resize_to == 292
+
+
+# -- limits: pixels above Pillow's default, aspect ratio, bounded resize -----------------------------------------
+def test_max_pixels_above_pillows_limit_really_raises_it(tmp_path, monkeypatch):
+    """--max-pixels above Pillow's own limit must let the image through (Pillow refused it at twice its global)."""
+    import efficientformer.data.images as images
+
+    # Scale Pillow's limit down so the test image is small: 2,500 px is over twice Pillow's (pretend) 1,000.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(images, "DEFAULT_MAX_PIXELS", 1000)
+    big = _save(Image.new("RGB", (50, 50), (1, 2, 3)), tmp_path / "big.png")
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(big)
+    assert load_image(big, max_pixels=10_000).getpixel((0, 0)) == (1, 2, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # Pillow's global is restored afterwards
+    with pytest.raises(ImageLoadError, match="2,?000"):
+        load_image(big, max_pixels=2000)
+
+
+def test_absurd_aspect_ratio_is_refused_with_a_clear_message(tmp_path):
+    strip = _save(Image.new("L", (30000, 1), 7), tmp_path / "strip.png")
+    assert strip.stat().st_size < 2000  # a few hundred bytes that would resize to 256 x 7,680,000
+    with pytest.raises(ImageLoadError, match=r"strip.png: 30000x1 has an aspect ratio over 100:1"):
+        load_image(strip)
+    with pytest.raises(ImageLoadError, match="aspect ratio"):
+        as_rgb_image(np.zeros((1, 500), np.uint8))
+    assert load_image(_save(Image.new("L", (1000, 10)), tmp_path / "wide.png")).size == (1000, 10)  # 100:1 is fine
+
+
+def test_resize_work_is_bounded():
+    from efficientformer.data.transforms import MAX_RESIZED_PIXELS
+
+    tf = EvalPreprocess(img_size=224, resize=8192)
+    img = Image.new("RGB", (100, 4000))
+    assert tf.resized_size(100, 4000)[0] * tf.resized_size(100, 4000)[1] > MAX_RESIZED_PIXELS
+    with pytest.raises(ValueError, match="resized to 8192x327680"):
+        tf(img)
+
+
+def test_unlistable_subfolder_is_reported(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "a" / "locked").mkdir(parents=True)
+    _save(Image.new("RGB", (8, 8)), tmp_path / "a" / "x.png")
+    _save(Image.new("RGB", (8, 8)), tmp_path / "a" / "locked" / "y.png")
+    real = os.scandir
+
+    def scandir(path="."):  # tests run as root, where chmod 000 does not stop reading: fail the call instead
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found, problems = find_images([tmp_path / "a"])
+    assert found == [tmp_path / "a" / "x.png"]
+    assert len(problems) == 1 and "locked: cannot list folder (Permission denied)" in problems[0]

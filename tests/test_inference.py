@@ -131,7 +131,7 @@ def test_unnamed_class_count_gets_numbered_names(tmp_path):
 
 def test_checkpoint_weights_are_really_used(small_ckpt):
     """The prediction equals a forward of the checkpoint's own weights."""
-    from efficientformer.inference.preprocess import EvalPreprocess
+    from efficientformer.data.transforms import EvalTransform as EvalPreprocess
 
     img = np.random.default_rng(3).integers(0, 255, (80, 80, 3), dtype=np.uint8)
     r = inference_model(NAME, img, checkpoint=small_ckpt, img_size=SIZE, device="cpu")
@@ -207,7 +207,7 @@ def test_pickle_payload_is_refused_by_predict(evil_ckpt, photos, capsys, monkeyp
 # -- the predict command -----------------------------------------------------------------------------------------
 def _cli(monkeypatch, argv):
     # Only this area's commands: the test must not depend on other areas' modules being importable.
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("efficientformer.inference.cli",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.inference,))
     return cli.main(argv)
 
 
@@ -275,7 +275,7 @@ def test_info_json_counts_params_and_macs(capsys, monkeypatch):
 
 
 def test_count_macs_matches_a_hand_count():
-    from efficientformer.model_cards import count_macs
+    from efficientformer.models.cards import count_macs
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -294,7 +294,7 @@ def test_count_macs_matches_a_hand_count():
 
 
 def test_s0_macs_at_224_match_the_published_count():
-    from efficientformer.model_cards import count_macs
+    from efficientformer.models.cards import count_macs
 
     macs = count_macs(create_model(NAME), 224)
     assert abs(macs / 0.396e9 - 1) < 0.02  # official toolbox: 0.396 G (it also counts GELU/LN; we count matmuls)
@@ -309,7 +309,7 @@ def test_timm_and_official_files_give_timms_prediction(tmp_path):
     from reference_layouts import official_from_timm, randomize_
     from safetensors.torch import save_file
 
-    from efficientformer.inference.preprocess import EvalPreprocess
+    from efficientformer.data.transforms import EvalTransform as EvalPreprocess
     from efficientformer.models import VARIANTS
 
     timm = pytest.importorskip("timm")
@@ -331,3 +331,53 @@ def test_timm_and_official_files_give_timms_prediction(tmp_path):
         r = inference_model(NAME, img, checkpoint=f, device="cpu")  # published protocol: 256 -> 224
         np.testing.assert_allclose(r["pred_scores"], expected, atol=1e-5)
         assert r["pred_label"] == int(expected.argmax())
+
+
+def test_predict_reports_an_unlistable_folder_and_a_strip_image(photos, capsys, monkeypatch):
+    import os
+
+    (photos / "locked").mkdir()
+    Image.new("RGB", (70, 70)).save(photos / "locked" / "z.png")
+    Image.new("L", (30000, 1)).save(photos / "strip.png")  # 1x30000: refused before any resize, not a MemoryError
+    real = os.scandir
+
+    def scandir(path="."):  # tests run as root, where chmod does not stop reading
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code = _predict(monkeypatch, photos, "--json", "--no-progress")
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert sorted(pathlib.Path(json.loads(r)["file"]).name for r in out.splitlines()) == ["a.jpg", "b.png", "c.webp"]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert any("locked: cannot list folder" in e for e in errors)
+    assert any("strip.png" in e and "aspect ratio" in e for e in errors)
+    assert "1 folder(s) could not be read" in err
+
+
+def test_control_characters_in_class_names_are_escaped(tmp_path, photos, capsys, monkeypatch):
+    torch.manual_seed(1)
+    net = create_model(NAME, num_classes=2)
+    path = tmp_path / "evil_names.pth"
+    atomic_torch_save({"model": net.state_dict(), "class_names": ["\x1b[2Jcat", "dog\nFAKE 1.0000"]}, path)
+    for fmt in ([], ["--csv"]):
+        code = _predict(monkeypatch, photos / "a.jpg", "--checkpoint", path, "--no-progress", *fmt)
+        out = capsys.readouterr().out
+        assert code == 0 and "\x1b" not in out and "\\x1b[2Jcat" in out and "dog\\nFAKE" in out
+
+
+def test_uint8_float64_and_channels_last_tensors(model):
+    rng = np.random.default_rng(3)
+    u8 = torch.from_numpy(rng.integers(0, 256, (2, 3, 70, 90), dtype=np.uint8))
+    ref = inference_model(model, u8.float() / 255, img_size=SIZE, device="cpu")
+    for batch in (u8, u8.double() / 255):  # uint8 0..255 and float64 0..1 give the float32 answer
+        out = inference_model(model, batch, img_size=SIZE, device="cpu")
+        assert [r["pred_label"] for r in out] == [r["pred_label"] for r in ref]
+        np.testing.assert_allclose(out[0]["pred_scores"], ref[0]["pred_scores"], atol=1e-6)
+    with pytest.raises(ImageLoadError, match=r"input #0 .*looks channels-last.*permute\(0, 3, 1, 2\)") as info:
+        inference_model(model, u8.permute(0, 2, 3, 1), img_size=SIZE, device="cpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ImageLoadError, match=r"\[0, 1\]"):  # an already-normalised batch is not an image
+        inference_model(model, torch.randn(1, 3, 64, 64, dtype=torch.float64), img_size=SIZE, device="cpu")

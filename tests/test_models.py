@@ -148,3 +148,77 @@ def test_reset_classifier_and_no_weight_decay():
     assert model.head.out_features == 5 and model.head_dist.out_features == 5
     nwd = model.no_weight_decay()
     assert any(n.endswith("pos_bias.table") for n in nwd) and any(n.endswith("ls1.scale") for n in nwd)
+
+
+# -- argument checks ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs,error,needle",
+    [
+        ({"num_classes": -1}, ValueError, "num_classes must be at least 0, got -1"),
+        ({"num_classes": "10"}, TypeError, "num_classes must be an integer, got '10'"),
+        ({"num_classes": 2.5}, TypeError, "num_classes must be an integer"),
+        ({"num_classes": True}, TypeError, "num_classes must be an integer"),
+        ({"drop_path_rate": 2}, ValueError, r"drop_path_rate must be in \[0, 1\)"),
+        ({"drop_path_rate": 1.0}, ValueError, r"drop_path_rate must be in \[0, 1\)"),
+        ({"drop_path_rate": -0.1}, ValueError, r"drop_path_rate must be in \[0, 1\)"),
+        ({"drop_path_rate": "0.1"}, TypeError, "drop_path_rate must be a number"),
+        ({"img_size": 100}, ValueError, "multiples of 32"),
+        ({"img_size": "224"}, TypeError, "img_size must be an integer"),
+        ({"distillation": "yes"}, TypeError, "distillation must be True or False"),
+        ({"out_indices": (0, 5)}, ValueError, r"out_indices must be stage numbers in 0\.\.3"),
+        ({"pretrained": 1}, TypeError, "pretrained must be True or False"),
+    ],
+)
+def test_create_model_checks_every_argument(kwargs, error, needle):
+    with pytest.raises(error, match=needle) as info:
+        create_model("efficientformerv2_s0", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_zero_classes_means_pooled_features():
+    import torch
+
+    model = create_model("efficientformerv2_s0", num_classes=0).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, model.num_features)
+
+
+def test_models_package_has_no_import_cycle_or_lazy_hub_import():
+    """registry <- checkpoint <- factory (which imports hub at the top); registry must not import checkpoint."""
+    import ast
+    import pathlib
+
+    import efficientformer.models as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    registry = ast.parse((root / "registry.py").read_text())
+    imported = {n.module for n in ast.walk(registry) if isinstance(n, ast.ImportFrom)}
+    assert not {"checkpoint", "factory", "hub"} & imported
+    for file in root.glob("*.py"):  # no import statements hidden inside functions
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{file.name}: {node.name} imports inside the function"
+
+
+def test_one_facts_table_feeds_cards_profile_benchmark_and_hub():
+    from efficientformer.bench.latency import PUBLISHED_TOP1
+    from efficientformer.bench.profile import PUBLISHED
+    from efficientformer.models import FACTS, VARIANTS, hub
+    from efficientformer.models.cards import model_card
+
+    assert set(FACTS) == set(VARIANTS) == set(hub.MODEL_NAMES) == set(PUBLISHED)
+    for name, f in FACTS.items():
+        assert f.spec is VARIANTS[name]
+        assert PUBLISHED[name] == (f.toolbox_params_m, f.gmacs)
+        assert PUBLISHED_TOP1[name] == f.top1[300]
+        assert hub.OFFICIAL_RELEASES[name] == f.official and hub.KNOWN_SHA256[name] == f.hub_sha256
+    assert PUBLISHED["efficientformerv2_l"][1] == 2.56  # the README figure; two copies used to disagree (2.55)
+    card = model_card("efficientformerv2_s0", img_size=64)
+    assert card.published_gmacs == FACTS["efficientformerv2_s0"].gmacs
+    assert card.published_top1 == {"300 epochs": 75.7, "450 epochs": 76.2}
+    assert "int(224/0.875) = 256 (bicubic)" in card.eval_preprocessing
+    import efficientformer.bench.latency as latency
+
+    assert not hasattr(latency, "PUBLISHED_TOP1_450")

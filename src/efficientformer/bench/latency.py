@@ -23,30 +23,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.registry import create_model, list_models, resolve_name
+from ..models.factory import create_model
+from ..models.facts import BASELINE_TOP1, FACTS
+from ..models.registry import list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils.timing import ort_session, p90, time_interleaved
 
 BACKENDS = ("eager", "deploy", "compile", "onnxruntime", "onnxruntime-int8")
 
-#: Published ImageNet top-1 (%), 300-epoch models (the papers' figure 1); MobileNetV2 x1.0 for the baseline.
-PUBLISHED_TOP1 = {
-    "efficientformer_l1": 79.2,
-    "efficientformer_l3": 82.4,
-    "efficientformer_l7": 83.3,
-    "efficientformerv2_s0": 75.7,
-    "efficientformerv2_s1": 79.0,
-    "efficientformerv2_s2": 81.6,
-    "efficientformerv2_l": 83.3,
-    "mobilenetv2_100": 72.0,
-}
-#: The 450-epoch V2 results, for the record.
-PUBLISHED_TOP1_450 = {
-    "efficientformerv2_s0": 76.2,
-    "efficientformerv2_s1": 79.7,
-    "efficientformerv2_s2": 82.0,
-    "efficientformerv2_l": 83.5,
-}
+#: Published ImageNet top-1 (%) of the 300-epoch models (the papers' figure 1) and the baseline, from the facts table.
+PUBLISHED_TOP1 = {**{name: f.top1[300] for name, f in FACTS.items()}, **BASELINE_TOP1}
 
 
 @dataclass

@@ -23,18 +23,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.facts import FACTS
 from ..models.layers import to_grid
 
-#: Published (params M, GMACs) at 224 px, from the papers / official README (toolbox.py convention).
-PUBLISHED: dict[str, tuple[float, float]] = {
-    "efficientformer_l1": (12.250, 1.30),
-    "efficientformer_l3": (31.330, 3.93),
-    "efficientformer_l7": (82.107, 10.16),
-    "efficientformerv2_s0": (3.535, 0.40),
-    "efficientformerv2_s1": (6.093, 0.65),
-    "efficientformerv2_s2": (12.551, 1.25),
-    "efficientformerv2_l": (26.069, 2.55),
-}
+#: Published (params M, GMACs) at 224 px, from the facts table: the official ``toolbox.py`` parameter count (three
+#: decimals) and the README / paper GMACs.
+PUBLISHED: dict[str, tuple[float, float]] = {name: (f.toolbox_params_m, f.gmacs) for name, f in FACTS.items()}
 
 
 @dataclass

@@ -8,26 +8,32 @@ from pathlib import Path
 
 from ..bench.latency import BenchConfig, parse_list, resolve_models, run_benchmark, write_outputs
 from ..bench.profile import PUBLISHED, format_profile, profile_model
-from ..deploy.export import export_model, export_onnx
+from ..deploy.export import check_output_path, export_model, export_onnx
 from ..deploy.fuse import deploy
 from ..deploy.quantize import quantize_onnx
-from ..inference.api import checkpoint_num_classes
+from ..inference.api import checkpoint_class_names, checkpoint_num_classes, read_checkpoint_file
 from ..models.checkpoint import read_checkpoint
-from ..models.registry import create_model
+from ..models.factory import create_model
 from ..utils.io import atomic_write_json
 
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
 
 
 def _build(name: str, checkpoint: str | None, img_size: int | None):
-    if checkpoint is None:
-        return create_model(name, img_size=img_size or 224).eval()
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    return _build_named(name, checkpoint, img_size)[0]
 
-    # the classifier is sized from the checkpoint, so a fine-tuned (e.g. 10-class) model exports as it is
-    num_classes = checkpoint_num_classes(read_checkpoint(checkpoint)[0]) or 1000
-    return create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=checkpoint).eval()
+
+def _build_named(name: str, checkpoint: str | None, img_size: int | None):
+    """``(eval model, class names or None)``: the classifier is sized from the checkpoint, so a fine-tuned (e.g.
+    10-class) model exports as it is, and the class names it carries (our training stores them) come along."""
+    if checkpoint is None:
+        return create_model(name, img_size=img_size or 224).eval(), None
+    obj = read_checkpoint_file(checkpoint)  # weights-only / safetensors, with a one-line error for a bad file
+    names = checkpoint_class_names(obj)
+    state = read_checkpoint(obj)[0]
+    num_classes = checkpoint_num_classes(state) or 1000
+    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=state).eval()
+    return model, names
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -50,17 +56,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = _build(args.model, args.checkpoint, args.img_size)
-    if args.deploy:
-        model = deploy(model)
     output = Path(args.output)
     if output.suffix == "" and args.format != "coreml":
         output = output.with_suffix(EXTENSIONS[args.format])
+    if args.fp16 and args.format != "coreml":
+        raise ValueError("--fp16 is only supported for --format coreml; use `efficientformer quantize` for INT8 ONNX")
+    check_output_path(output, directory=args.format == "coreml")  # before the work, not after it
+    model, class_names = _build_named(args.model, args.checkpoint, args.img_size)
+    if args.deploy:
+        model = deploy(model)
     kwargs = {"img_size": args.img_size, "batch": args.batch}
     if args.format == "coreml":
         kwargs["fp16"] = args.fp16
-    elif args.fp16:
-        raise ValueError("--fp16 is only supported for --format coreml; use `efficientformer quantize` for INT8 ONNX")
+        kwargs["labels"] = class_names  # None: ImageNet names for 1000 classes, else class_i
     if args.format == "onnx" and args.opset is not None:
         kwargs["opset"] = args.opset
     report = export_model(model, args.format, output, **kwargs)

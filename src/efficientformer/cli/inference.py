@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from tqdm import tqdm
 
+from ..data.images import ImageLoadError, as_rgb_image, find_images
+from ..data.transforms import PIL_INTERPOLATIONS, EvalTransform
 from ..inference.api import Predictor, load_model
-from ..inference.images import ImageLoadError, as_rgb_image, find_images
-from ..inference.preprocess import INTERPOLATIONS, EvalPreprocess
-from ..model_cards import format_card, model_card
+from ..models.cards import format_card, model_card
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-size", type=int, default=224, help="centre-crop size, a multiple of 32 (default 224)")
-    p.add_argument("--resize", type=int, default=None, help="short side before the crop (default img-size/0.875)")
-    p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="bicubic")
+    p.add_argument("--resize", type=int, default=None, help="short side before the crop (default: int(img-size/0.875))")
+    p.add_argument("--interpolation", choices=sorted(PIL_INTERPOLATIONS), default="bicubic")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression-bomb guard)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_predict)
@@ -62,8 +63,12 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    preprocess = EvalPreprocess(img_size=args.img_size, resize=args.resize, interpolation=args.interpolation)
-    files = find_images(args.paths)
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
+    preprocess = EvalTransform(img_size=args.img_size, resize=args.resize, interpolation=args.interpolation)
+    files, problems = find_images(args.paths)
+    for line in problems:  # a folder that cannot be listed: its images are missing, say so and fail at the end
+        print(f"error: {line}", file=sys.stderr)
     if not files:
         raise ValueError(
             f"no image files found in {', '.join(args.paths)} (extensions: jpg, png, bmp, gif, tif, webp...)"
@@ -77,22 +82,35 @@ def run_predict(args: argparse.Namespace) -> int:
     failed = 0
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.no_progress, desc="predict")
     for batch in _batches(files, args.batch_size):
-        images, names = [], []
+        tensors, names = [], []
         for path in batch:
             try:
-                images.append(as_rgb_image(path, max_pixels=args.max_pixels))
+                tensors.append(preprocess(as_rgb_image(path, max_pixels=args.max_pixels)))
                 names.append(path)
             except ImageLoadError as err:
                 failed += 1
-                tqdm.write(f"error: {err}", file=sys.stderr)
-        for path, result in zip(names, predictor.predict_batch(images), strict=True):
+                tqdm.write(f"error: {printable(str(err))}", file=sys.stderr)
+            except ValueError as err:  # the preprocessing refused this image (e.g. too large after resizing)
+                failed += 1
+                tqdm.write(f"error: {printable(str(path))}: {err}", file=sys.stderr)
+        results = predictor.predict_tensor(torch.stack(tensors)) if tensors else []
+        for path, result in zip(names, results, strict=True):
             writer.write(str(path), result)
         sys.stdout.flush()
         bar.update(len(batch))
     bar.close()
     done = len(files) - failed
-    print(f"{done} image(s) classified, {failed} failed ({loaded.source})", file=sys.stderr)
-    return 1 if failed else 0
+    unlisted = f", {len(problems)} folder(s) could not be read" if problems else ""
+    print(f"{done} image(s) classified, {failed} failed{unlisted} ({loaded.source})", file=sys.stderr)
+    return 1 if failed or problems else 0
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printing characters escaped (``\\x1b``, ``\\n``), so a class name or
+    file name from a checkpoint or a folder cannot move the cursor, clear the screen or forge output lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -122,13 +140,13 @@ class _Writer:
             if not self.header_done:
                 self.csv.writerow(["file", "rank", "label", "class", "score"])
             for rank, (lab, name, score) in enumerate(result["topk"], 1):
-                self.csv.writerow([file, rank, lab, name, f"{score:.6f}"])
+                self.csv.writerow([printable(file), rank, lab, printable(name), f"{score:.6f}"])
         else:
             if not self.header_done:
                 self.out.write(f"{'rank':>4}  {'score':>7}  {'label':>5}  class\n")
-            self.out.write(f"{file}\n")
+            self.out.write(f"{printable(file)}\n")
             for rank, (lab, name, score) in enumerate(result["topk"], 1):
-                self.out.write(f"{rank:>4}  {score:7.4f}  {lab:>5}  {name}\n")
+                self.out.write(f"{rank:>4}  {score:7.4f}  {lab:>5}  {printable(name)}\n")
         self.header_done = True
 
 

@@ -38,6 +38,9 @@ def zoo_summary(models: list[str], img_size: int = 224, batch_size: int = 1, run
 
 
 def _run(args: argparse.Namespace) -> int:
+    for flag, value in (("--runs", args.runs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}; see `efficientformer zoo` for all names")

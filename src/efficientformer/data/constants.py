@@ -1,8 +1,9 @@
-"""Preprocessing constants of the published evaluation protocol (official ``main.py``)."""
+"""Preprocessing constants of the published evaluation protocol (official ``main.py``), kept with the other model
+facts in :mod:`efficientformer.models.facts`: the short side is resized to ``int(img_size / EVAL_CROP_PCT)``
+(bicubic) and ``img_size`` is centre-cropped, i.e. 256 -> 224 at the published resolution."""
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Evaluation resizes the short side to 256 (bicubic) and centre-crops 224, i.e. crop fraction 0.875.
-EVAL_RESIZE = 256
-EVAL_CROP = 224
-EVAL_INTERPOLATION = "bicubic"
+from ..models.facts import EVAL_CROP, EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+
+EVAL_RESIZE = int(EVAL_CROP / EVAL_CROP_PCT)
+
+__all__ = ["EVAL_CROP", "EVAL_CROP_PCT", "EVAL_INTERPOLATION", "EVAL_RESIZE", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -1,32 +1,69 @@
-"""ImageNet-style folders (``train/`` and ``val/``, one subfolder per class) with clear errors and tolerant loading."""
+"""ImageNet-style folders (``train/`` and ``val/``, one subfolder per class) with clear errors and tolerant loading.
+
+Images are decoded by :func:`efficientformer.data.images.read_rgb`, the reader every other path uses. A file that
+cannot be used (corrupt, truncated, not an image, a decompression bomb, an absurd aspect ratio) is skipped,
+counted by :func:`collate_skip` and named once in a warning; a class folder's subfolder that cannot be listed is
+named in a warning when the data set is built. Neither stops a long run.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.datasets import DatasetFolder
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from .images import IMAGE_EXTENSIONS, ImageLoadError, SkippedImageWarning, read_rgb, walk_image_files
 
 
 class TolerantImageFolder(DatasetFolder):
     """torchvision ``DatasetFolder`` of images that returns ``None`` for an unreadable image instead of raising;
-    :func:`collate_skip` drops those samples and counts them, so one corrupt file never stops a long run."""
+    :func:`collate_skip` drops those samples and counts them, so one bad file never stops a long run.
 
-    def __init__(self, root: str | Path, transform: Callable | None = None) -> None:
+    ``scan_problems`` lists the folders that could not be listed (one line each); ``max_pixels`` is the reader's
+    decompression-bomb limit."""
+
+    def __init__(self, root: str | Path, transform: Callable | None = None, max_pixels: int | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"data folder not found: {root}")
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise FileNotFoundError(f"{root} has no class subfolders; expected {root}/<class_name>/<image files>")
+        self.max_pixels = max_pixels
+        self.scan_problems: list[str] = []
+        self._warned: set[str] = set()
         try:
-            super().__init__(str(root), loader=_load_rgb, extensions=IMG_EXTENSIONS, transform=transform)
+            super().__init__(str(root), loader=self._read, extensions=tuple(IMAGE_EXTENSIONS), transform=transform)
         except FileNotFoundError as err:  # torchvision: a class folder without images
             raise FileNotFoundError(f"{root}: {str(err).splitlines()[0]}") from None
+        for line in self.scan_problems:
+            warnings.warn(line, SkippedImageWarning, stacklevel=2)
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """torchvision's scan without its silent ``os.walk``: unlistable folders are recorded, not dropped."""
+        samples: list[tuple[str, int]] = []
+        empty = []
+
+        def report(err: OSError) -> None:
+            why = err.strerror or err
+            self.scan_problems.append(f"{err.filename}: cannot list folder ({why}); its images are skipped")
+
+        for name in sorted(class_to_idx):
+            files = walk_image_files(Path(directory) / name, report)
+            samples += [(str(f), class_to_idx[name]) for f in files]
+            if not files:
+                empty.append(name)
+        if empty and not allow_empty:
+            raise FileNotFoundError(
+                f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in class folder(s) {', '.join(empty[:5])}"
+            )
+        return samples
+
+    def _read(self, path: str):
+        return read_rgb(path, max_pixels=self.max_pixels)
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
@@ -34,15 +71,18 @@ class TolerantImageFolder(DatasetFolder):
             img = self.loader(path)
             if self.transform is not None:
                 img = self.transform(img)
-        except (OSError, ValueError, SyntaxError):  # PIL raises these for truncated / non-image files
+        except ImageLoadError as err:
+            self._skip(path, err.reason)
+            return None, target
+        except (OSError, ValueError) as err:  # a transform failing on this image's data
+            self._skip(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             return None, target
         return img, target
 
-
-def _load_rgb(path: str) -> Image.Image:
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+    def _skip(self, path: str, reason: str) -> None:
+        if path not in self._warned:  # once per file and process, not once per epoch
+            self._warned.add(path)
+            warnings.warn(f"skipped {path}: {reason}", SkippedImageWarning, stacklevel=3)
 
 
 def collate_skip(batch):

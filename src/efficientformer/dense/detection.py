@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import ImageLoadError, SkippedImageWarning, probe_image, read_rgb
 from ..runtime.distributed import all_gather_objects, shard
 from .backbone import BackboneWithFPN
 from .config import DenseConfig
@@ -101,18 +103,46 @@ class CocoInstances(torch.utils.data.Dataset):
     Returns ``(image, target)``: image float (3, H, W) in [0, 1]; target ``boxes`` (N, 4) xyxy, ``labels`` (N,)
     in 1..K (0 is torchvision's background), ``masks`` (N, H, W) uint8, ``image_id``. Crowd regions are left out
     of training targets (COCO evaluation still treats them as ignore regions).
+
+    The whole annotation file is checked when the data set is built (:func:`check_coco`): every problem (a listed
+    image that is missing or unreadable, an annotation without a usable ``bbox``, a degenerate polygon, an unknown
+    ``category_id`` or ``image_id``) is named with the file and its index in one warning, and left out, so a bad
+    entry never stops training halfway. ``problems`` keeps the list; ``coco_json`` is the cleaned document that
+    evaluation scores against. Images are decoded by the one reader (:func:`efficientformer.data.images.read_rgb`).
+    An image that still fails to decode during training is skipped (named once, counted in ``skipped``) and the
+    next one is used; during evaluation it is an error that names it.
     """
 
-    def __init__(self, images_dir: Path, ann_file: Path, *, train: bool = False, flip_prob: float = 0.0) -> None:
+    def __init__(
+        self,
+        images_dir: Path,
+        ann_file: Path,
+        *,
+        train: bool = False,
+        flip_prob: float = 0.0,
+        max_pixels: int | None = None,
+    ) -> None:
         try:
-            self.coco_json = json.loads(Path(ann_file).read_text())
+            raw = json.loads(Path(ann_file).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{ann_file} is not valid JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{ann_file} is not a COCO instances file: the top level is not an object")
         for key in ("images", "annotations", "categories"):
-            if key not in self.coco_json:
+            if not isinstance(raw.get(key), list):
                 raise ValueError(f"{ann_file} is not a COCO instances file: no {key!r} list")
         self.images_dir = Path(images_dir)
-        self.train, self.flip_prob = train, flip_prob
+        self.ann_file = Path(ann_file)
+        self.train, self.flip_prob, self.max_pixels = train, flip_prob, max_pixels
+        self.coco_json, self.problems = check_coco(raw, self.images_dir, self.ann_file, max_pixels=max_pixels)
+        if self.problems:
+            warnings.warn(
+                f"{ann_file}: {len(self.problems)} problem(s), left out: " + "; ".join(self.problems),
+                SkippedImageWarning,
+                stacklevel=2,
+            )
+        if not self.coco_json["images"]:
+            raise ValueError(f"{ann_file}: no usable images left after the checks ({len(self.problems)} problems)")
         cats = sorted(self.coco_json["categories"], key=lambda c: c["id"])
         self.cat_ids = [c["id"] for c in cats]
         self.class_names = [str(c["name"]) for c in cats]
@@ -120,7 +150,9 @@ class CocoInstances(torch.utils.data.Dataset):
         self.images = sorted(self.coco_json["images"], key=lambda im: im["id"])
         self.anns: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
         for ann in self.coco_json["annotations"]:
-            self.anns.setdefault(ann["image_id"], []).append(ann)
+            self.anns[ann["image_id"]].append(ann)
+        self.skipped = 0
+        self._warned: set[str] = set()
 
     @property
     def num_classes(self) -> int:
@@ -130,20 +162,30 @@ class CocoInstances(torch.utils.data.Dataset):
         return len(self.images)
 
     def load_image(self, index: int) -> Image.Image:
-        info = self.images[index]
-        path = self.images_dir / info["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image listed in the annotations is missing: {path}")
-        return Image.open(path).convert("RGB")
+        return read_rgb(self.images_dir / self.images[index]["file_name"], max_pixels=self.max_pixels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self._item(i)
+            except ImageLoadError as err:
+                if not self.train:
+                    raise
+                self.skipped += 1
+                if err.source not in self._warned:
+                    self._warned.add(err.source)
+                    warnings.warn(f"skipped {err} (the next image is used)", SkippedImageWarning, stacklevel=2)
+        raise ValueError(f"none of the {len(self)} images listed in {self.ann_file} can be read")
+
+    def _item(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask_utils, _, _ = _require_pycocotools()
         info = self.images[index]
         img = self.load_image(index)
         w, h = img.size
         boxes, labels, masks = [], [], []
         for ann in self.anns.get(info["id"], []):
-            if ann.get("iscrowd", 0) or ann["category_id"] not in self.cat_to_label:
+            if ann.get("iscrowd", 0):
                 continue
             x, y, bw, bh = ann["bbox"]
             if bw < 1 or bh < 1:
@@ -164,6 +206,96 @@ class CocoInstances(torch.utils.data.Dataset):
             b = target["boxes"].clone()
             target["boxes"][:, 0], target["boxes"][:, 2] = w - b[:, 2], w - b[:, 0]
         return image, target
+
+
+def _finite_numbers(value: Any, count: int | None = None) -> bool:
+    if not isinstance(value, (list, tuple)) or (count is not None and len(value) != count):
+        return False
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def _segmentation_problem(segm: Any) -> str | None:
+    """Why ``segm`` cannot be decoded into a mask, or None."""
+    if isinstance(segm, list):
+        if not segm:
+            return "empty polygon list"
+        for k, poly in enumerate(segm):
+            if not _finite_numbers(poly):
+                return f"polygon {k} is not a list of numbers"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"polygon {k} has {len(poly)} coordinates; a polygon needs at least 3 (x, y) points"
+        return None
+    if isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if not _finite_numbers(size, 2) or not isinstance(counts, (list, str)):
+            return "RLE needs 'size' [h, w] and 'counts'"
+        return None
+    return f"unsupported segmentation of type {type(segm).__name__}"
+
+
+def check_coco(
+    doc: dict, images_dir: Path, ann_file: Path, *, max_pixels: int | None = None, check_files: bool = True
+) -> tuple[dict, list[str]]:
+    """Check a whole COCO instances document up front; returns ``(cleaned document, problems)``.
+
+    Each problem is one line naming the file and the entry's index (``images[3]``, ``annotations[17]``) and what is
+    wrong. Bad entries are left out of the cleaned document: images whose file is missing or unreadable (its header
+    and structure are checked, see :func:`~efficientformer.data.images.probe_image`) together with their
+    annotations, and annotations with no usable ``bbox``, a degenerate or missing segmentation, an unknown
+    ``category_id`` or an ``image_id`` that is not listed.
+    """
+    problems: list[str] = []
+    categories = []
+    for i, cat in enumerate(doc["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or "name" not in cat:
+            problems.append(f"{ann_file}: categories[{i}]: needs an integer 'id' and a 'name'")
+        elif any(c["id"] == cat["id"] for c in categories):
+            problems.append(f"{ann_file}: categories[{i}]: duplicate id {cat['id']}")
+        else:
+            categories.append(cat)
+    cat_ids = {c["id"] for c in categories}
+    images, image_ids, dropped_ids = [], set(), set()
+    for i, im in enumerate(doc["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
+            problems.append(f"{ann_file}: images[{i}]: needs an integer 'id' and a 'file_name'")
+            continue
+        where = f"{ann_file}: images[{i}] (id {im['id']}, {im['file_name']})"
+        if im["id"] in image_ids or im["id"] in dropped_ids:
+            problems.append(f"{where}: duplicate image id")
+            continue
+        if check_files:
+            try:
+                probe_image(images_dir / im["file_name"], max_pixels=max_pixels)
+            except ImageLoadError as err:
+                problems.append(f"{where}: {err.reason}" + (f" ({err.source})" if err.reason == "no such file" else ""))
+                dropped_ids.add(im["id"])
+                continue
+        images.append(im)
+        image_ids.add(im["id"])
+    annotations = []
+    for j, ann in enumerate(doc["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(f"{ann_file}: annotations[{j}]: not an object")
+            continue
+        where = f"{ann_file}: annotations[{j}] (id {ann.get('id')}, image_id {ann.get('image_id')})"
+        if ann.get("image_id") in dropped_ids:
+            continue  # its image was reported and left out above
+        if ann.get("image_id") not in image_ids:
+            problems.append(f"{where}: image_id is not listed in 'images'")
+        elif ann.get("category_id") not in cat_ids:
+            problems.append(f"{where}: unknown category_id {ann.get('category_id')!r} (not in 'categories')")
+        elif "bbox" not in ann:
+            problems.append(f"{where}: no 'bbox'")
+        elif not _finite_numbers(ann["bbox"], 4) or ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
+            problems.append(f"{where}: bbox {ann['bbox']!r} is not [x, y, width >= 0, height >= 0]")
+        elif "segmentation" not in ann:
+            problems.append(f"{where}: no 'segmentation' (Mask R-CNN needs a mask per object)")
+        elif (why := _segmentation_problem(ann["segmentation"])) is not None:
+            problems.append(f"{where}: {why}")
+        else:
+            annotations.append(ann)
+    cleaned = {**doc, "images": images, "annotations": annotations, "categories": categories}
+    return cleaned, problems
 
 
 def decode_segmentation(mask_utils, segm: Any, h: int, w: int) -> np.ndarray:
@@ -254,9 +386,13 @@ def coco_evaluate(gt: dict, results: list[dict], iou_types: tuple[str, ...] = ("
         coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
         coco_gt.createIndex()
         for t in iou_types:
-            recs = results if t == "bbox" else [r for r in results if "segmentation" in r]
             if t == "bbox":
-                recs = [{k: v for k, v in r.items() if k != "segmentation"} for r in recs]
+                recs = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+            else:
+                # Without "bbox", pycocotools takes a detection's area from its mask, so mask AP by object size
+                # (APs/APm/APl) buckets detections by mask area, as MMDetection and Detectron2 do; with it, a thin
+                # diagonal mask would count as a large object.
+                recs = [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]
             if not recs:
                 metrics.update({f"{t}_{m}": 0.0 for m in METRIC_NAMES})
                 continue

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..data.images import read_rgb
 from ..data.samplers import SeededSamples, TrainSampler, seed_worker
 from ..runtime import config as runtime_config
 from ..runtime.checkpoint import CheckpointReadError, read_checkpoint
@@ -166,7 +167,7 @@ def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto")
 def predict_detection(checkpoint: str, image: str, output: str, threshold: float | None, device: str = "auto") -> int:
     dev = _device(device)
     model, cfg, state = detection_model_from_checkpoint(checkpoint, dev)
-    img = _open_image(image)
+    img = read_rgb(image)  # the one reader: modes, EXIF, size and aspect limits; one-line ImageLoadError
     x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1).to(dev)
     with torch.no_grad():
         result = model([x])[0]
@@ -231,7 +232,7 @@ def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "aut
 def predict_segmentation(checkpoint: str, image: str, output: str, device: str = "auto") -> dict:
     dev = _device(device)
     model, cfg, state = segmentation_model_from_checkpoint(checkpoint, dev)
-    img = _open_image(image)
+    img = read_rgb(image)  # the one reader: modes, EXIF, size and aspect limits; one-line ImageLoadError
     pred = seg.predict_logits(model, img, cfg, dev).argmax(0).cpu().numpy()
     _save_png(seg.overlay(img, pred, cfg.num_classes, cfg.overlay_alpha), output)
     names = list(state["classes"])
@@ -246,16 +247,6 @@ def _device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asked for CUDA but none is available; use --device cpu")
     return torch.device(device)
-
-
-def _open_image(path: str) -> Image.Image:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image not found: {p}")
-    try:
-        return Image.open(p).convert("RGB")
-    except OSError as err:
-        raise ValueError(f"cannot read {p} as an image: {err}") from None
 
 
 def _save_png(img: Image.Image, output: str) -> None:

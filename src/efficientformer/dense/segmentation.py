@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,10 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, SkippedImageWarning, probe_image, read_rgb
 from ..runtime.distributed import all_reduce_sum, shard
 from .backbone import FPN
 from .config import DenseConfig
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -68,7 +68,17 @@ class SegmentConfig(DenseConfig):
 
 # -- data --------------------------------------------------------------------------------------------------------
 def ade_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """Matching ``(image, label)`` paths for a split of an ADE20K-format root."""
+    """Matching ``(image, label)`` paths for a split of an ADE20K-format root (see :func:`find_ade_pairs`); images
+    without a label PNG are named in a warning and left out."""
+    pairs, problems = find_ade_pairs(root, split)
+    if problems:
+        warnings.warn("; ".join(problems), SkippedImageWarning, stacklevel=2)
+    return pairs
+
+
+def find_ade_pairs(root: str | Path, split: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """``(pairs, problems)``: every image of ``images/<split>/`` (the one extension list) with its label PNG of
+    the same stem in ``annotations/<split>/``; each image without a label file is one problem line."""
     if not root:
         raise ValueError("no data set given; pass --data DIR (an ADE20K-format root, e.g. from `segment synth`)")
     root = Path(root)
@@ -77,13 +87,66 @@ def ade_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
         raise FileNotFoundError(f"no ADE20K split {split!r} under {root}: expected images/{split}/ and "
                                 f"annotations/{split}/")  # fmt: skip
     labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
-    pairs = [(p, labels[p.stem]) for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
-    missing = [p.name for p, _ in pairs if p.stem not in labels]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} images in {img_dir} have no label PNG in {ann_dir}, e.g. {missing[0]}")
-    if not pairs:
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
-    return [(p, labels[p.stem]) for p, _ in pairs]
+    pairs = [(p, labels[p.stem]) for p in images if p.stem in labels]
+    problems = [
+        f"{p}: no label file {ann_dir / (p.stem + '.png')}; image left out" for p in images if p.stem not in labels
+    ]
+    if not pairs:
+        raise FileNotFoundError(f"none of the {len(images)} images in {img_dir} has a label PNG in {ann_dir}")
+    return pairs, problems
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A label map as a 2-D uint8 array (palette PNGs give their indices); one-line ``ValueError`` otherwise."""
+    try:
+        with Image.open(path) as im:
+            label = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable label PNG ({str(err).splitlines()[0] if str(err) else err})") from None
+    if label.ndim != 2:
+        raise ValueError(f"label map {path} must be a single-channel PNG, got shape {label.shape}")
+    if label.dtype != np.uint8:
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError(f"label map {path} has values outside 0..255")
+        label = label.astype(np.uint8)
+    return label
+
+
+def check_ade(
+    pairs: list[tuple[Path, Path]],
+    num_classes: int,
+    reduce_zero_label: bool,
+    ignore_index: int,
+    max_pixels: int | None = None,
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Check every pair up front: the image is readable (header and structure, :func:`probe_image`), the label
+    is a single-channel PNG of the image's size whose values fit ``num_classes``. Returns ``(good pairs,
+    problems)``; each problem names the file."""
+    good, problems = [], []
+    for img_path, lbl_path in pairs:
+        try:
+            w, h = probe_image(img_path, max_pixels=max_pixels)
+            label = read_label(lbl_path)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if label.shape != (h, w) and label.shape != (w, h):  # (w, h): an EXIF-rotated photo, checked at load
+            problems.append(f"{lbl_path}: label is {label.shape[1]}x{label.shape[0]}, image {img_path} is {w}x{h}")
+            continue
+        values = np.unique(reduce_zero(label) if reduce_zero_label else label)
+        bad = [int(v) for v in values if v != ignore_index and v >= num_classes]
+        if bad:
+            shown = [v + 1 for v in bad] if reduce_zero_label else bad
+            problems.append(
+                f"{lbl_path}: label value(s) {shown[:5]} do not fit num_classes={num_classes}"
+                + (" (with reduce_zero_label, values 1..num_classes are classes)" if reduce_zero_label else "")
+            )
+            continue
+        good.append((img_path, lbl_path))
+    return good, problems
 
 
 def reduce_zero(label: np.ndarray) -> np.ndarray:
@@ -127,9 +190,28 @@ class ADESegmentation(torch.utils.data.Dataset):
     pad to the crop size with the ignore index. Evaluation: the whole image at its original size (the model pads
     and crops internally), label untouched apart from ``reduce_zero_label``."""
 
-    def __init__(self, root: str | Path, split: str, cfg: SegmentConfig, train: bool = False) -> None:
-        self.pairs = ade_pairs(root, split)
-        self.cfg, self.train = cfg, train
+    def __init__(
+        self, root: str | Path, split: str, cfg: SegmentConfig, train: bool = False, max_pixels: int | None = None
+    ) -> None:
+        pairs, problems = find_ade_pairs(root, split)
+        self.pairs, label_problems = check_ade(pairs, cfg.num_classes, cfg.reduce_zero_label, cfg.ignore_index,
+                                               max_pixels)  # fmt: skip
+        self.problems = problems + label_problems
+        if label_problems and any("num_classes" in p for p in label_problems):
+            # A class count that does not fit the data is a configuration mistake, not a bad file: stop here.
+            raise ValueError(f"{len(label_problems)} label file(s) do not fit the configuration: " + "; ".join(
+                p for p in label_problems if "num_classes" in p))  # fmt: skip
+        if self.problems:
+            warnings.warn(
+                f"{len(self.problems)} problem(s) in {root} ({split}), left out: " + "; ".join(self.problems),
+                SkippedImageWarning,
+                stacklevel=2,
+            )
+        if not self.pairs:
+            raise ValueError(f"no usable image/label pairs in {root} ({split}): {len(self.problems)} problems")
+        self.cfg, self.train, self.max_pixels = cfg, train, max_pixels
+        self.skipped = 0
+        self._warned: set[str] = set()
         names_file = Path(root) / "classes.json"
         self.class_names = json.loads(names_file.read_text()) if names_file.is_file() else None
 
@@ -138,18 +220,31 @@ class ADESegmentation(torch.utils.data.Dataset):
 
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
         img_path, lbl_path = self.pairs[index]
-        img = Image.open(img_path).convert("RGB")
-        label = np.asarray(Image.open(lbl_path))
-        if label.ndim != 2:
-            raise ValueError(f"label map {lbl_path} must be a single-channel PNG, got shape {label.shape}")
+        img = read_rgb(img_path, max_pixels=self.max_pixels)
+        label = read_label(lbl_path)
         if label.shape != (img.height, img.width):
             raise ValueError(f"label {lbl_path} is {label.shape[::-1]}, image is {img.size}; they must match")
         if self.cfg.reduce_zero_label:
             label = reduce_zero(label)
         return img, label
 
+    def _load_or_next(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """Training: an image that fails to decode is skipped (named once, counted) and the next one is used."""
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self.load(i)
+            except ImageLoadError as err:
+                if not self.train:
+                    raise
+                self.skipped += 1
+                if err.source not in self._warned:
+                    self._warned.add(err.source)
+                    warnings.warn(f"skipped {err} (the next image is used)", SkippedImageWarning, stacklevel=2)
+        raise ValueError("none of the images of this data set can be read")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, label = self.load(index)
+        img, label = self._load_or_next(index)
         if self.train:
             img, label = self._augment(img, label, random.Random(torch.randint(0, 2**31, ()).item()))
         return to_tensor(img), torch.from_numpy(label.astype(np.int64))

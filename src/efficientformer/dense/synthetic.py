@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..data.images import image_from_array
+
 SHAPES = ("disc", "square", "triangle")
 #: Base colour per shape class (jittered per instance), so the classes differ in colour as well as shape.
 SHAPE_COLORS = {"disc": (220, 40, 40), "square": (40, 200, 60), "triangle": (40, 80, 230)}
@@ -43,11 +45,7 @@ def background_photos() -> list[np.ndarray]:
             img = np.asarray(getattr(skdata, name)())
         except Exception:  # a photo missing from this scikit-image build: use the others
             continue
-        if img.dtype == bool:
-            img = img.astype(np.uint8) * 255
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        photos.append(np.ascontiguousarray(img[..., :3].astype(np.uint8)))
+        photos.append(np.asarray(image_from_array(img)))  # the one reader's conversions (bool, grey, alpha)
     return photos or [_procedural_texture(np.random.default_rng(s), 256, 256) for s in range(6)]
 
 

@@ -10,6 +10,9 @@ Each exporter's dependency is an optional extra; a missing one raises a one-line
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -18,8 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.classes import resolve_class_names
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.layers import to_grid
+from ..utils.io import atomic_write_bytes
 from ..utils.optional import require
 
 FORMATS = ("onnx", "torchscript", "coreml", "executorch")
@@ -137,8 +142,7 @@ def export_onnx(
     if opset < 17:
         raise ValueError(f"--opset must be 17 or newer, got {opset}")
     img, fixed = _img_of(model, img_size), parse_batch(batch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_path(path)
     model = model.eval()
     example = _inputs(fixed or 2, img, 0, getattr(model, "in_chans", 3))
     start = time.perf_counter()
@@ -182,8 +186,7 @@ def export_torchscript(
 ) -> ExportReport:
     """``torch.jit.trace`` (with torch's own trace check), save, load back and compare on fresh inputs."""
     img, fixed = _img_of(model, img_size), parse_batch(batch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_path(path)
     model = model.eval()
     chans = getattr(model, "in_chans", 3)
     start = time.perf_counter()
@@ -231,18 +234,30 @@ class _CoreMLInput(nn.Module):
 
 
 def imagenet_labels(num_classes: int) -> list[str]:
-    """The 1000 ImageNet class names shipped with the package, or ``class_i`` for other class counts."""
-    from importlib import resources
+    """Class labels for a model without names of its own: the ImageNet-1k names (``"tench, Tinca tinca"``, from
+    :mod:`efficientformer.data.classes`, the one class-name source) for 1000 classes, else ``class_i``."""
+    return resolve_class_names(num_classes)
 
-    if num_classes == 1000:
-        try:
-            text = resources.files("efficientformer.data").joinpath("imagenet_classes.txt").read_text()
-            names = [line.strip() for line in text.splitlines() if line.strip()]
-            if len(names) == 1000:
-                return names
-        except (FileNotFoundError, ModuleNotFoundError):
-            pass
-    return [f"class_{i}" for i in range(num_classes)]
+
+def check_output_path(path: str | Path, directory: bool = False) -> Path:
+    """Fail in a moment, not after the export's work, when ``path`` cannot be written: its folder cannot be
+    created or written to, or it names a folder where a file is due (or a file where a ``.mlpackage`` folder is).
+    Returns the path; one-line ``ValueError`` otherwise."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != directory:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValueError(f"--output {path} is {kind}; give a path for the new {'folder' if directory else 'file'}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write the export to {parent} ({err.strerror or err}); choose another --output"
+        ) from None
+    return path
 
 
 def export_coreml(
@@ -260,16 +275,24 @@ def export_coreml(
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"a Core ML mlprogram is saved as a .mlpackage directory; got --output {path}")
+    check_output_path(path, directory=True)
     model = model.eval()
     num_classes = int(getattr(model, "num_classes", 1000))
-    labels = labels or imagenet_labels(num_classes)
+    labels = [str(n) for n in labels] if labels is not None else imagenet_labels(num_classes)
+    if len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes; give one per class")
     std = torch.tensor(IMAGENET_STD)
     std_mean = float(std.mean())
     wrapped = _CoreMLInput(model, std_mean / std).eval()
     start = time.perf_counter()
+    # torch.export, not jit.trace: a trace of the eval V2 model records the stride-2 attention's shape arithmetic
+    # as aten::Int ops on 1-element tensors, which coremltools cannot convert ("only 0-dimensional arrays can be
+    # converted to Python scalars"). An example batch of 2 keeps a dynamic batch from being specialised to 1.
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if fixed is None else None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapped, _inputs(fixed or 1, img, 0))
+        traced = torch.export.export(wrapped, (_inputs(fixed or 2, img, 0),), dynamic_shapes=dynamic)
+        traced = traced.run_decompositions({})
     batch_dim = fixed if fixed else ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=1)
     image = ct.ImageType(
         name="image",
@@ -288,8 +311,6 @@ def export_coreml(
     )
     mlmodel.short_description = f"{getattr(model, 'name', 'efficientformer')} ImageNet classifier"
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     mlmodel.save(str(path))
     report = ExportReport(
@@ -314,6 +335,11 @@ def coreml_spec_summary(path: str | Path) -> dict:
             for block in func.block_specializations.values():
                 for op in block.operations:
                     ops[op.type] = ops.get(op.type, 0) + 1
+    labels = (
+        list(spec.neuralNetworkClassifier.stringClassLabels.vector)
+        if spec.WhichOneof("Type") == "neuralNetworkClassifier"
+        else _mlprogram_labels(spec)
+    )
     img_in = desc.input[0].type
     flexible = None
     if img_in.WhichOneof("Type") == "imageType":
@@ -325,16 +351,15 @@ def coreml_spec_summary(path: str | Path) -> dict:
         "inputs": [i.name for i in desc.input],
         "input_types": [i.type.WhichOneof("Type") for i in desc.input],
         "outputs": [o.name for o in desc.output],
-        "num_labels": len(spec.neuralNetworkClassifier.stringClassLabels.vector)
-        if spec.WhichOneof("Type") == "neuralNetworkClassifier"
-        else len(getattr(spec.mlProgram, "functions", {})) and _mlprogram_label_count(spec),
+        "num_labels": len(labels),
+        "labels": labels,
         "ops": ops,
         "num_ops": sum(ops.values()),
         "image_flexibility": flexible,
     }
 
 
-def _mlprogram_label_count(spec) -> int:
+def _mlprogram_labels(spec) -> list[str]:
     """Labels of an mlprogram classifier live in a ``classify`` op's constant input."""
     for func in spec.mlProgram.functions.values():
         for block in func.block_specializations.values():
@@ -342,10 +367,13 @@ def _mlprogram_label_count(spec) -> int:
                 if op.type == "classify":
                     for arg in op.inputs.get("classes").arguments:
                         if arg.HasField("value"):
-                            return len(arg.value.immediateValue.list.values) or len(
-                                arg.value.immediateValue.tensor.strings.values
-                            )
-    return 0
+                            value = arg.value.immediateValue
+                            if value.tensor.strings.values:
+                                items = list(value.tensor.strings.values)
+                            else:  # a list of one-string tensors
+                                items = [s for v in value.list.values for s in v.immediateValue.tensor.strings.values]
+                            return [i.decode() if isinstance(i, bytes) else str(i) for i in items]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,8 +392,7 @@ def export_executorch(
     fixed = parse_batch(batch)
     if fixed is None:
         raise ValueError("ExecuTorch's XNNPACK programs have a fixed batch; pass --batch N (e.g. --batch 1)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_path(path)
     model = model.eval()
     example = _inputs(fixed, img, 0, getattr(model, "in_chans", 3))
     start = time.perf_counter()
@@ -373,8 +400,6 @@ def export_executorch(
         warnings.simplefilter("ignore")
         exported = torch.export.export(model, (example,))
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
-    from ..utils.io import atomic_write_bytes
-
     atomic_write_bytes(path, lambda f: f.write(program.buffer))
     seconds = time.perf_counter() - start
     method = Runtime.get().load_program(str(path)).load_method("forward")

@@ -9,43 +9,49 @@ held-out folder and batch-1 latency of each file, measured in the same process.
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..data.constants import EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, find_images, read_rgb
+from ..data.transforms import EvalTransform
 from ..utils.optional import require
 from ..utils.timing import ort_session, time_callable
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
-
 
 def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (the one extension list of :mod:`efficientformer.data.images`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files, problems = find_images([folder])
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
     if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {folder}")
     return files
 
 
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Evaluation preprocessing: resize the short side (keeping 256/224), centre crop, ImageNet-normalise; CHW."""
-    from PIL import Image
-
+    """THE evaluation preprocessing (:class:`EvalTransform`) of the file read by THE reader, as a CHW array.
+    Raises :class:`ImageLoadError` (a ``ValueError``) for an unusable file."""
     h, w = size
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        short = round(min(h, w) * EVAL_RESIZE / EVAL_CROP)
-        scale = short / min(im.size)
-        im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))), Image.BICUBIC)
-        left, top = (im.width - w) // 2, (im.height - h) // 2
-        im = im.crop((left, top, left + w, top + h))
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-    arr = (arr - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    if h != w:
+        raise ValueError(f"the evaluation preprocessing crops a square; the ONNX model takes {h}x{w}")
+    return EvalTransform(img_size=h)(read_rgb(path)).numpy()
+
+
+def readable_images(files: list[Path], size: tuple[int, int]) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+    """Preprocess every file; unusable ones are skipped and named in the returned problem lines."""
+    good, skipped = [], []
+    for path in files:
+        try:
+            good.append((path, load_image(path, size)))
+        except ValueError as err:
+            skipped.append(str(err) if isinstance(err, ImageLoadError) else f"{path}: {err}")
+    return good, skipped
 
 
 def _input_size(session) -> tuple[int, int]:
@@ -57,20 +63,18 @@ def _input_size(session) -> tuple[int, int]:
 
 
 class FolderReader:
-    """ONNX Runtime calibration reader over an image folder, one image per batch."""
+    """ONNX Runtime calibration reader over preprocessed images, one image per batch."""
 
-    def __init__(self, files: list[Path], size: tuple[int, int], input_name: str) -> None:
-        self.files, self.size, self.input_name = files, size, input_name
-        self._it = iter(files)
+    def __init__(self, arrays: list[np.ndarray], input_name: str) -> None:
+        self.arrays, self.input_name = arrays, input_name
+        self._it = iter(arrays)
 
     def get_next(self) -> dict | None:
-        path = next(self._it, None)
-        if path is None:
-            return None
-        return {self.input_name: load_image(path, self.size)[None]}
+        arr = next(self._it, None)
+        return None if arr is None else {self.input_name: arr[None]}
 
     def rewind(self) -> None:
-        self._it = iter(self.files)
+        self._it = iter(self.arrays)
 
 
 def float_nodes(model_path: str | Path) -> list[str]:
@@ -122,6 +126,7 @@ class QuantReport:
     eval_images: int = 0
     fp32_distinct_top1: int = 0
     threads: int = 1
+    skipped_images: list[str] = field(default_factory=list)  # one line per unreadable image, naming it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,7 +134,8 @@ class QuantReport:
     def __str__(self) -> str:
         lines = [
             f"calibration images: {self.calib_images}, held-out images: {self.eval_images} "
-            f"(fp32 predicts {self.fp32_distinct_top1} distinct classes), {self.threads} thread(s)",
+            f"(fp32 predicts {self.fp32_distinct_top1} distinct classes), {self.threads} thread(s)"
+            + (f"; {len(self.skipped_images)} unreadable image(s) skipped" if self.skipped_images else ""),
             "| model | size (MB) | batch-1 latency (ms, median) | speed-up vs fp32 | top-1 agreement with fp32 |",
             "|---|---:|---:|---:|---:|",
         ]
@@ -149,9 +155,9 @@ def ort_latency(session, size: tuple[int, int], runs: int = 30, warmup: int = 5,
     return time_callable(lambda: session.run(None, {name: x}), warmup, runs)
 
 
-def _predict(session, files: list[Path], size: tuple[int, int]) -> np.ndarray:
+def _predict(session, arrays: list[np.ndarray]) -> np.ndarray:
     name = session.get_inputs()[0].name
-    return np.array([int(session.run(None, {name: load_image(p, size)[None]})[0].argmax()) for p in files])
+    return np.array([int(session.run(None, {name: arr[None]})[0].argmax()) for arr in arrays])
 
 
 def quantize_onnx(
@@ -185,33 +191,46 @@ def quantize_onnx(
     fp32_session = ort_session(model_path, threads)
     size = _input_size(fp32_session)
     input_name = fp32_session.get_inputs()[0].name
+    # Read every image once, up front, through the one reader: a bad file is skipped and named, never fatal.
+    calib, skipped = readable_images(calib_files, size)
+    held_out, skipped_eval = readable_images(eval_files, size)
+    skipped += skipped_eval
+    for line in skipped:
+        print(f"warning: skipped {line}", file=sys.stderr)
+    if "static" in modes and not calib:
+        raise ValueError(f"none of the {len(calib_files)} calibration images under {calib_dir} could be read")
+    eval_arrays = [arr for _, arr in held_out]
 
     prepped = output_dir / f"{model_path.stem}.prep.onnx"
-    quant_pre_process(str(model_path), str(prepped), skip_symbolic_shape=True)
     outputs: list[tuple[str, Path]] = []
-    if "static" in modes:
-        out = output_dir / f"{model_path.stem}.int8-static.onnx"
-        quantize_static_qdq(prepped, out, FolderReader(calib_files, size, input_name), keep_float=keep_float)
-        outputs.append(("int8-static", out))
-    if "dynamic" in modes:
-        out = output_dir / f"{model_path.stem}.int8-dynamic.onnx"
-        quant.quantize_dynamic(str(prepped), str(out), weight_type=quant.QuantType.QInt8, per_channel=True)
-        outputs.append(("int8-dynamic", out))
-    prepped.unlink(missing_ok=True)
+    try:
+        quant_pre_process(str(model_path), str(prepped), skip_symbolic_shape=True)
+        if "static" in modes:
+            out = output_dir / f"{model_path.stem}.int8-static.onnx"
+            reader = FolderReader([arr for _, arr in calib], input_name)
+            quantize_static_qdq(prepped, out, reader, keep_float=keep_float)
+            outputs.append(("int8-static", out))
+        if "dynamic" in modes:
+            out = output_dir / f"{model_path.stem}.int8-dynamic.onnx"
+            quant.quantize_dynamic(str(prepped), str(out), weight_type=quant.QuantType.QInt8, per_channel=True)
+            outputs.append(("int8-dynamic", out))
+    finally:  # never leave the intermediate file behind, whatever failed
+        prepped.unlink(missing_ok=True)
 
-    fp32_pred = _predict(fp32_session, eval_files, size) if eval_files else None
+    fp32_pred = _predict(fp32_session, eval_arrays) if eval_arrays else None
     report = QuantReport(
         fp32=QuantVariant(
             "fp32", str(model_path), model_path.stat().st_size, statistics.median(ort_latency(fp32_session, size, runs))
         ),
-        calib_images=len(calib_files),
-        eval_images=len(eval_files),
+        calib_images=len(calib),
+        eval_images=len(eval_arrays),
         fp32_distinct_top1=len(set(fp32_pred.tolist())) if fp32_pred is not None else 0,
         threads=threads,
+        skipped_images=skipped,
     )
     for name, path in outputs:
         sess = ort_session(path, threads)
-        agree = float((_predict(sess, eval_files, size) == fp32_pred).mean()) if fp32_pred is not None else None
+        agree = float((_predict(sess, eval_arrays) == fp32_pred).mean()) if fp32_pred is not None else None
         report.variants.append(
             QuantVariant(name, str(path), path.stat().st_size, statistics.median(ort_latency(sess, size, runs)), agree)
         )

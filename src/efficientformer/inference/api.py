@@ -9,6 +9,7 @@ softmax over all classes) and ``topk`` (``(label, class, score)`` rows, best fir
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,14 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..data.classes import resolve_class_names
+from ..data.images import as_rgb_image
+from ..data.transforms import EvalTransform
 from ..models import create_model, load_checkpoint, resolve_name
 from ..models.base import EfficientFormerBase
-from ..models.checkpoint import CheckpointError, read_checkpoint
-from .classes import resolve_class_names
-from .images import as_rgb_image
-from .preprocess import EvalPreprocess
+from ..models.checkpoint import CheckpointError, read_checkpoint, torch_load_weights
+from ..models.hub import pretrained_path
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
 #: then mmpretrain).
@@ -53,10 +56,6 @@ def read_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        import json
-
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 obj: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
@@ -69,9 +68,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
             except ValueError:
                 raise CheckpointError(f"{path}: metadata 'class_names' is not a JSON list") from None
         return obj
-    from ..models.checkpoint import _torch_load  # the loader's own weights-only reader (allow-lists argparse only)
-
-    obj = _torch_load(path)
+    obj = torch_load_weights(path)  # the loader's own weights-only reader (allow-lists argparse only)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary")
     return obj
@@ -131,8 +128,6 @@ def load_model(
     if pretrained:
         if model_name is None:
             raise ValueError("pretrained=True needs an EfficientFormer model (one with .spec) or a model name")
-        from ..hub import pretrained_path
-
         checkpoint = pretrained_path(model_name, tag, cache=cache)
 
     ckpt_names: list[str] | None = None
@@ -178,12 +173,12 @@ def _num_outputs(net: nn.Module) -> int:
 class Predictor:
     """Preprocess, batch and classify RGB PIL images with a loaded model."""
 
-    def __init__(self, loaded: LoadedModel, preprocess: EvalPreprocess | None = None, topk: int = 5) -> None:
+    def __init__(self, loaded: LoadedModel, preprocess: EvalTransform | None = None, topk: int = 5) -> None:
         if not isinstance(topk, int) or topk < 1:
             raise ValueError(f"topk must be a positive integer, got {topk!r}")
         self.model = loaded.model
         self.class_names = loaded.class_names
-        self.preprocess = preprocess or EvalPreprocess()
+        self.preprocess = preprocess or EvalTransform()
         self.topk = min(topk, len(self.class_names))
         self.device = next(iter(self.model.parameters())).device
 
@@ -191,7 +186,12 @@ class Predictor:
     def predict_batch(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
         if not images:
             return []
-        batch = torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        return self.predict_tensor(torch.stack([self.preprocess(img) for img in images]))
+
+    @torch.inference_mode()
+    def predict_tensor(self, batch: torch.Tensor) -> list[dict[str, Any]]:
+        """Classify an already preprocessed NCHW float32 batch."""
+        batch = batch.to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -245,15 +245,16 @@ def inference_model(
     train/eval mode is restored afterwards). ``images``: a path, a PIL image, a NumPy array (HWC uint8/uint16, or
     float in [0, 1]), a CHW tensor (uint8, or float in [0, 1]), a list of these, or an NCHW tensor (a list).
     ``checkpoint`` (any layout ``load_checkpoint`` reads) or ``pretrained=True`` (hub weights, see
-    :mod:`efficientformer.hub`) load weights; names come from ``class_names``, else the checkpoint, else ImageNet.
+    :mod:`efficientformer.models.hub`) load weights; names come from ``class_names``, else the checkpoint, else
+    ImageNet.
     Preprocessing is the published evaluation (resize 256, centre crop 224, bicubic, ImageNet mean/std);
     ``img_size``, ``resize`` and ``interpolation`` override it. Bad inputs raise
-    :class:`~efficientformer.inference.images.ImageLoadError` (a ``ValueError``) naming the input.
+    :class:`~efficientformer.data.images.ImageLoadError` (a ``ValueError``) naming the input.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     items, single = _as_list(images)
-    preprocess = EvalPreprocess(img_size=img_size, resize=resize, interpolation=interpolation)
+    preprocess = EvalTransform(img_size=img_size, resize=resize, interpolation=interpolation)
     loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, class_names=class_names, device=device)
     predictor = Predictor(loaded, preprocess, topk=topk)
     results: list[dict[str, Any]] = []

@@ -2,7 +2,9 @@ from .base import EfficientFormerBase, ModelSpec
 from .checkpoint import LoadReport, load_checkpoint
 from .efficientformer import EfficientFormer
 from .efficientformer_v2 import EfficientFormerV2
-from .registry import ALIASES, VARIANTS, UnknownModelError, create_model, list_models, resolve_name
+from .factory import create_model
+from .facts import FACTS, ModelFacts
+from .registry import ALIASES, VARIANTS, UnknownModelError, list_models, resolve_name
 
 __all__ = [
     "ALIASES",
@@ -10,6 +12,8 @@ __all__ = [
     "EfficientFormer",
     "EfficientFormerBase",
     "EfficientFormerV2",
+    "FACTS",
+    "ModelFacts",
     "LoadReport",
     "ModelSpec",
     "UnknownModelError",

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from .base import EfficientFormerBase, ModelSpec
 from .layers import resample_bias_table
+from .registry import VARIANTS
 
 StateDict = dict[str, torch.Tensor]
 
@@ -74,29 +77,49 @@ def _short_list(items: list[str], limit: int = 6) -> str:
 
 
 # -- reading files -----------------------------------------------------------------------------------------------
-def _torch_load(path: Path) -> object:
+def torch_load_weights(path: Path) -> object:
+    """``torch.load(weights_only=True)`` that also accepts argparse ``Namespace`` objects (official checkpoints
+    carry the training ``args``) and turns every failure into a one-line :class:`CheckpointError`.
+
+    Works for the zip format and for the legacy (pre-1.6, non-zip) pickle format alike: nothing outside tensors,
+    plain containers and ``Namespace`` is ever built."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # Official training checkpoints carry an argparse.Namespace; allow exactly that and nothing else.
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:
-            unsafe = []
-        allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
-        if unsafe and set(unsafe) <= allowed:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        named = ", ".join(unsafe) if unsafe else str(err).splitlines()[0]
+        named = _blocked_globals(path, err)
         raise CheckpointError(
-            f"refusing to unpickle {path}: it references {named}, which could run code; "
-            "re-save the weights alone (torch.save(model.state_dict()) or safetensors) from a trusted environment"
+            f"refusing to unpickle {path}: it references {named}, which could run code; if you trust the file, "
+            "re-save the weights alone (a state dict, or safetensors) from a trusted environment"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, KeyError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({reason}); expected .pth/.pt/.bin or .safetensors weights"
         ) from None
+
+
+def _blocked_globals(path: Path, err: Exception) -> str:
+    """The names of the globals a refused pickle asks for, for a readable message (torch's own is a page long)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))  # zip format only
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files: fall back to the name in torch's message
+        names = []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    names = [n for n in names if n not in allowed]
+    if not names:
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err)))) or ["objects other than tensors"]
+    return ", ".join(names)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], desc: str) -> None:
+    """Refuse weights holding NaN or infinity: such a model prints ``nan`` scores as if nothing were wrong."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{desc} has NaN or infinite values in {len(bad)} tensor(s) ({_short_list(bad, 3)}); the weights are "
+            "damaged (a diverged training run?); use an earlier checkpoint"
+        )
 
 
 def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tuple[StateDict, str | None, str]:
@@ -109,15 +132,12 @@ def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tupl
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
         if path.suffix == ".safetensors":
-            from safetensors import SafetensorError
-            from safetensors.torch import load_file
-
             try:
                 obj = load_file(str(path))
             except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
         else:
-            obj = _torch_load(path)
+            obj = torch_load_weights(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{desc} holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary")
     container = None
@@ -131,6 +151,7 @@ def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tupl
         raise CheckpointError(f"{desc} contains no tensors; top-level keys: {_short_list(list(map(str, obj)))}")
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
+    check_finite(state, desc)
     return state, container, desc
 
 
@@ -322,8 +343,6 @@ def _v2_attn_rest(rest: str, downsample: bool) -> str:
 # -- variant inference -------------------------------------------------------------------------------------------
 def infer_variant(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
     """Name of the registered variant whose widths and depths match ``state`` (official or our layout)."""
-    from .registry import VARIANTS
-
     if layout == "efficientformer":
         block_re, ls_suffix = re.compile(r"^stages\.(\d)\.blocks\.(\d+)\."), "ls2.scale"
         to_stage = int
@@ -394,7 +413,9 @@ def load_checkpoint(
         found = infer_variant(official, "official")
     report.variant = found
     if found is not None and found != model.spec.name:
-        raise CheckpointError(f"this checkpoint is {found}, the model is {model.spec.name}; create_model({found!r})")
+        raise CheckpointError(
+            f"this checkpoint is {found}, the model is {model.spec.name}; build {found} instead (--model {found})"
+        )
 
     converted = convert_state_dict(state, layout, model.spec)
     report.renamed = sum(1 for k in converted if k not in state)
@@ -434,7 +455,7 @@ def load_checkpoint(
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(
             f"checkpoint does not fit {model.spec.name}: missing {_short_list(report.missing)}; "
-            f"unexpected {_short_list(report.unexpected)} (pass strict=False to load what fits)"
+            f"unexpected {_short_list(report.unexpected)} (is it a checkpoint of another model or a backbone only?)"
         )
     model.load_state_dict({k: v for k, v in converted.items() if k in target}, strict=False)
     return report
@@ -449,8 +470,8 @@ def _fit_heads(
         n_ckpt, n_model = state["head.weight"].shape[0], target["head.weight"].shape[0]
         if strict:
             raise CheckpointError(
-                f"checkpoint has {n_ckpt} classes, the model {n_model}; pass strict=False to drop the classifier "
-                "heads and fine-tune new ones"
+                f"checkpoint has {n_ckpt} classes, the model {n_model}; to fine-tune new heads from it, train with "
+                "finetune: <this checkpoint> in the config"
             )
         for key in [k for k in state if k.startswith(("head.", "head_dist."))]:
             state.pop(key)

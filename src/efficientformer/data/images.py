@@ -1,4 +1,8 @@
-"""Turning whatever the user hands us into an 8-bit RGB PIL image, or a one-line error naming the input.
+"""THE image reader: whatever the user hands us becomes an 8-bit RGB PIL image, or a one-line error naming it.
+
+Every path that decodes pixels goes through here: training and evaluation folders (``data.folder``), ``predict``
+and ``inference_model``, ``quantize`` calibration, and the detection / segmentation data sets and their ``predict``
+(:func:`read_rgb`). So the same file gives the same pixels everywhere.
 
 Accepted: a path (any format Pillow decodes), a PIL image, a NumPy array (HW or HWC with 1, 3 or 4 channels;
 uint8, uint16, bool, or float in [0, 1]) and a tensor (CHW, same dtypes; float in [0, 1] like ``ToTensor`` output).
@@ -15,13 +19,18 @@ Conversions, decided once here so that every entry point agrees:
   ``convert("L")`` clips instead, turning most 16-bit photos white). Float images (``F``) are taken as 0..1 when
   their maximum is at most 1, else as 0..255.
 * Decompression bombs: an image whose header announces more than ``max_pixels`` pixels is refused before its pixel
-  data is decoded (default: Pillow's ``Image.MAX_IMAGE_PIXELS``, about 89.5 MP).
+  data is decoded (default: Pillow's ``Image.MAX_IMAGE_PIXELS``, about 89.5 MP). A larger ``max_pixels`` really
+  raises the limit (Pillow's own check is lifted for that one call).
+* Absurd aspect ratios (long side over ``max_aspect`` times the short side, default 100): refused, because the
+  short-side resize of evaluation would blow a 1x300000 strip of a few hundred bytes up to gigabytes.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +38,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-#: Extensions picked up when a folder is scanned (files named explicitly are tried whatever their extension).
+#: THE list of extensions picked up when a folder is scanned, for every data set and command (files named
+#: explicitly on the command line are tried whatever their extension).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif"}
 )
+
+#: Longest side over shortest side above which an image is refused (see the module docstring).
+MAX_ASPECT = 100.0
 
 #: Pillow's default bomb threshold, captured at import so a library that raises the global does not silently
 #: disable our guard.
 DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 WHITE = (255, 255, 255)
+
+
+class SkippedImageWarning(UserWarning):
+    """An image (or a folder of them, or an annotation) left out of a data set; the message names it and says why."""
 
 
 class ImageLoadError(ValueError):
@@ -59,15 +76,24 @@ def describe(obj: Any, index: int | None = None) -> str:
 
 
 # -- files -------------------------------------------------------------------------------------------------------
-def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+#: Pillow's bomb limit is a module global; lifting it for one call must not race another thread's call.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def read_rgb(
+    path: str | os.PathLike, *, max_pixels: int | None = None, max_aspect: float | None = MAX_ASPECT
+) -> Image.Image:
     """Decode ``path`` into an 8-bit RGB image with EXIF orientation applied.
 
-    Raises :class:`ImageLoadError` for a missing, empty, truncated, corrupt or non-image file and for images over
-    ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`).
+    Raises :class:`ImageLoadError` (a ``ValueError``) for a missing, empty, truncated, corrupt or non-image file,
+    for images over ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`) and for aspect ratios over
+    ``max_aspect`` (``None``: no limit).
     """
     name = str(path)
     p = Path(path)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if not p.exists():
         raise ImageLoadError(name, "no such file")
     if p.is_dir():
@@ -83,8 +109,9 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         # header size ourselves, and turn Pillow's warning into an error so nothing slips through.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with _open_with_limit(p, limit) as img:
                 _check_pixels(name, img.size, limit)
+                _check_aspect(name, img.size, max_aspect)
                 img.load()  # decode now, inside the try: truncated data fails here, not later
                 return to_rgb(img)
     except ImageLoadError:
@@ -97,6 +124,66 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         raise ImageLoadError(name, f"corrupt or truncated image ({_first_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - decoders raise many types (SyntaxError, struct.error, ...) on bad data
         raise ImageLoadError(name, f"corrupt image ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def probe_image(
+    path: str | os.PathLike, *, max_pixels: int | None = None, max_aspect: float | None = MAX_ASPECT
+) -> tuple[int, int]:
+    """Cheap up-front check of an image file without decoding its pixels: it exists, is an image Pillow can
+    identify, passes the size and aspect limits, and its structure checks out (``Image.verify``: for PNG the CRC
+    of every chunk, so a truncated PNG is caught). Returns ``(width, height)`` as stored (before EXIF rotation);
+    raises :class:`ImageLoadError`."""
+    name = str(path)
+    p = Path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if not p.is_file():
+        raise ImageLoadError(name, "no such file" if not p.exists() else "is not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open_with_limit(p, limit) as img:
+                _check_pixels(name, img.size, limit)
+                _check_aspect(name, img.size, max_aspect)
+                size = img.size
+                img.verify()
+                return size
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(name, f"refused as a possible decompression bomb ({_first_line(err)})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image file, or an image format Pillow cannot decode") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise many types on bad data
+        raise ImageLoadError(name, f"corrupt or truncated image ({_first_line(err)})") from None
+
+
+#: The earlier name of :func:`read_rgb`.
+load_image = read_rgb
+
+
+def _open_with_limit(p: Path, limit: int) -> Image.Image:
+    """``Image.open`` with Pillow's own bomb check set to ``limit`` (it refuses at twice its global on its own)."""
+    if limit <= DEFAULT_MAX_PIXELS:
+        return Image.open(p)
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = limit  # our own check on the header size (_check_pixels) enforces the same number
+        try:
+            return Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_aspect(name: str, size: tuple[int, int], max_aspect: float | None) -> None:
+    w, h = size
+    if max_aspect is None or min(w, h) == 0:
+        return
+    if max(w, h) / min(w, h) > max_aspect:
+        raise ImageLoadError(
+            name,
+            f"{w}x{h} has an aspect ratio over {max_aspect:g}:1; resizing its short side would take unbounded "
+            "memory and time, so it is refused (crop it into normal images)",
+        )
 
 
 def _check_pixels(name: str, size: tuple[int, int], limit: int) -> None:
@@ -199,6 +286,11 @@ def image_from_tensor(t: torch.Tensor) -> Image.Image:
     """CHW (C = 1, 3 or 4) or HW tensor to RGB; float values must be in [0, 1]."""
     t = t.detach().cpu()
     if t.ndim == 3:
+        if t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
+            raise ValueError(
+                f"tensor of shape {tuple(t.shape)} looks channels-last (HWC, or NHWC for a batch); tensors must be "
+                "CHW / NCHW: pass x.permute(2, 0, 1) (or x.permute(0, 3, 1, 2) for a batch)"
+            )
         if t.shape[0] not in (1, 3, 4):
             raise ValueError(f"expected a CHW image tensor with 1, 3 or 4 channels, got shape {tuple(t.shape)}")
         t = t.permute(1, 2, 0)
@@ -218,11 +310,17 @@ def as_rgb_image(obj: Any, *, index: int | None = None, max_pixels: int | None =
     try:
         if isinstance(obj, Image.Image):
             _check_pixels(name, obj.size, DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels))
+            _check_aspect(name, obj.size, MAX_ASPECT)
             return to_rgb(obj)
         if isinstance(obj, np.ndarray):
-            return image_from_array(obj)
-        if isinstance(obj, torch.Tensor):
-            return image_from_tensor(obj)
+            img = image_from_array(obj)
+        elif isinstance(obj, torch.Tensor):
+            img = image_from_tensor(obj)
+        else:
+            img = None
+        if img is not None:
+            _check_aspect(name, img.size, MAX_ASPECT)
+            return img
     except ImageLoadError:
         raise
     except (ValueError, TypeError, OSError) as err:
@@ -232,21 +330,35 @@ def as_rgb_image(obj: Any, *, index: int | None = None, max_pixels: int | None =
     )
 
 
-def find_images(paths: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursively, image extensions only, hidden entries skipped) in a stable order.
+def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Expand files and folders (recursively, :data:`IMAGE_EXTENSIONS` only, hidden entries skipped) in a stable
+    order; returns ``(files, problems)``.
 
     Files named explicitly are kept whatever their extension, so that a mistake is reported rather than ignored;
-    a path that does not exist is kept too and fails when it is loaded.
+    a path that does not exist is kept too and fails when it is loaded. ``problems`` holds one line per folder
+    that could not be listed (permissions, a vanished mount): its images are missing, and callers report that.
     """
     found: list[Path] = []
+    problems: list[str] = []
+
+    def report(err: OSError) -> None:
+        problems.append(f"{err.filename}: cannot list folder ({err.strerror or err}); its images are skipped")
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(files):
-                    if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
-                        found.append(Path(root) / f)
+            found += walk_image_files(p, report)
         else:
             found.append(p)
+    return found, problems
+
+
+def walk_image_files(folder: Path, onerror) -> list[Path]:
+    """Image files under ``folder`` in sorted order; ``onerror(OSError)`` is called for each unlistable folder."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, onerror=onerror, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(root) / f)
     return found

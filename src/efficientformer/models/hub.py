@@ -42,64 +42,29 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from .utils.io import atomic_write_text
+from tqdm import tqdm
 
-DEFAULT_TAG = "snap_dist_in1k"
+from ..utils.io import atomic_write_text
+from .facts import FACTS, HUB_TAG, HUB_URL, CheckpointSource
+
+DEFAULT_TAG = HUB_TAG
 CACHE_ENV = "EFFICIENTFORMER_CACHE"
 OFFLINE_ENV = "EFFICIENTFORMER_OFFLINE"
 WEIGHTS_ENV_PREFIX = "EFFICIENTFORMER_WEIGHTS_"
 
-MODEL_NAMES = (
-    "efficientformer_l1",
-    "efficientformer_l3",
-    "efficientformer_l7",
-    "efficientformerv2_s0",
-    "efficientformerv2_s1",
-    "efficientformerv2_s2",
-    "efficientformerv2_l",
-)
+#: Models with hub weights: every row of the facts table.
+MODEL_NAMES = tuple(FACTS)
 
-HUB_URL = "https://huggingface.co/timm/{name}.{tag}/resolve/main/model.safetensors"
+#: SHA-256 of each hub file, enforced when not None (from the facts table). All None on purpose: see above.
+KNOWN_SHA256: dict[str, str | None] = {name: f.hub_sha256 for name, f in FACTS.items()}
 
-#: SHA-256 of each hub file, enforced when not None. Empty on purpose: see the module docstring.
-KNOWN_SHA256: dict[str, str | None] = {name: None for name in MODEL_NAMES}
-
-
-@dataclass(frozen=True)
-class OfficialRelease:
-    """A checkpoint as published in the official README (snap-research/EfficientFormer)."""
-
-    filename: str
-    epochs: int
-    url: str
-
-
-def _drive(file_id: str) -> str:
-    return f"https://drive.google.com/file/d/{file_id}/view"
-
+#: The earlier name of :class:`~efficientformer.models.facts.CheckpointSource`.
+OfficialRelease = CheckpointSource
 
 #: Official PyTorch checkpoints (Google Drive links of the official README). Not downloaded automatically.
-OFFICIAL_RELEASES: dict[str, tuple[OfficialRelease, ...]] = {
-    "efficientformer_l1": (
-        OfficialRelease("efficientformer_l1_300d.pth", 300, _drive("1wtEmkshLFEYFsX5YhBttBOGYaRvDR7nu")),
-        OfficialRelease(
-            "L1-1000 (README link; file name not given)", 1000, _drive("11SbX-3cfqTOc247xKYubrAjBiUmr818y")
-        ),
-    ),
-    "efficientformer_l3": (
-        OfficialRelease("efficientformer_l3_300d.pth", 300, _drive("1OyyjKKxDyMj-BcfInp4GlDdwLu3hc30m")),
-    ),
-    "efficientformer_l7": (
-        OfficialRelease("efficientformer_l7_300d.pth", 300, _drive("1cVw-pctJwgvGafeouynqWWCwgkcoFMM5")),
-    ),
-    "efficientformerv2_s0": (OfficialRelease("eformer_s0_450.pth", 450, _drive("1PXb7b9pv9ZB4cfkRkYEdwgWuVwvEiazq")),),
-    "efficientformerv2_s1": (OfficialRelease("eformer_s1_450.pth", 450, _drive("1EKe1vt-3mG7iceVIMaET_DyISzVTJMn8")),),
-    "efficientformerv2_s2": (OfficialRelease("eformer_s2_450.pth", 450, _drive("1gjbFyB5T_yAkmzHNuXEljqScYVQZafMQ")),),
-    "efficientformerv2_l": (OfficialRelease("eformer_l_450.pth", 450, _drive("1sRXNBHl_ewHBMwwYZVsOJo1k6JpcNJn-")),),
-}
+OFFICIAL_RELEASES: dict[str, tuple[CheckpointSource, ...]] = {name: f.official for name, f in FACTS.items()}
 
 
 class HubError(ValueError):
@@ -184,8 +149,6 @@ def _fetch(url: str, dest, timeout: float = 60.0) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "efficientformer"})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - fixed https URL
         total = int(response.headers.get("Content-Length") or 0)
-        from tqdm import tqdm
-
         bar_args = dict(unit="B", unit_scale=True, desc="download", file=sys.stderr, disable=not sys.stderr.isatty())
         with tqdm(total=total or None, **bar_args) as bar:
             while block := response.read(1 << 20):

@@ -396,7 +396,7 @@ def test_eval_command_counts_and_errors(tmp_path):
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
     assert result["images"] == 12 and result["skipped"] == 1 and result["classes"] == 2
-    assert result["preprocessing"] == "resize short side 37 (bicubic), centre crop 32, ImageNet mean/std"
+    assert result["preprocessing"] == "resize short side 36 (bicubic), centre crop 32, ImageNet mean/std"
     bad = run_cli("eval", "--model", "efficientformer_l1", "--checkpoint", str(out / "last.pth"), "--data", str(data),
                   "--img-size", "32", "--workers", "0")  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "efficientformerv2_s0" in bad.stderr

@@ -216,8 +216,10 @@ def test_find_images_recurses_and_keeps_explicit_files(tmp_path):
 def test_preprocess_matches_torchvision_resize_and_centre_crop():
     """The one eval preprocessing equals torchvision's Resize + CenterCrop + ToTensor + Normalize on PIL images."""
     from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
 
-    from efficientformer.data.transforms import interpolation_mode
+    def interpolation_mode(name):
+        return InterpolationMode(name)
 
     rng = np.random.default_rng(1)
     for h, w in [(300, 451), (451, 300), (97, 97), (64, 200)]:

@@ -10,15 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 from .constants import EVAL_CROP, EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
-
-_INTERPOLATIONS = {
-    "bicubic": InterpolationMode.BICUBIC,
-    "bilinear": InterpolationMode.BILINEAR,
-    "nearest": InterpolationMode.NEAREST,
-}
 
 #: Pillow filters of the evaluation resize (torchvision's ``Resize`` on PIL images calls the same ones).
 PIL_INTERPOLATIONS = {
@@ -30,13 +23,6 @@ PIL_INTERPOLATIONS = {
 #: Pixels the short-side resize may produce at most; with the reader's aspect-ratio limit this is never reached
 #: at sane settings, and it stops a huge ``--resize`` from taking the machine's memory.
 MAX_RESIZED_PIXELS = 64_000_000
-
-
-def interpolation_mode(name: str) -> InterpolationMode:
-    try:
-        return _INTERPOLATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown interpolation {name!r}; use one of {sorted(_INTERPOLATIONS)}") from None
 
 
 def eval_resize_size(img_size: int, crop_pct: float = EVAL_CROP_PCT) -> int:

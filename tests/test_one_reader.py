@@ -76,6 +76,7 @@ def test_training_and_eval_data_sets(odd, reference):
 
 def test_eval_command_sees_the_same_tensors(odd, reference, tmp_path, monkeypatch):
     import efficientformer.models as models
+    from efficientformer.train import evaluate
     from efficientformer.train.evaluate import evaluate_checkpoint
 
     seen: list[torch.Tensor] = []
@@ -88,7 +89,7 @@ def test_eval_command_sees_the_same_tensors(odd, reference, tmp_path, monkeypatc
 
     ckpt = tmp_path / "c.pth"
     atomic_torch_save({"model": real(NAME, num_classes=2).state_dict()}, ckpt)
-    monkeypatch.setattr(models, "create_model", spy)
+    monkeypatch.setattr(evaluate, "create_model", spy)
     result = evaluate_checkpoint(NAME, ckpt, odd, img_size=SIZE, batch_size=64, workers=0, device="cpu")
     assert result["images"] == 10 and result["skipped"] == 0
     batch = torch.cat(seen)

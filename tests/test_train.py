@@ -295,8 +295,8 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     engine.train(cfg_of(data=str(data), output=str(out), epochs=1))
     good = safe_torch_load(out / "last.pth")
     monkeypatch.setattr(engine, "base_criterion", lambda cfg: lambda logits, target: logits.sum() * float("nan"))
-    with pytest.raises(engine.NonFiniteLossError, match=r"NaN or infinite by iteration 4 \(epoch 2\).*kept in "
-                       r".*last.pth \(iteration 2\)"):  # fmt: skip
+    with pytest.raises(engine.NonFiniteLossError, match=r"NaN or infinite by iteration 8 \(epoch 2\).*kept in "
+                       r".*last.pth \(iteration 4\)"):  # fmt: skip
         engine.train(cfg_of(data=str(data), output=str(out), epochs=3))
     kept = safe_torch_load(out / "last.pth")
     assert kept["progress"]["epoch"] == 1 and torch.equal(kept["model"]["head.weight"], good["model"]["head.weight"])

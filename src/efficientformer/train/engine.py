@@ -31,7 +31,7 @@ from ..runtime.distributed import DistInfo, all_reduce_sum
 from ..runtime.loop import NonFiniteLossError, Plan, Step, autocast, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
 from .config import TrainConfig, dump_yaml
 from .distill import DistillationLoss, build_teacher
 
@@ -136,6 +136,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     data_root, dataset_name = resolve_data(cfg, info)
     out = Path(cfg.output) if cfg.output else Path("runs") / f"{cfg.model}-{dataset_name}"
     cfg.output = str(out)
+    if info.is_main:
+        check_writable_dir(out)  # before any work: a file in the way or a read-only folder is one line now
 
     train_set, val_set = build_datasets(data_root, train_transform(cfg), eval_transform(cfg.img_size, cfg.eval_resize))
     class_names = list(train_set.classes)

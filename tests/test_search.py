@@ -1,0 +1,169 @@
+"""Architecture files, the V2 search space and supernet (exact subnets), analytic parameter counts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from efficientformer.models import create_model
+from efficientformer.models.efficientformer import V1_VARIANTS
+from efficientformer.models.efficientformer_v2 import V2_VARIANTS
+from efficientformer.search.arch import ArchError, arch_to_spec, build_from_arch, load_arch, save_arch, spec_to_arch
+from efficientformer.search.params import count_params
+from efficientformer.search.space import V2Space, arch_key
+from efficientformer.search.supernet import V2Supernet, recalibrate_bn
+
+PUBLISHED = {**V1_VARIANTS, **V2_VARIANTS}
+#: True module parameter counts at 224 px with both heads (docs/architecture.md section 1.8).
+PUBLISHED_PARAMS = {
+    "efficientformer_l1": 12_289_928,
+    "efficientformer_l3": 31_406_000,
+    "efficientformer_l7": 82_229_328,
+    "efficientformerv2_s0": 3_600_256,
+    "efficientformerv2_s1": 6_185_560,
+    "efficientformerv2_s2": 12_710_112,
+    "efficientformerv2_l": 26_322_288,
+}
+
+
+def _nparams(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_published_models_round_trip_through_arch_files(name, suffix, tmp_path):
+    path = save_arch(spec_to_arch(PUBLISHED[name]), tmp_path / f"{name}{suffix}")
+    with torch.device("meta"):
+        ours = build_from_arch(path)
+        ref = create_model(name)
+    assert _nparams(ours) == _nparams(ref) == PUBLISHED_PARAMS[name]
+    mine, theirs = ours.state_dict(), ref.state_dict()
+    assert list(mine) == list(theirs)
+    assert all(mine[k].shape == theirs[k].shape for k in mine)
+    assert arch_key(arch_to_spec(load_arch(path))) == arch_key(PUBLISHED[name]) or PUBLISHED[name].family == "v1"
+
+
+def test_published_v2_models_are_points_of_the_space():
+    space = V2Space()
+    for spec in V2_VARIANTS.values():
+        space.check(spec)
+
+
+def test_arch_outputs_equal_published_model(tmp_path):
+    torch.manual_seed(0)
+    ref = create_model("efficientformerv2_s0", img_size=64, num_classes=10).eval()
+    model = build_from_arch(save_arch(V2_VARIANTS["efficientformerv2_s0"], tmp_path / "s0.yaml"), img_size=64,
+                            num_classes=10)  # fmt: skip
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.eval()(x), ref(x))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"format": "x"}, "not an architecture file"),
+        ({"widths": [32, 48, 96]}, "'widths' must be a list of 4"),
+        ({"depths": [2, 2, 6, 0]}, "positive integers"),
+        ({"mlp_ratios": [[4, 4], [4, 4], [4], [4, 4, 4, 4]]}, "must list 6 ratios"),
+        ({"attention": [[0], [], [], []]}, "only allowed in stages 3 and 4"),
+        ({"attention": [[], [], [9], []]}, "indices must be in 0..5"),
+    ],
+)
+def test_bad_arch_files_give_one_line_errors(edit, message):
+    arch = {**spec_to_arch(V2_VARIANTS["efficientformerv2_s0"]), **edit}
+    with pytest.raises(ArchError, match=message):
+        arch_to_spec(arch)
+
+
+def test_analytic_params_are_exact():
+    rng = random.Random(0)
+    space = V2Space()
+    specs = list(PUBLISHED.values()) + [space.sample(rng) for _ in range(12)] + [space.smallest(), space.largest()]
+    for spec in specs:
+        for img, nc, dist in ((224, 1000, True), (64, 10, False), (96, 7, True)):
+            if spec.family == "v1" and img != 224 and spec.num_vit == 0:
+                continue
+            with torch.device("meta"):
+                model = build_from_arch(spec, img_size=img, num_classes=nc, distillation=dist)
+            assert count_params(spec, img, nc, dist) == _nparams(model), (spec.name, img)
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    net = V2Supernet(num_classes=10, img_size=64)
+    _randomise(net)
+    return net.eval()
+
+
+def test_sliced_subnets_equal_standalone_models(supernet, tmp_path):
+    rng = random.Random(3)
+    x = torch.randn(2, 3, 64, 64)
+    space = supernet.space
+    specs = [V2_VARIANTS["efficientformerv2_s0"], V2_VARIANTS["efficientformerv2_s1"], space.smallest()]
+    specs += [space.sample(rng) for _ in range(3)]
+    for spec in specs:
+        supernet.set_subnet(spec)
+        sliced = supernet(x)
+        # the standalone model is built from the architecture FILE and given the sliced weights
+        path = save_arch(spec, tmp_path / "sub.yaml")
+        standalone = build_from_arch(path, img_size=64, num_classes=10, distillation=False)
+        standalone.load_state_dict(supernet.extract(spec).state_dict())
+        assert torch.equal(sliced, standalone.eval()(x)), spec
+    supernet.set_subnet(None)
+    full = supernet(x)
+    supernet.set_subnet(space.largest())
+    assert torch.equal(full, supernet(x))
+    supernet.set_subnet(None)
+
+
+def test_subnet_training_updates_only_its_prefix():
+    net = V2Supernet(num_classes=10, img_size=64)
+    spec = net.space.smallest()
+    net.set_subnet(spec)
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = net(torch.randn(4, 3, 64, 64))
+    out.sum().backward()
+    grad = net.stages[0].blocks[0].mlp.fc1.conv.weight.grad
+    w0, h0 = spec.widths[0], int(spec.widths[0] * spec.mlp_ratios[0][0])
+    assert grad[:h0, :w0].abs().sum() > 0 and grad[h0:].abs().sum() == 0 and grad[:, w0:].abs().sum() == 0
+    assert net.stages[0].blocks[1].mlp.fc1.conv.weight.grad is None  # elastic depth: block 1 did not run
+    rm = net.stem.conv1.bn.running_mean
+    assert not torch.equal(rm[: w0 // 2], before["stem.conv1.bn.running_mean"][: w0 // 2])
+    assert torch.equal(rm[w0 // 2 :], before["stem.conv1.bn.running_mean"][w0 // 2 :])
+
+
+def test_recalibrate_bn_replaces_statistics(supernet):
+    spec = V2_VARIANTS["efficientformerv2_s0"]
+    model = supernet.extract(spec)
+    images = [torch.randn(8, 3, 64, 64) * 2 + 1 for _ in range(3)]
+    assert recalibrate_bn(model, images) == 3
+    assert not model.training
+    mean = model.stem.conv1.bn.running_mean
+    # first BN sees conv1(x) of the data: its cumulative mean equals the batch-mean of that conv output
+    with torch.no_grad():
+        conv = torch.cat([model.stem.conv1.conv(x) for x in images])
+    torch.testing.assert_close(mean, conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_space_rejects_points_off_the_grid():
+    space = V2Space()
+    arch = spec_to_arch(V2_VARIANTS["efficientformerv2_s0"])
+    arch["widths"] = [32, 48, 100, 176]
+    with pytest.raises(ArchError, match="not on the grid"):
+        space.check(arch_to_spec(arch))

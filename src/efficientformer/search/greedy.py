@@ -1,0 +1,275 @@
+"""The V2 fine-grained joint search: a greedy walk down from the largest subnet, scored by MES.
+
+MES (Mobile Efficiency Score) = score * prod_i (M_i / U_i) ** (-alpha_i) over M = latency (from the table) and
+size (parameters, exact and analytic). At each step every action is tried:
+
+* ``depth``: drop the last block of a stage (the supernet runs the first ``d`` blocks of a stage, so the last
+  one is the block that can go without moving weights);
+* ``attn``: remove the attention mixer of one stage-3/4 block;
+* ``width``: narrow a stage by one step of its grid;
+* ``ratio``: lower one block's FFN expansion ratio by one step.
+
+Each candidate is scored on held-out data (``evaluate(spec) -> accuracy in %``), its latency and size computed,
+and the action with the smallest accuracy loss per MES gained is taken. The walk stops at the first point that
+meets the latency, size or MES target (or when no action is left).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.base import ModelSpec
+from .arch import spec_to_arch
+from .params import count_params
+from .space import ATTENTION_STAGES, V2Space, arch_key, normalise
+
+
+@dataclass(frozen=True)
+class MESConfig:
+    """MES constants. The defaults are the V2 paper's as recalled in docs/architecture.md section 7.4 (U_size =
+    3M parameters, U_latency = 1 ms on iPhone 12, alpha_latency = 1.0, alpha_size = 0.5), NOT verified against
+    the paper. Which action wins does not depend on the U's (they scale every MES alike); they matter only for an
+    MES stopping target. Set ``latency_unit_ms`` to a latency on your own device to make MES values comparable."""
+
+    score: float = 100.0
+    latency_unit_ms: float = 1.0
+    size_unit_params: float = 3.0e6
+    alpha_latency: float = 1.0
+    alpha_size: float = 0.5
+    source: str = "V2 paper constants as recalled in docs/architecture.md 7.4 (unverified)"
+
+    def __call__(self, latency_ms: float, params: int) -> float:
+        return (
+            self.score
+            * (latency_ms / self.latency_unit_ms) ** (-self.alpha_latency)
+            * (params / self.size_unit_params) ** (-self.alpha_size)
+        )
+
+
+@dataclass
+class SearchTargets:
+    latency_ms: float | None = None
+    params: int | None = None
+    mes: float | None = None
+    max_steps: int = 10_000
+
+    def met(self, latency_ms: float, params: int, mes: float) -> bool:
+        return (
+            (self.latency_ms is not None and latency_ms <= self.latency_ms)
+            or (self.params is not None and params <= self.params)
+            or (self.mes is not None and mes >= self.mes)
+        )
+
+    def any(self) -> bool:
+        return self.latency_ms is not None or self.params is not None or self.mes is not None
+
+
+@dataclass
+class Point:
+    spec: ModelSpec
+    accuracy: float
+    latency_ms: float
+    params: int
+    mes: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "latency_ms": self.latency_ms,
+            "params": self.params,
+            "mes": self.mes,
+            "arch": spec_to_arch(self.spec),
+        }
+
+
+@dataclass
+class SearchResult:
+    final: Point
+    trajectory: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
+    stopped: str = ""
+
+
+def _with(spec: ModelSpec, **changes: Any) -> ModelSpec:
+    base = normalise(spec)
+    data = {
+        "widths": base.widths,
+        "depths": base.depths,
+        "mlp_ratios": base.mlp_ratios,
+        "attention": base.attention,
+    }
+    data.update(changes)
+    num_vit = max(sum(data["attention"][2]), sum(data["attention"][3]))
+    return ModelSpec(
+        "efficientformerv2_searched",
+        "v2",
+        tuple(data["widths"]),
+        tuple(data["depths"]),
+        num_vit=num_vit,
+        mlp_ratios=tuple(tuple(s) for s in data["mlp_ratios"]),
+        attention=tuple(tuple(s) for s in data["attention"]),
+    )
+
+
+def actions(spec: ModelSpec, space: V2Space) -> list[tuple[str, ModelSpec]]:
+    """Every one-step reduction of ``spec`` that stays in ``space``: (description, resulting spec)."""
+    s = normalise(spec)
+    out: list[tuple[str, ModelSpec]] = []
+    for i in range(4):
+        if s.depths[i] > space.min_depths[i]:
+            depths = list(s.depths)
+            depths[i] -= 1
+            ratios = [list(r) for r in s.mlp_ratios]
+            attn = [list(a) for a in s.attention]
+            ratios[i].pop()
+            attn[i].pop()
+            out.append((f"depth s{i + 1} {s.depths[i]}->{depths[i]}", _with(s, depths=depths, mlp_ratios=ratios,
+                                                                              attention=attn)))  # fmt: skip
+        grid = space.widths[i]
+        k = grid.index(s.widths[i])
+        if k > 0:
+            widths = list(s.widths)
+            widths[i] = grid[k - 1]
+            out.append((f"width s{i + 1} {s.widths[i]}->{widths[i]}", _with(s, widths=widths)))
+        for j in range(s.depths[i]):
+            r = s.mlp_ratios[i][j]
+            q = space.ratios.index(r)
+            if q > 0:
+                ratios = [list(x) for x in s.mlp_ratios]
+                ratios[i][j] = space.ratios[q - 1]
+                out.append((f"ratio s{i + 1}b{j} {r:g}->{ratios[i][j]:g}", _with(s, mlp_ratios=ratios)))
+            if i in ATTENTION_STAGES and s.attention[i][j]:
+                attn = [list(a) for a in s.attention]
+                attn[i][j] = False
+                out.append((f"attn s{i + 1}b{j} off", _with(s, attention=attn)))
+    return out
+
+
+class GreedySearch:
+    """The greedy MES walk. ``evaluate(spec)`` returns held-out accuracy (%) of the subnet; ``latency(spec)``
+    its table latency (ms); ``params(spec)`` its exact parameter count."""
+
+    def __init__(
+        self,
+        space: V2Space,
+        evaluate: Callable[[ModelSpec], float],
+        latency: Callable[[ModelSpec], float],
+        params: Callable[[ModelSpec], int] | None = None,
+        mes: MESConfig | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.space = space
+        self._evaluate = evaluate
+        self.latency = latency
+        self.params = params or (lambda s: count_params(s))
+        self.mes = mes or MESConfig()
+        self.log = log
+        self._cache: dict[tuple, float] = {}
+        self.evaluations = 0
+
+    def accuracy(self, spec: ModelSpec) -> float:
+        key = arch_key(spec)
+        if key not in self._cache:
+            self._cache[key] = float(self._evaluate(spec))
+            self.evaluations += 1
+        return self._cache[key]
+
+    def point(self, spec: ModelSpec) -> Point:
+        lat, n = float(self.latency(spec)), int(self.params(spec))
+        return Point(spec, self.accuracy(spec), lat, n, self.mes(lat, n))
+
+    def run(self, targets: SearchTargets, start: ModelSpec | None = None) -> SearchResult:
+        if not targets.any():
+            raise ValueError("give the search a stopping target: latency (ms), parameters or MES")
+        current = self.point(normalise(start or self.space.largest(), "efficientformerv2_searched"))
+        result = SearchResult(current)
+        self._record(result, 0, "start", current, candidates=0)
+        step = 0
+        while not targets.met(current.latency_ms, current.params, current.mes) and step < targets.max_steps:
+            candidates = actions(current.spec, self.space)
+            if not candidates:
+                result.stopped = "no action left"
+                break
+            best: tuple[float, float, str, Point] | None = None
+            for name, spec in candidates:
+                cand = self.point(spec)
+                gain = cand.mes - current.mes
+                loss = current.accuracy - cand.accuracy
+                # the paper's criterion: accuracy lost per MES gained; an action that gains no MES comes last
+                ratio = loss / gain if gain > 0 else math.inf
+                key = (ratio, -gain, name, cand)
+                if best is None or key[:3] < best[:3]:
+                    best = key
+            assert best is not None
+            step += 1
+            current = best[3]
+            self._record(result, step, best[2], current, candidates=len(candidates), ratio=best[0])
+        else:
+            result.stopped = "target met" if targets.met(current.latency_ms, current.params, current.mes) else (
+                "max steps"
+            )  # fmt: skip
+        result.final = current
+        result.evaluations = self.evaluations
+        return result
+
+    def _record(self, result: SearchResult, step: int, action: str, p: Point, **extra: Any) -> None:
+        row = {"step": step, "action": action, **p.to_dict(), **extra}
+        if row.get("ratio") is not None and not math.isfinite(row["ratio"]):
+            row["ratio"] = None
+        result.trajectory.append(row)
+        if self.log:
+            self.log(row)
+
+
+def write_trajectory(result: SearchResult, path: str | Path, mes: MESConfig) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        f.write(json.dumps({"mes": asdict(mes), "stopped": result.stopped, "evaluations": result.evaluations}) + "\n")
+        for row in result.trajectory:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def plot_trajectory(
+    result: SearchResult,
+    path: str | Path,
+    published: dict[str, Point],
+    published_v1_ms: dict[str, float] | None = None,
+    title: str = "",
+) -> Path | None:
+    """Accuracy against table latency along the walk; published V2 models as labelled points (scored like any
+    subnet), published V1 models (another family's table) as labelled vertical lines at their latency."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    traj = result.trajectory
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot([r["latency_ms"] for r in traj], [r["accuracy"] for r in traj], "-o", ms=3, lw=1, label="greedy walk")
+    ax.plot(traj[-1]["latency_ms"], traj[-1]["accuracy"], "r*", ms=14, label="searched")
+    for name, p in published.items():
+        ax.plot(p.latency_ms, p.accuracy, "ks", ms=6)
+        ax.annotate(name.replace("efficientformerv2_", "V2-").upper(), (p.latency_ms, p.accuracy), fontsize=8,
+                    xytext=(4, -10), textcoords="offset points")  # fmt: skip
+    for name, ms in (published_v1_ms or {}).items():
+        ax.axvline(ms, color="grey", ls=":", lw=1)
+        ax.text(ms, ax.get_ylim()[0], name.replace("efficientformer_", "V1-").upper(), rotation=90, fontsize=7,
+                va="bottom", ha="right", color="grey")  # fmt: skip
+    ax.set_xlabel("table latency (ms)")
+    ax.set_ylabel("held-out accuracy of the subnet (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

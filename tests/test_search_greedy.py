@@ -90,3 +90,12 @@ def test_mes_matches_recalled_sanity_values():
 def test_search_needs_a_target():
     with pytest.raises(ValueError, match="stopping target"):
         GreedySearch(SPACE, accuracy, latency).run(SearchTargets())
+
+
+def test_several_actions_per_step_still_reach_the_target():
+    target = latency(SPACE.largest()) * 0.5
+    search = GreedySearch(SPACE, accuracy, latency)
+    result = search.run(SearchTargets(latency_ms=target), actions_per_step=3)
+    assert result.final.latency_ms <= target and result.stopped == "target met"
+    assert any(" + " in row["action"] for row in result.trajectory[1:])
+    assert result.final.accuracy == 90.0  # the free reductions alone reach half the latency here

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import dense, deploy, inference, train, zoo
+from . import dense, deploy, inference, search, train, zoo
 from .errors import UserError
 
 #: Modules that add sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = (zoo, train, inference, deploy, dense)
+COMMAND_MODULES = (zoo, train, inference, deploy, dense, search)
 
 
 def build_parser() -> argparse.ArgumentParser:

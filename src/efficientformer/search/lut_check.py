@@ -10,7 +10,6 @@ networks) and Kendall's tau between predicted and measured (the ranking is what 
 from __future__ import annotations
 
 import random
-import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..models.efficientformer_v2 import V2_VARIANTS
 from ..utils.io import atomic_write_json
 from ..utils.timing import time_callable
 from .arch import build_from_arch
-from .latency import LatencyTable, machine_stamp, runtime_callable
+from .latency import LatencyTable, machine_stamp, runtime_callable, summarise
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
 
@@ -71,14 +70,19 @@ def random_v1(space: V1Space, rng: random.Random) -> ModelSpec:
     return ModelSpec("efficientformer_random", "v1", widths, depths, num_vit=num_vit)
 
 
-def check_specs(table: LatencyTable, n_random: int, seed: int) -> list[ModelSpec]:
+def candidate_specs(family: str, space: dict | None, n_random: int, seed: int) -> list[ModelSpec]:
+    """The published models of ``family`` and ``n_random`` random points of ``space`` (a space mapping)."""
     rng = random.Random(seed)
-    if table.family == "v2":
-        space = V2Space.from_dict(table.meta["space"]) if "space" in table.meta else V2Space()
-        specs = list(V2_VARIANTS.values()) + [space.sample(rng) for _ in range(n_random)]
-    else:
-        v1 = V1Space.from_dict(table.meta["space"]) if "space" in table.meta else V1Space()
-        specs = list(V1_PUBLISHED.values()) + [random_v1(v1, rng) for _ in range(n_random)]
+    if family == "v2":
+        v2 = V2Space.from_dict(space) if space else V2Space()
+        return list(V2_VARIANTS.values()) + [v2.sample(rng) for _ in range(n_random)]
+    v1 = V1Space.from_dict(space) if space else V1Space()
+    return list(V1_PUBLISHED.values()) + [random_v1(v1, rng) for _ in range(n_random)]
+
+
+def check_specs(table: LatencyTable, n_random: int, seed: int) -> list[ModelSpec]:
+    """The networks lut-check times: those of :func:`candidate_specs` the table has every entry for."""
+    specs = candidate_specs(table.family, table.meta.get("space"), n_random, seed)
     return [s for s in specs if not table.missing(s)]
 
 
@@ -89,7 +93,7 @@ def measure_network(spec: ModelSpec, table: LatencyTable, warmup: int, runs: int
     form = model if m["runtime"] == "torch" else deploy(model, img)
     example = torch.randn(batch, 3, img, img)
     fn = runtime_callable(form, example, m["runtime"], threads, workdir)
-    return statistics.median(time_callable(fn, warmup, runs))
+    return summarise(time_callable(fn, warmup, runs))[m.get("statistic", "median")]
 
 
 def check_table(

@@ -21,6 +21,7 @@ from ..search.params import count_params
 from ..search.space import V2Space
 from ..search.supernet import V2Supernet
 from ..search.train import SubnetEvaluator, load_split, train_supernet_minimal
+from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet_minimal
 from ..search.v1space import V1_PUBLISHED, V1Space
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from .errors import UserError
@@ -357,7 +358,42 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_v1(args: argparse.Namespace) -> int:
-    raise UserError("V1 slimming is not wired to the command line yet")
+    torch.set_num_threads(args.threads)
+    table = LatencyTable.load(args.lut)
+    if table.family != "v1":
+        raise UserError(f"{args.lut} is a {table.family} table; V1 slimming needs a v1 table (search lut --family v1)")
+    target = _target_latency(args, table)
+    if target is None:
+        raise UserError("give a target: --target-latency MS or --target-like efficientformer_l1")
+    cfg = _config(args.config)
+    space = V1Space.from_dict(cfg.get("space", {}))
+    train_cfg = cfg.get("train", {})
+    root = _data_root(args.data)
+    images, labels = load_split(root / "train", args.img_size)
+    eval_x, eval_y = load_split(_held_out(root), args.img_size)
+    net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=args.img_size)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def show(row: dict) -> None:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    train_v1_supernet_minimal(net, images, labels, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              log=show, **train_cfg)  # fmt: skip
+    evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
+    result = slim(net.argmax_path(), net.importance, evaluator, table.predict, target, space, log=show)
+    spec = result.final.spec()
+    seconds = round(time.time() - started, 1)
+    extra = {"search": {"accuracy_heldout": result.accuracy, "table_latency_ms": result.latency_ms,
+                        "target_ms": target, "lut": str(args.lut), "seconds": seconds}}  # fmt: skip
+    arch_path = save_arch({**spec_to_arch(spec), **extra}, out / "arch.yaml")
+    with (out / "trajectory.jsonl").open("w") as f:
+        for row in result.trajectory:
+            f.write(json.dumps(row) + "\n")
+    print(f"{arch_path}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
+          f"{result.latency_ms:.2f} ms (target {target:.2f}), held-out acc {result.accuracy:.2f}%")  # fmt: skip
+    return 0
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -167,3 +167,43 @@ def test_space_rejects_points_off_the_grid():
     arch["widths"] = [32, 48, 100, 176]
     with pytest.raises(ArchError, match="not on the grid"):
         space.check(arch_to_spec(arch))
+
+
+TINY = V2Space(widths=((16, 24), (32,), (48, 64), (64, 96)), max_depths=(1, 1, 2, 2), min_depths=(1, 1, 1, 1),
+               ratios=(2.0, 4.0))  # fmt: skip
+
+
+def test_sandwich_step_trains_every_subnet_with_inplace_distillation():
+    from efficientformer.search.train import SandwichStep
+
+    torch.manual_seed(0)
+    net = V2Supernet(TINY, num_classes=5, img_size=32)
+    teacher = build_from_arch(TINY.smallest(), num_classes=5, img_size=32, distillation=False)
+    step = SandwichStep(net, num_random=2, teacher=teacher, clip_grad=1.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    losses = step(torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)), opt)
+    assert set(losses) == {"largest", "smallest", "random0", "random1", "loss"}
+    assert all(v > 0 for v in losses.values())
+    assert net.active is None  # the step leaves the full network active
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("stages.3.blocks.1.attn") for k in changed)  # the largest subnet trained
+    assert not teacher.training
+
+
+def test_subnet_evaluator_equals_extract_then_recalibrate(supernet):
+    from efficientformer.search.train import SubnetEvaluator, normalise
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (48, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (48,), generator=gen)
+    calib = torch.randint(0, 256, (40, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    state = {k: v.clone() for k, v in supernet.state_dict().items()}
+    spec = V2_VARIANTS["efficientformerv2_s0"]
+    acc = SubnetEvaluator(supernet, images, labels, calib, calib_batch=16)(spec)
+    assert all(torch.equal(v, state[k]) for k, v in supernet.state_dict().items())  # scoring leaves it untouched
+    model = supernet.extract(spec)
+    recalibrate_bn(model, [normalise(calib[i : i + 16]) for i in range(0, 40, 16)])
+    with torch.no_grad():
+        ref = 100.0 * (model(normalise(images)).argmax(-1) == labels).float().mean().item()
+    assert acc == pytest.approx(ref)

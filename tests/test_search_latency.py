@@ -19,7 +19,7 @@ def test_latency_grows_with_width_and_expansion(tmp_path):
     # stage 1 at 128 px is a 32x32 map; 9x and 4x the work must show whatever the machine's load
     keys = ["ffn/s1/w16/h32", "ffn/s1/w48/h192", "ffn/s1/w32/h64", "ffn/s1/w32/h256"]
     table = build_table(tmp_path / "t.json", "v2", "torch", img_size=128, warmup=3, runs=15, keys=keys,
-                        statistic="min", **QUIET)  # fmt: skip
+                        statistic="min", clock="cpu", **QUIET)  # fmt: skip
     ms = {k: table.ms(k) for k in keys}
     assert ms["ffn/s1/w48/h192"] > ms["ffn/s1/w16/h32"]  # wider (and so wider hidden)
     assert ms["ffn/s1/w32/h256"] > ms["ffn/s1/w32/h64"]  # same width, larger expansion
@@ -44,6 +44,10 @@ def test_interrupted_table_resumes_where_it_stopped(tmp_path):
         assert second.entries[k] == first.entries[k]
     with pytest.raises(ValueError, match="other settings"):
         build_table(out, "v2", "torch", img_size=96, keys=keys, **QUIET)
+    with pytest.raises(ValueError, match="other settings"):  # the clock is part of the settings
+        build_table(out, "v2", "torch", img_size=64, keys=keys, clock="cpu", **QUIET)
+    with pytest.raises(ValueError, match="with --threads 1"):
+        build_table(tmp_path / "x.json", "v2", "torch", threads=2, clock="cpu", keys=keys, **QUIET)
 
 
 def test_imported_csv_predicts_the_sum(tmp_path):

@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     lut.add_argument("--runs", type=int, default=25)
     lut.add_argument("--statistic", choices=("median", "min"), default="median",
                      help="what an entry holds (min suits a shared, busy machine; both are stored)")  # fmt: skip
+    lut.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                     help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)")  # fmt: skip
     lut.add_argument("--space", default=None, help="YAML with a 'space:' mapping (default: the built-in space)")
     lut.add_argument("--output", required=True, help="table JSON; an existing one with the same settings resumes")
     lut.set_defaults(func=run_lut)
@@ -170,6 +172,7 @@ def run_lut(args: argparse.Namespace) -> int:
     table = build_table(
         args.output, args.family, args.runtime, threads=args.threads, img_size=args.img_size, batch=args.batch,
         num_classes=args.num_classes, warmup=args.warmup, runs=args.runs, space=space, statistic=args.statistic,
+        clock=args.clock,
     )  # fmt: skip
     m = table.meta["machine"]
     print(

@@ -62,6 +62,9 @@ RUNTIMES = ("torch", "deploy", "onnxruntime")
 #: ``median`` (the default) or ``min``: on a shared machine, long calls are preempted more often than short ones,
 #: which inflates whole-network medians relative to block medians; the minimum is the uncontended time.
 STATISTICS = ("median", "min")
+#: ``wall`` (the default) or ``cpu``: the calling thread's CPU time, which leaves out time spent preempted by
+#: other processes; meaningful with one thread only (torch and ONNX Runtime then compute on the calling thread).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
              "amx_bf16", "amx_int8", "asimd", "sve", "neon")  # fmt: skip
 
@@ -425,7 +428,7 @@ def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, thr
 def _settings(table: LatencyTable) -> tuple:
     m = table.meta
     return (m.get("family"), m.get("runtime"), m.get("threads"), m.get("img_size"), m.get("batch"),
-            m.get("num_classes"), m.get("statistic", "median"))  # fmt: skip
+            m.get("num_classes"), m.get("statistic", "median"), m.get("clock", "wall"))  # fmt: skip
 
 
 def summarise(times: list[float]) -> dict[str, float]:
@@ -446,6 +449,7 @@ def build_table(
     runs: int = 25,
     space: V2Space | V1Space | None = None,
     statistic: str = "median",
+    clock: str = "wall",
     keys: Iterable[str] | None = None,
     progress: bool = True,
     save_every_s: float = 2.0,
@@ -467,6 +471,10 @@ def build_table(
         raise ValueError(f"--threads must be at least 1, got {threads}")
     if statistic not in STATISTICS:
         raise ValueError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise ValueError("--clock cpu measures one thread's CPU time; use it with --threads 1")
     if space is None:
         space = V2Space() if family == "v2" else V1Space()
     wanted = list(keys) if keys is not None else (
@@ -485,6 +493,7 @@ def build_table(
         "warmup": warmup,
         "runs": runs,
         "statistic": statistic,
+        "clock": clock,
         "source": "measured",
         "space": space.to_dict(),
         "machine": machine_stamp(threads, runtime),
@@ -524,7 +533,7 @@ def build_table(
             with torch.no_grad():
                 module, example = _probe_module(family, key, runtime, img, num_classes, batch)
                 fn = runtime_callable(module, example, runtime, threads, Path(workdir))
-                times = time_callable(fn, warmup, runs)
+                times = time_callable(fn, warmup, runs, CLOCKS[clock])
             stats = summarise(times)
             table.entries[key] = {"ms": stats[statistic], **stats}
             measured += 1

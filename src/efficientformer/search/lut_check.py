@@ -24,7 +24,7 @@ from ..models.efficientformer_v2 import V2_VARIANTS
 from ..utils.io import atomic_write_json
 from ..utils.timing import time_callable
 from .arch import build_from_arch
-from .latency import LatencyTable, machine_stamp, runtime_callable, summarise
+from .latency import CLOCKS, LatencyTable, machine_stamp, runtime_callable, summarise
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
 
@@ -93,7 +93,8 @@ def measure_network(spec: ModelSpec, table: LatencyTable, warmup: int, runs: int
     form = model if m["runtime"] == "torch" else deploy(model, img)
     example = torch.randn(batch, 3, img, img)
     fn = runtime_callable(form, example, m["runtime"], threads, workdir)
-    return summarise(time_callable(fn, warmup, runs))[m.get("statistic", "median")]
+    times = time_callable(fn, warmup, runs, CLOCKS[m.get("clock", "wall")])
+    return summarise(times)[m.get("statistic", "median")]
 
 
 def check_table(

@@ -207,3 +207,22 @@ def test_subnet_evaluator_equals_extract_then_recalibrate(supernet):
     with torch.no_grad():
         ref = 100.0 * (model(normalise(images)).argmax(-1) == labels).float().mean().item()
     assert acc == pytest.approx(ref)
+
+
+def test_show_command_and_one_line_errors(tmp_path, capsys):
+    import json
+
+    from efficientformer.cli import main
+
+    path = save_arch(V2_VARIANTS["efficientformerv2_s1"], tmp_path / "s1.yaml")
+    assert main(["search", "show", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == PUBLISHED_PARAMS["efficientformerv2_s1"] and info["depths"] == [3, 3, 9, 6]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: efficientformer-arch\nfamily: v3\n")
+    assert main(["search", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "'family' must be 'v1' or 'v2'" in err and len(err.strip().splitlines()) == 1
+    assert main(["search", "run", "--supernet", str(tmp_path / "none.pth"), "--lut", str(path), "--output",
+                 str(tmp_path / "o"), "--target-latency", "1"]) == 2  # fmt: skip
+    assert "supernet checkpoint not found" in capsys.readouterr().err

@@ -102,3 +102,20 @@ def test_lut_and_lut_check_commands(tmp_path, capsys):
     assert main(["search", "lut", "--family", "v2", "--runtime", "torch", "--img-size", "64", "--output",
                  str(tmp_path / "bad.json"), "--threads", "0"]) == 2  # fmt: skip
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["deploy", "onnxruntime"])
+@pytest.mark.parametrize("family", ["v2", "v1"])
+def test_every_runtime_times_every_block_kind(runtime, family, tmp_path):
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    keys = {
+        "v2": ["stem/w16", "ffn/s3/w64/h128", "attn/s3/w64", "attn/s4/w128", "down/s2/i16/o32", "dual/i64/o128",
+               "head/w128"],
+        "v1": ["stem/w16", "mb4d/s2/w32", "mb3d/w128", "down/s4/i64/o128", "head/w128"],
+    }[family]  # fmt: skip
+    if runtime == "onnxruntime":
+        keys = keys[1:3]  # each entry is an export: keep it short
+    table = build_table(tmp_path / "t.json", family, runtime, img_size=64, warmup=1, runs=2, keys=keys, **QUIET)
+    assert set(table.entries) == set(keys) and all(e["ms"] > 0 for e in table.entries.values())

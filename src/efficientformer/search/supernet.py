@@ -82,7 +82,8 @@ class V2Supernet(EfficientFormerV2):
             spec = normalise(spec)
         self.active = spec
 
-    def _skeleton(self, spec: ModelSpec) -> nn.Module:
+    def skeleton(self, spec: ModelSpec) -> nn.Module:
+        """The standalone module tree of ``spec`` on the meta device (no storage), cached per architecture."""
         key = arch_key(spec)
         skel = self._skeletons.get(key)
         if skel is None:
@@ -95,7 +96,8 @@ class V2Supernet(EfficientFormerV2):
             self._skeletons.move_to_end(key)
         return skel
 
-    def _sliced_tensors(self, skel: nn.Module, detach: bool = False) -> dict[str, torch.Tensor]:
+    def sliced_tensors(self, skel: nn.Module, detach: bool = False) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of a skeleton, as a view of the leading slice of the supernet's tensor."""
         full = dict(self.named_parameters())
         full.update(dict(self.named_buffers()))
         out = {}
@@ -108,9 +110,9 @@ class V2Supernet(EfficientFormerV2):
     def forward(self, x: torch.Tensor):  # type: ignore[override]
         if self.active is None:
             return super().forward(x)
-        skel = self._skeleton(self.active)
+        skel = self.skeleton(self.active)
         skel.train(self.training)
-        return functional_call(skel, self._sliced_tensors(skel), (x,), strict=True)
+        return functional_call(skel, self.sliced_tensors(skel), (x,), strict=True)
 
     def run_subnet(self, spec: ModelSpec, x: torch.Tensor):
         """Forward ``x`` through ``spec`` without changing the active subnet."""
@@ -132,8 +134,8 @@ class V2Supernet(EfficientFormerV2):
         self.space.check(spec)
         build = {**self._build_kwargs, **kwargs}
         model = build_from_arch(spec, **build)
-        skel = self._skeleton(normalise(spec))
-        state = {k: v.clone() for k, v in self._sliced_tensors(skel, detach=True).items()}
+        skel = self.skeleton(normalise(spec))
+        state = {k: v.clone() for k, v in self.sliced_tensors(skel, detach=True).items()}
         persistent = model.state_dict()
         missing = set(persistent) - set(state)
         if missing:

@@ -232,8 +232,8 @@ class SubnetEvaluator:
     def __call__(self, spec: ModelSpec) -> float:
         net = self.supernet
         net.space.check(spec)
-        skel = net._skeleton(spec)
-        tensors = net._sliced_tensors(skel, detach=True)
+        skel = net.skeleton(spec)
+        tensors = net.sliced_tensors(skel, detach=True)
         bns = [(n, m) for n, m in skel.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for name, _ in bns:
             p = f"{name}." if name else ""

@@ -226,3 +226,18 @@ def test_show_command_and_one_line_errors(tmp_path, capsys):
     assert main(["search", "run", "--supernet", str(tmp_path / "none.pth"), "--lut", str(path), "--output",
                  str(tmp_path / "o"), "--target-latency", "1"]) == 2  # fmt: skip
     assert "supernet checkpoint not found" in capsys.readouterr().err
+
+
+def test_searched_architectures_deploy_exactly():
+    from efficientformer.deploy.fuse import deploy
+    from efficientformer.models.base import ModelSpec
+
+    rng = random.Random(7)
+    specs = [V2Space().sample(rng), ModelSpec("v1_searched", "v1", (32, 64, 144, 272), (1, 2, 3, 2), num_vit=1)]
+    x = torch.randn(2, 3, 64, 64)
+    for spec in specs:
+        torch.manual_seed(0)
+        model = build_from_arch(spec, img_size=64, num_classes=10).eval()
+        _randomise(model)
+        with torch.no_grad():
+            torch.testing.assert_close(deploy(model)(x), model(x), rtol=1e-4, atol=1e-4)

@@ -1,11 +1,12 @@
 """A harder bundled task for telling architectures apart: digits on photos (MNIST-M style), with more variation.
 
-Each image is one of scikit-learn's 1797 real 8x8 digit scans, scaled (45-80% of the image side), rotated
-(+-25 degrees) and placed at a random position, then blended onto a random crop of one of the photos that ship
-inside scikit-image (16 images: astronaut, cat, coffee, rocket, Hubble deep field, IHC stain, colour wheel,
-camera, coins, moon, brick, grass, gravel, text, page, clock), with random flips and channel order. Two blends:
-MNIST-M's absolute difference ``|photo - digit|``, or the digit in a random colour alpha-composited over the
-photo (alpha 0.45-1). Gaussian noise (sigma 0-16 grey levels) on top.
+Each image is one of scikit-learn's 1797 real 8x8 digit scans, scaled (60-90% of the image side), rotated
+(+-15 degrees) and placed at a random position, then blended onto a random crop (up to twice the image side) of
+one of the 16 photos that ship inside scikit-image (astronaut, cat, coffee, rocket, Hubble deep field, IHC stain,
+colour wheel, camera, coins, moon, brick, grass, gravel, text, page, clock), with random flips and channel
+order. Two blends:
+MNIST-M's absolute difference ``|photo - digit|``, or the digit alpha-composited (alpha 0.6-1) in a colour
+drawn around the complement of the photo under it. Gaussian noise (sigma 0-10 grey levels) on top.
 
 Splits are by source scan (stratified per class, fixed seed), so no digit drawn by the same hand-scan appears in
 two splits: ``train/`` (70% of scans, ``train_renders`` renderings each), ``search/`` (15%, held out from
@@ -31,7 +32,7 @@ RENDER_SEED = 1
 FRACTIONS = {"train": 0.70, "search": 0.15, "val": 0.15}
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel",
           "camera", "coins", "moon", "brick", "grass", "gravel", "text", "page", "clock")  # fmt: skip
-VERSION = 1
+VERSION = 3  # 3: larger, less rotated, more opaque digits in a contrasting colour, smoother crops, less noise
 
 
 def _photos() -> list[np.ndarray]:
@@ -52,9 +53,9 @@ def render(
     from PIL import Image
 
     # the digit: scaled, rotated, placed
-    side = int(round(size * rng.uniform(0.45, 0.8)))
+    side = int(round(size * rng.uniform(0.6, 0.9)))
     glyph = Image.fromarray((digit * (255.0 / 16.0)).clip(0, 255).astype(np.uint8), mode="L")
-    glyph = glyph.resize((side, side), Image.BICUBIC).rotate(rng.uniform(-25, 25), Image.BILINEAR, expand=True)
+    glyph = glyph.resize((side, side), Image.BICUBIC).rotate(rng.uniform(-15, 15), Image.BILINEAR, expand=True)
     canvas = Image.new("L", (size, size))
     gw, gh = glyph.size
     x0 = int(rng.integers(min(0, size - gw), max(1, size - gw + 1)))
@@ -64,7 +65,7 @@ def render(
     # the background: a random crop of a random photo
     photo = photos[int(rng.integers(len(photos)))]
     h, w = photo.shape[:2]
-    crop = int(rng.integers(min(size, h, w) // 2, min(h, w) + 1))
+    crop = int(rng.integers(min(size, h, w) // 2, min(2 * size, h, w) + 1))
     top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
     bg = Image.fromarray(photo[top : top + crop, left : left + crop]).resize((size, size), Image.BILINEAR)
     bg = np.asarray(bg, dtype=np.float32)
@@ -76,10 +77,12 @@ def render(
     if rng.random() < 0.5:  # MNIST-M: absolute difference
         out = np.abs(bg - mask * 255.0)
     else:  # a coloured digit over the photo
-        colour = rng.uniform(0, 255, size=3).astype(np.float32)
-        alpha = mask * rng.uniform(0.45, 1.0)
+        # a colour away from the photo under the digit, so the digit stays visible (but varies)
+        under = (bg * mask).sum(axis=(0, 1)) / max(float(mask.sum()), 1.0)
+        colour = np.clip(255.0 - under + rng.normal(0, 40, size=3), 0, 255).astype(np.float32)
+        alpha = mask * rng.uniform(0.6, 1.0)
         out = bg * (1 - alpha) + colour * alpha
-    out = out + rng.normal(0, rng.uniform(0, 16), size=out.shape)
+    out = out + rng.normal(0, rng.uniform(0, 10), size=out.shape)
     return out.clip(0, 255).astype(np.uint8)
 
 

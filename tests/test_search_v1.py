@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from efficientformer.search.arch import build_from_arch
@@ -78,3 +79,39 @@ def test_metapath_supernet_trains_and_its_result_builds():
                   0.7 * synthetic_latency(net.argmax_path().spec()), TINY)  # fmt: skip
     model = build_from_arch(result.final.spec(), img_size=32, num_classes=4).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.slow
+def test_v1_command_writes_an_architecture_within_target(tmp_path):
+    import yaml
+    from test_search_e2e import _tiny_proxy
+
+    from efficientformer.cli import main
+    from efficientformer.search.arch import load_arch
+    from efficientformer.search.latency import v1_space_keys
+
+    data = tmp_path / "proxy"
+    _tiny_proxy(data, {"train": 24, "search": 6, "val": 6})
+    space = {"max_widths": [32, 48, 64, 128], "min_widths": [16, 16, 32, 64], "max_depths": [2, 2, 3, 3],
+             "max_vit": 2}  # fmt: skip
+    cfg = tmp_path / "v1.yaml"
+    cfg.write_text(yaml.safe_dump({"space": space, "train": {"tau_start": 3.0, "tau_end": 1.0}}))
+    csv = tmp_path / "lut.csv"
+    keys = v1_space_keys(V1Space.from_dict(space))
+    csv.write_text("# family: v1\nkey,ms\n" + "".join(f"{k},{_synthetic_entry(k)}\n" for k in keys))
+    start = V1Path([["mb4d"] * 2, ["mb4d"] * 2, ["mb4d"] * 3, ["mb4d", "mb3d", "mb3d"]], [32, 48, 64, 128])
+    target = 0.6 * synthetic_latency(start.spec())
+    out = tmp_path / "v1"
+    assert main(["search", "v1", "--lut", str(csv), "--config", str(cfg), "--data", str(data), "--steps", "2",
+                 "--batch-size", "8", "--target-latency", str(target), "--output", str(out)]) == 0  # fmt: skip
+    arch = load_arch(out / "arch.yaml")
+    assert arch["family"] == "v1" and arch["search"]["table_latency_ms"] <= target
+    model = build_from_arch(out / "arch.yaml", img_size=32, num_classes=4).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def _synthetic_entry(key: str) -> float:
+    kind, *parts = key.split("/")
+    p = {x[0]: int(x[1:]) for x in parts}
+    return {"mb4d": lambda: p["w"] ** 2 * 1e-3 / p["s"], "mb3d": lambda: p["w"] * 0.05,
+            "down": lambda: p["i"] * p["o"] * 1e-5}.get(kind, lambda: p.get("w", 0) * 1e-3)()  # fmt: skip

@@ -99,3 +99,20 @@ def test_several_actions_per_step_still_reach_the_target():
     assert result.final.latency_ms <= target and result.stopped == "target met"
     assert any(" + " in row["action"] for row in result.trajectory[1:])
     assert result.final.accuracy == 90.0  # the free reductions alone reach half the latency here
+
+
+def test_accuracy_gains_count_as_no_loss():
+    """A noisy held-out gain on a tiny action must not outrank a free action that saves much more."""
+
+    def noisy(spec: ModelSpec) -> float:  # lowering any ratio "gains" 0.5 points, everything else is free
+        fewer = sum(r < 4.0 for stage in spec.mlp_ratios for r in stage)
+        return 80.0 + 0.5 * fewer
+
+    search = GreedySearch(SPACE, noisy, latency)
+    result = search.run(SearchTargets(max_steps=1, latency_ms=0.0))
+    start = SPACE.largest()
+    mes = MESConfig()
+    best_gain = max(
+        mes(latency(s), search.params(s)) - mes(latency(start), search.params(start)) for _, s in actions(start, SPACE)
+    )
+    assert result.trajectory[1]["mes"] - result.trajectory[0]["mes"] == pytest.approx(best_gain)

@@ -243,8 +243,10 @@ class GreedySearch:
                 cand = self.point(spec)
                 gain = cand.mes - current.mes
                 loss = current.accuracy - cand.accuracy
-                # the paper's criterion: accuracy lost per MES gained; an action that gains no MES comes last
-                ratio = loss / gain if gain > 0 else math.inf
+                # the paper's criterion: accuracy lost per MES gained; an action that gains no MES comes last.
+                # Ours: an accuracy *gain* counts as no loss (held-out scores carry noise, and a negative loss
+                # divided by a tiny MES gain would rank noise first); ties go to the larger MES gain.
+                ratio = max(loss, 0.0) / gain if gain > 0 else math.inf
                 ranked.append((ratio, -gain, name, act, cand))
             ranked.sort(key=lambda r: r[:3])
             ratio, _, name, act, best = ranked[0]

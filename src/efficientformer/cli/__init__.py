@@ -13,13 +13,13 @@ import os
 import sys
 import traceback
 
-from . import dense, deploy, inference, train, zoo
+from . import dense, deploy, inference, search, train, zoo
 from .errors import UserError
 
 TRACEBACK_ENV = "EFFICIENTFORMER_TRACEBACK"
 
 #: Modules that add sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = (zoo, train, inference, deploy, dense)
+COMMAND_MODULES = (zoo, train, inference, deploy, dense, search)
 
 
 def build_parser() -> argparse.ArgumentParser:

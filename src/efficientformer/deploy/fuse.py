@@ -86,7 +86,7 @@ class DeployedEfficientFormer(nn.Module):
                     down = DeployDualDownsample(widths[i - 1], widths[i], grids[2])
                 blocks = []
                 for j in range(depths[i]):
-                    is_attn = i >= 2 and j >= depths[i] - spec.num_vit
+                    is_attn = spec.has_attention(i, j)
                     attn = GridAttention(widths[i], grids[3], stride=2 if i == 2 else 1) if is_attn else None
                     blocks.append(DeployBlockV2(widths[i], int(widths[i] * spec.mlp_ratios[i][j]), attn))
                 stages.append(DeployStageV2(down, blocks))

@@ -21,6 +21,15 @@ class ModelSpec:
     num_vit: int  # V1: Meta3D blocks at the end of stage 4; V2: attention blocks at the end of stages 3 and 4
     drop_path_rate: float = 0.0
     mlp_ratios: tuple[tuple[float, ...], ...] = field(default=())  # V2: per-block expansion ratios
+    # V2: per-block attention flags for all four stages (searched models); empty means the published rule,
+    # the last ``num_vit`` blocks of stages 3 and 4.
+    attention: tuple[tuple[bool, ...], ...] = field(default=())
+
+    def has_attention(self, stage: int, block: int) -> bool:
+        """Whether block ``block`` of stage ``stage`` (both 0-based) carries an attention mixer (V2)."""
+        if self.attention:
+            return bool(self.attention[stage][block])
+        return stage >= 2 and block >= self.depths[stage] - self.num_vit
 
 
 class EfficientFormerBase(nn.Module):

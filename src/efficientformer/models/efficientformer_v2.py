@@ -216,7 +216,7 @@ class EfficientFormerV2(EfficientFormerBase):
                 downsample = DualDownsample(widths[i - 1], widths[i], grids[2])
             blocks = []
             for j in range(spec.depths[i]):
-                global_block = i >= 2 and j >= spec.depths[i] - spec.num_vit
+                global_block = spec.has_attention(i, j)
                 attn = Attention2d(widths[i], grids[i], stride=2 if i == 2 else 1) if global_block else None
                 blocks.append(Block(widths[i], spec.mlp_ratios[i][j], attn, dpr[i][j]))
             stages.append(Stage(downsample, blocks))

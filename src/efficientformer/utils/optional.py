@@ -14,6 +14,7 @@ EXTRAS = {
     "executorch": "executorch",
     "submitit": "slurm",
     "pycocotools": "dense",
+    "skimage": "search",
 }
 
 

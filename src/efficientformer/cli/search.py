@@ -1,0 +1,412 @@
+"""``efficientformer search ...``: latency tables, supernet training, the V2 greedy search and V1 slimming."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..data.proxy import prepare_proxy
+from ..models.efficientformer_v2 import V2_VARIANTS
+from ..models.registry import VARIANTS, resolve_name
+from ..search.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
+from ..search.greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, write_trajectory
+from ..search.latency import LatencyTable, build_table, import_table
+from ..search.lut_check import check_table, write_report
+from ..search.params import count_params
+from ..search.space import V2Space
+from ..search.supernet import V2Supernet
+from ..search.train import SubnetEvaluator, load_split, train_supernet_minimal
+from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet_minimal
+from ..search.v1space import V1_PUBLISHED, V1Space
+from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from .errors import UserError
+
+PROXY_SIZE = 64
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="latency-driven architecture search (latency tables, supernet, V2 greedy search, V1 slimming)",
+        description="Latency-driven architecture search for your own hardware; see docs/search.md.",
+    )
+    sub = p.add_subparsers(dest="search_command", metavar="STEP")
+
+    lut = sub.add_parser("lut", help="measure a latency lookup table (resumable)")
+    lut.add_argument("--family", choices=("v1", "v2"), default="v2")
+    lut.add_argument("--runtime", choices=("torch", "deploy", "onnxruntime"), default="deploy")
+    lut.add_argument("--threads", type=int, default=1)
+    lut.add_argument("--img-size", type=int, default=224)
+    lut.add_argument("--batch", type=int, default=1)
+    lut.add_argument("--num-classes", type=int, default=1000)
+    lut.add_argument("--warmup", type=int, default=5)
+    lut.add_argument("--runs", type=int, default=25)
+    lut.add_argument("--statistic", choices=("median", "min"), default="median",
+                     help="what an entry holds (min suits a shared, busy machine; both are stored)")  # fmt: skip
+    lut.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                     help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)")  # fmt: skip
+    lut.add_argument("--space", default=None, help="YAML with a 'space:' mapping (default: the built-in space)")
+    lut.add_argument("--output", required=True, help="table JSON; an existing one with the same settings resumes")
+    lut.set_defaults(func=run_lut)
+
+    imp = sub.add_parser("lut-import", help="convert a table measured elsewhere (CSV key,ms) to the JSON format")
+    imp.add_argument("--csv", required=True)
+    imp.add_argument("--family", choices=("v1", "v2"), default=None)
+    imp.add_argument("--img-size", type=int, default=None)
+    imp.add_argument("--runtime", default=None, help="name of the runtime it was measured on, e.g. coreml")
+    imp.add_argument("--output", required=True)
+    imp.set_defaults(func=run_lut_import)
+
+    chk = sub.add_parser("lut-check", help="table sum vs end-to-end latency: MAPE, Kendall's tau, plot")
+    chk.add_argument("--lut", required=True)
+    chk.add_argument("--random", type=int, default=20, help="random subnets besides the published models")
+    chk.add_argument("--seed", type=int, default=0)
+    chk.add_argument("--warmup", type=int, default=5)
+    chk.add_argument("--runs", type=int, default=20)
+    chk.add_argument("--output-dir", required=True)
+    chk.add_argument("--update-lut", action="store_true", help="store the fitted scale/offset in the table")
+    chk.set_defaults(func=run_lut_check)
+
+    sn = sub.add_parser("supernet", help="train a V2 supernet with the sandwich rule (TEMPORARY minimal loop)")
+    sn.add_argument("--config", default="configs/search/v2_proxy.yaml", help="YAML with 'space:' (and 'mes:')")
+    sn.add_argument("--data", default="proxy", help="'proxy' (bundled) or a folder with train/ (and search/)")
+    sn.add_argument("--img-size", type=int, default=32)
+    sn.add_argument("--steps", type=int, default=600)
+    sn.add_argument("--batch-size", type=int, default=64)
+    sn.add_argument("--lr", type=float, default=2e-3)
+    sn.add_argument("--num-random", type=int, default=2)
+    sn.add_argument("--threads", type=int, default=1)
+    sn.add_argument("--seed", type=int, default=0)
+    sn.add_argument("--output", required=True, help="run folder; writes supernet.pth and log.jsonl")
+    sn.set_defaults(func=run_supernet)
+
+    rs = sub.add_parser("run", help="V2 greedy fine-grained joint search (MES) on a trained supernet")
+    rs.add_argument("--supernet", required=True, help="supernet.pth written by `search supernet`")
+    rs.add_argument("--lut", required=True, help="V2 latency table (JSON from `search lut`, or an imported CSV)")
+    rs.add_argument("--config", default=None, help="YAML with 'mes:' constants (default: the recalled paper's)")
+    rs.add_argument("--data", default="proxy")
+    rs.add_argument("--target-latency", type=float, default=None, help="stop at this table latency (ms)")
+    rs.add_argument("--target-like", default=None, help="stop at the table latency of a published model")
+    rs.add_argument("--target-params", type=float, default=None, help="stop at this many parameters (millions)")
+    rs.add_argument("--target-mes", type=float, default=None)
+    rs.add_argument("--actions-per-step", type=int, default=1, help="1 = the paper; >1 takes k actions a step")
+    rs.add_argument("--calib-images", type=int, default=256, help="training images for BN recalibration")
+    rs.add_argument("--eval-images", type=int, default=None, help="limit the held-out images scored")
+    rs.add_argument("--v1-lut", default=None, help="a V1 table, to mark L1/L3/L7 on the plot")
+    rs.add_argument("--threads", type=int, default=1)
+    rs.add_argument("--output", required=True, help="folder: arch.yaml, trajectory.jsonl/.png, summary.json")
+    rs.set_defaults(func=run_search)
+
+    v1 = sub.add_parser("v1", help="V1 MetaPath supernet (Gumbel-softmax) and latency-driven slimming")
+    v1.add_argument("--lut", required=True, help="V1 latency table")
+    v1.add_argument("--config", default="configs/search/v1_proxy.yaml")
+    v1.add_argument("--data", default="proxy")
+    v1.add_argument("--img-size", type=int, default=32)
+    v1.add_argument("--steps", type=int, default=300)
+    v1.add_argument("--batch-size", type=int, default=64)
+    v1.add_argument("--target-latency", type=float, default=None)
+    v1.add_argument("--target-like", default=None, help="stop at the table latency of a published V1 model")
+    v1.add_argument("--threads", type=int, default=1)
+    v1.add_argument("--seed", type=int, default=0)
+    v1.add_argument("--output", required=True)
+    v1.set_defaults(func=run_v1)
+
+    show = sub.add_parser("show", help="parameters and table latency of an architecture file or a model name")
+    show.add_argument("arch", help="architecture file (.yaml/.json) or a published model name")
+    show.add_argument("--lut", default=None)
+    show.add_argument("--img-size", type=int, default=224)
+    show.set_defaults(func=run_show)
+    p.set_defaults(func=lambda args: _help(p))
+
+
+def _help(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
+
+
+def _config(path: str | None) -> dict:
+    if not path:
+        return {}
+    f = Path(path)
+    if not f.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    data = yaml.safe_load(f.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping (space:, mes:, ...)")
+    return data
+
+
+def _data_root(data: str) -> Path:
+    if data == "proxy":
+        return prepare_proxy(size=PROXY_SIZE)
+    root = Path(data).expanduser()
+    if not (root / "train").is_dir():
+        raise FileNotFoundError(f"{root} has no train/ folder (expected train/<class>/... and search/ or val/)")
+    return root
+
+
+def _held_out(root: Path) -> Path:
+    for split in ("search", "val"):
+        if (root / split).is_dir():
+            if split == "val":
+                print(f"note: {root} has no search/ split; scoring subnets on val/ (keep val/ for final results)")
+            return root / split
+    raise FileNotFoundError(f"{root} has neither search/ nor val/ to score subnets on")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_lut(args: argparse.Namespace) -> int:
+
+    cfg = _config(args.space)
+    space_cfg = cfg.get("space", cfg) if cfg else None
+    if args.family == "v2":
+        space = V2Space.from_dict(space_cfg) if space_cfg else V2Space()
+    else:
+        space = V1Space.from_dict(space_cfg) if space_cfg else V1Space()
+    start = time.time()
+    table = build_table(
+        args.output, args.family, args.runtime, threads=args.threads, img_size=args.img_size, batch=args.batch,
+        num_classes=args.num_classes, warmup=args.warmup, runs=args.runs, space=space, statistic=args.statistic,
+        clock=args.clock,
+    )  # fmt: skip
+    m = table.meta["machine"]
+    print(
+        f"{args.output}: {len(table.entries)} entries ({'complete' if table.meta['complete'] else 'INCOMPLETE'}) "
+        f"in {time.time() - start:.0f} s; {m['cpu_model']} [{' '.join(m['isa'])}], {args.threads} thread(s), "
+        f"{args.runtime}, load {m['loadavg']} -> {m.get('loadavg_end')}"
+    )
+    return 0
+
+
+def run_lut_import(args: argparse.Namespace) -> int:
+
+    table = import_table(args.csv, family=args.family, img_size=args.img_size, runtime=args.runtime)
+    table.save(args.output)
+    print(f"{args.output}: {len(table.entries)} entries ({table.family}, {table.meta['runtime']})")
+    return 0
+
+
+def run_lut_check(args: argparse.Namespace) -> int:
+
+    table = LatencyTable.load(args.lut)
+    result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
+    paths = write_report(result, args.output_dir)
+    s = result["summary"]
+    for r in result["rows"]:
+        print(
+            f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  fitted {r['fitted_ms']:8.2f}  measured {r['measured_ms']:8.2f}"
+        )
+    print(
+        f"{s['networks']} networks ({s['published']} published): MAPE raw {s['mape_raw_percent']:.1f}%, fitted "
+        f"{s['mape_fitted_percent']:.1f}% (leave-one-out {s['mape_fitted_loo_percent']:.1f}%), Kendall tau "
+        f"{s['kendall_tau']:.3f}; fit: {s['calibration']['scale']:.3f} * sum + {s['calibration']['offset_ms']:.2f} "
+        f"ms; load {s['loadavg_start']} -> {s['loadavg_end']}"
+    )
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.update_lut:
+        if Path(args.lut).suffix.lower() == ".csv":
+            raise UserError("--update-lut needs a JSON table; convert the CSV with `search lut-import` first")
+        table.meta["calibration"] = {**s["calibration"], "from": str(paths["json"])}
+        table.save(args.lut)
+        print(f"stored the calibration in {args.lut}")
+    return 0
+
+
+def run_supernet(args: argparse.Namespace) -> int:
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = _config(args.config)
+    space = V2Space.from_dict(cfg.get("space", {}))
+    root = _data_root(args.data)
+    images, labels = load_split(root / "train", args.img_size)
+    num_classes = int(labels.max()) + 1
+    net = V2Supernet(space, num_classes=num_classes, img_size=args.img_size)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+    with log_path.open("w") as log:
+
+        def write(row: dict) -> None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+        train_supernet_minimal(
+            net, images, labels, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            num_random=args.num_random, seed=args.seed, log=write,
+        )  # fmt: skip
+    save_supernet(net, out / "supernet.pth", data=str(root))
+    print(f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)")
+    return 0
+
+
+def save_supernet(net, path: Path, data: str = "") -> Path:
+    return atomic_torch_save(
+        {
+            "format": "efficientformer-v2-supernet",
+            "space": net.space.to_dict(),
+            "img_size": list(net.img_size),
+            "num_classes": net.num_classes,
+            "data": data,
+            "state_dict": net.state_dict(),
+        },
+        path,
+    )
+
+
+def load_supernet(path: str | Path):
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"supernet checkpoint not found: {path}; train one with `efficientformer search supernet`"
+        )
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientformer-v2-supernet":
+        raise UserError(f"{path} is not a supernet checkpoint written by `efficientformer search supernet`")
+    net = V2Supernet(
+        V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"], img_size=tuple(ckpt["img_size"])
+    )
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()
+
+
+def _target_latency(args: argparse.Namespace, table) -> float | None:
+    if args.target_latency is not None:
+        return args.target_latency
+    if args.target_like:
+        if is_arch_path(args.target_like):
+            spec = arch_to_spec(load_arch(args.target_like))
+        else:
+            spec = VARIANTS[resolve_name(args.target_like)[0]]
+        return table.predict(spec)
+    return None
+
+
+def run_search(args: argparse.Namespace) -> int:
+
+    torch.set_num_threads(args.threads)
+    net = load_supernet(args.supernet)
+    table = LatencyTable.load(args.lut)
+    if table.family != "v2":
+        raise UserError(f"{args.lut} is a {table.family} table; the V2 search needs a v2 table")
+    cfg = _config(args.config)
+    mes = MESConfig(**cfg["mes"]) if "mes" in cfg else MESConfig()
+    targets = SearchTargets(
+        latency_ms=_target_latency(args, table),
+        params=int(args.target_params * 1e6) if args.target_params else None,
+        mes=args.target_mes,
+    )
+    if not targets.any():
+        raise UserError("give a target: --target-latency MS, --target-like MODEL, --target-params M or --target-mes")
+    root = _data_root(args.data)
+    img = net.img_size[0]
+    eval_x, eval_y = load_split(_held_out(root), img, limit=args.eval_images)
+    calib_x, _ = load_split(root / "train", img, limit=args.calib_images)
+    evaluator = SubnetEvaluator(net, eval_x, eval_y, calib_x)
+    img_lut = int(table.meta.get("img_size", 224))
+
+    def params(spec) -> int:  # the deployment model: the table's resolution, 1000 classes, distillation head
+        return count_params(spec, img_lut)
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def log(row: dict) -> None:
+        print(
+            f"step {row['step']:3d} {row['action'][:60]:60s} acc {row['accuracy']:6.2f}  lat {row['latency_ms']:7.2f}"
+            f" ms  params {row['params'] / 1e6:6.2f}M  MES {row['mes']:8.3f}  ({time.time() - started:.0f} s)"
+        )
+
+    search = GreedySearch(net.space, evaluator, table.predict, params=params, mes=mes, log=log)
+    result = search.run(targets, actions_per_step=args.actions_per_step)
+    final = result.final
+    extra = {"search": {"accuracy_heldout": final.accuracy, "table_latency_ms": final.latency_ms,
+                        "params": final.params, "mes": final.mes, "lut": str(args.lut), "supernet": str(args.supernet),
+                        "stopped": result.stopped, "evaluations": result.evaluations}}  # fmt: skip
+
+    arch_path = save_arch({**spec_to_arch(final.spec), **extra}, out / "arch.yaml")
+    write_trajectory(result, out / "trajectory.jsonl", mes)
+    published = {n: search.point(s) for n, s in V2_VARIANTS.items() if net.space.contains(s) and not table.missing(s)}
+    v1_ms = None
+    if args.v1_lut:
+        v1_table = LatencyTable.load(args.v1_lut)
+        v1_ms = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
+    title = f"greedy MES search on {table.meta.get('runtime')} table ({Path(args.lut).name})"
+    plot = plot_trajectory(result, out / "trajectory.png", published, v1_ms, title=title)
+    summary = {
+        "final": final.to_dict(),
+        "stopped": result.stopped,
+        "evaluations": result.evaluations,
+        "seconds": round(time.time() - started, 1),
+        "published": {n: p.to_dict() for n, p in published.items()},
+        "targets": targets.__dict__,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    # weights inherited from the supernet, as a starting point for training (load with --checkpoint / finetune)
+    atomic_torch_save({"model": net.extract(final.spec).state_dict()}, out / "supernet_weights.pth")
+    print(f"{result.stopped} after {len(result.trajectory) - 1} steps, {result.evaluations} evaluations: "
+          f"acc {final.accuracy:.2f}%, {final.latency_ms:.2f} ms, {final.params / 1e6:.2f}M params")  # fmt: skip
+    print(
+        f"wrote {arch_path}, {out / 'trajectory.jsonl'}, {plot}, {out / 'summary.json'}, {out / 'supernet_weights.pth'}"
+    )
+    return 0
+
+
+def run_v1(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    table = LatencyTable.load(args.lut)
+    if table.family != "v1":
+        raise UserError(f"{args.lut} is a {table.family} table; V1 slimming needs a v1 table (search lut --family v1)")
+    target = _target_latency(args, table)
+    if target is None:
+        raise UserError("give a target: --target-latency MS or --target-like efficientformer_l1")
+    cfg = _config(args.config)
+    space = V1Space.from_dict(cfg.get("space", {}))
+    train_cfg = cfg.get("train", {})
+    root = _data_root(args.data)
+    images, labels = load_split(root / "train", args.img_size)
+    eval_x, eval_y = load_split(_held_out(root), args.img_size)
+    net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=args.img_size)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def show(row: dict) -> None:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    train_v1_supernet_minimal(net, images, labels, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              log=show, **train_cfg)  # fmt: skip
+    evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
+    result = slim(net.argmax_path(), net.importance, evaluator, table.predict, target, space, log=show)
+    spec = result.final.spec()
+    seconds = round(time.time() - started, 1)
+    extra = {"search": {"accuracy_heldout": result.accuracy, "table_latency_ms": result.latency_ms,
+                        "target_ms": target, "lut": str(args.lut), "seconds": seconds}}  # fmt: skip
+    arch_path = save_arch({**spec_to_arch(spec), **extra}, out / "arch.yaml")
+    with (out / "trajectory.jsonl").open("w") as f:
+        for row in result.trajectory:
+            f.write(json.dumps(row) + "\n")
+    print(f"{arch_path}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
+          f"{result.latency_ms:.2f} ms (target {target:.2f}), held-out acc {result.accuracy:.2f}%")  # fmt: skip
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+
+    spec = arch_to_spec(load_arch(args.arch)) if is_arch_path(args.arch) else VARIANTS[resolve_name(args.arch)[0]]
+    info = {"name": spec.name, "family": spec.family, "widths": list(spec.widths), "depths": list(spec.depths),
+            "params": count_params(spec, args.img_size)}  # fmt: skip
+    if args.lut:
+        table = LatencyTable.load(args.lut)
+        info["table_latency_ms"] = round(table.predict(spec), 3)
+        info["table_sum_ms"] = round(table.block_sum(spec), 3)
+    print(json.dumps(info, indent=2))
+    return 0

@@ -1,0 +1,121 @@
+"""Latency tables: sanity of measured entries, resuming an interrupted build, CSV import, lut-check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from efficientformer.cli import main
+from efficientformer.models.efficientformer_v2 import V2_VARIANTS
+from efficientformer.search.latency import LatencyTable, LatencyTableError, build_table, import_table, network_keys
+from efficientformer.search.lut_check import candidate_specs, fit_affine, kendall_tau, mape
+from efficientformer.search.space import V2Space
+
+QUIET = {"progress": False, "log": lambda *_: None}
+
+
+def test_latency_grows_with_width_and_expansion(tmp_path):
+    # stage 1 at 128 px is a 32x32 map; 9x and 4x the work must show whatever the machine's load
+    keys = ["ffn/s1/w16/h32", "ffn/s1/w48/h192", "ffn/s1/w32/h64", "ffn/s1/w32/h256"]
+    table = build_table(tmp_path / "t.json", "v2", "torch", img_size=128, warmup=3, runs=15, keys=keys,
+                        statistic="min", clock="cpu", **QUIET)  # fmt: skip
+    ms = {k: table.ms(k) for k in keys}
+    assert ms["ffn/s1/w48/h192"] > ms["ffn/s1/w16/h32"]  # wider (and so wider hidden)
+    assert ms["ffn/s1/w32/h256"] > ms["ffn/s1/w32/h64"]  # same width, larger expansion
+    m = table.meta["machine"]
+    assert m["cpu_model"] and m["threads"] == 1 and m["runtime"] == "torch" and "torch" in m["versions"]
+    assert table.meta["complete"] and table.meta["statistic"] == "min"
+
+
+def test_interrupted_table_resumes_where_it_stopped(tmp_path):
+    keys = ["stem/w16", "stem/w24", "head/w128", "down/s2/i16/o32", "ffn/s2/w32/h64"]
+    out = tmp_path / "lut.json"
+    first = build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, stop_after=2,
+                        save_every_s=0.0, **QUIET)  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert len(saved["entries"]) == 2 and saved["complete"] is False
+    messages: list[str] = []
+    second = build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, progress=False,
+                         log=messages.append)  # fmt: skip
+    assert "2 of 5 entries present, measuring 3" in messages[0]
+    assert set(second.entries) == set(keys) and second.meta["complete"]
+    for k in first.entries:  # entries measured before the interruption are kept, not re-measured
+        assert second.entries[k] == first.entries[k]
+    with pytest.raises(ValueError, match="other settings"):
+        build_table(out, "v2", "torch", img_size=96, keys=keys, **QUIET)
+    with pytest.raises(ValueError, match="other settings"):  # the clock is part of the settings
+        build_table(out, "v2", "torch", img_size=64, keys=keys, clock="cpu", **QUIET)
+    with pytest.raises(ValueError, match="with --threads 1"):
+        build_table(tmp_path / "x.json", "v2", "torch", threads=2, clock="cpu", keys=keys, **QUIET)
+
+
+def test_imported_csv_predicts_the_sum(tmp_path):
+    spec = V2_VARIANTS["efficientformerv2_s0"]
+    keys = sorted(set(network_keys(spec)))
+    csv = tmp_path / "phone.csv"
+    csv.write_text("# family: v2\n# device: iPhone 12\n# runtime: coreml\nkey,ms\n"
+                   + "".join(f"{k},{0.01 * (i + 1)}\n" for i, k in enumerate(keys)))  # fmt: skip
+    table = import_table(csv)
+    assert table.family == "v2" and table.meta["runtime"] == "coreml"
+    expected = sum(0.01 * (keys.index(k) + 1) for k in network_keys(spec))
+    assert table.predict(spec) == pytest.approx(expected)
+    table.save(tmp_path / "phone.json")
+    assert LatencyTable.load(tmp_path / "phone.json").predict(spec) == pytest.approx(expected)
+    with pytest.raises(LatencyTableError, match="no entry"):
+        table.predict(V2_VARIANTS["efficientformerv2_l"])
+    csv.write_text("key,ms\nffn/s9/w1,1\n")
+    with pytest.raises(LatencyTableError, match="not an entry key"):
+        import_table(csv)
+
+
+def test_error_measures():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [40, 30, 20, 10]) == -1.0
+    assert mape([110, 90], [100, 100]) == pytest.approx(10.0)
+    scale, offset = fit_affine([1, 2, 3], [3, 5, 7])
+    assert scale == pytest.approx(2.0) and offset == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_lut_and_lut_check_commands(tmp_path, capsys):
+    space = {"widths": [[16, 24], [32, 48], [64, 96], [128, 176]], "max_depths": [2, 2, 3, 2],
+             "min_depths": [1, 1, 1, 1], "ratios": [3, 4]}  # fmt: skip
+    specs = candidate_specs("v2", space, 3, 0)[:1] + candidate_specs("v2", space, 3, 0)[4:]  # S0 + 3 random
+    keys = sorted({k for s in specs for k in network_keys(s)})
+    out = tmp_path / "lut.json"
+    build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, space=V2Space.from_dict(space),
+                **QUIET)  # fmt: skip
+    rc = main(["search", "lut-check", "--lut", str(out), "--random", "3", "--runs", "3", "--warmup", "1",
+               "--output-dir", str(tmp_path / "check"), "--update-lut"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "MAPE raw" in text and "Kendall tau" in text
+    result = json.loads((tmp_path / "check" / "lut_check.json").read_text())
+    assert result["summary"]["networks"] == 4 and result["summary"]["published"] == 1
+    assert (tmp_path / "check" / "lut_check.png").is_file()
+    cal = LatencyTable.load(out).meta["calibration"]
+    assert LatencyTable.load(out).predict(specs[0]) == pytest.approx(
+        cal["scale"] * LatencyTable.load(out).block_sum(specs[0]) + cal["offset_ms"]
+    )
+    # bad input is one line on stderr, exit status 2
+    assert main(["search", "lut", "--family", "v2", "--runtime", "torch", "--img-size", "64", "--output",
+                 str(tmp_path / "bad.json"), "--threads", "0"]) == 2  # fmt: skip
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["deploy", "onnxruntime"])
+@pytest.mark.parametrize("family", ["v2", "v1"])
+def test_every_runtime_times_every_block_kind(runtime, family, tmp_path):
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    keys = {
+        "v2": ["stem/w16", "ffn/s3/w64/h128", "attn/s3/w64", "attn/s4/w128", "down/s2/i16/o32", "dual/i64/o128",
+               "head/w128"],
+        "v1": ["stem/w16", "mb4d/s2/w32", "mb3d/w128", "down/s4/i64/o128", "head/w128"],
+    }[family]  # fmt: skip
+    if runtime == "onnxruntime":
+        keys = keys[1:3]  # each entry is an export: keep it short
+    table = build_table(tmp_path / "t.json", family, runtime, img_size=64, warmup=1, runs=2, keys=keys, **QUIET)
+    assert set(table.entries) == set(keys) and all(e["ms"] > 0 for e in table.entries.values())

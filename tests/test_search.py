@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from efficientformer.models import create_model
+from efficientformer.models.arch import ArchError, arch_to_spec, build_from_arch, load_arch, save_arch, spec_to_arch
 from efficientformer.models.efficientformer import V1_VARIANTS
 from efficientformer.models.efficientformer_v2 import V2_VARIANTS
-from efficientformer.search.arch import ArchError, arch_to_spec, build_from_arch, load_arch, save_arch, spec_to_arch
 from efficientformer.search.params import count_params
 from efficientformer.search.space import V2Space, arch_key
 from efficientformer.search.supernet import V2Supernet, recalibrate_bn
@@ -173,22 +175,50 @@ TINY = V2Space(widths=((16, 24), (32,), (48, 64), (64, 96)), max_depths=(1, 1, 2
                ratios=(2.0, 4.0))  # fmt: skip
 
 
-def test_sandwich_step_trains_every_subnet_with_inplace_distillation():
-    from efficientformer.search.train import SandwichStep
+def test_sandwich_model_trains_every_subnet_with_inplace_distillation():
+    from efficientformer.search.train import SandwichModel
 
     torch.manual_seed(0)
     net = V2Supernet(TINY, num_classes=5, img_size=32)
     teacher = build_from_arch(TINY.smallest(), num_classes=5, img_size=32, distillation=False)
-    step = SandwichStep(net, num_random=2, teacher=teacher, clip_grad=1.0)
+    model = SandwichModel(net, num_random=2, teacher=teacher).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    losses = step(torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)), opt)
-    assert set(losses) == {"largest", "smallest", "random0", "random1", "loss"}
-    assert all(v > 0 for v in losses.values())
-    assert net.active is None  # the step leaves the full network active
+    drawn = [model.subnets(0), model.subnets(0), model.subnets(1)]
+    assert drawn[0] == drawn[1] and drawn[0] != drawn[2]  # subnets are a function of (seed, step): same on every rank
+    loss = model(torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)))
+    loss.backward()
+    opt.step()
+    assert set(model.last_losses) == {"largest", "smallest", "random0", "random1"}
+    assert all(v > 0 for v in model.last_losses.values())
+    assert loss.item() == pytest.approx(sum(v.item() for v in model.last_losses.values()), rel=1e-6)
+    assert net.active is None and int(model.steps) == 1  # the full network is active again; the step counted
     changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("stages.3.blocks.1.attn") for k in changed)  # the largest subnet trained
     assert not teacher.training
+
+
+def test_supernet_trains_on_the_runtime_and_resumes_exactly(tmp_path):
+    """``search supernet`` is a plan for the training runtime: checkpoints, and 2 steps + resume to 4 equal 4
+    straight steps bit for bit (the random subnets are drawn from (seed, step))."""
+    from efficientformer.search.train import SupernetConfig, train_supernet
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    common = dict(data=str(root), img_size=32, batch_size=8, threads=1, progress=False, eval_images=8)
+    straight, _ = train_supernet(SupernetConfig(output=str(tmp_path / "a"), steps=4, **common), TINY, root)
+    train_supernet(SupernetConfig(output=str(tmp_path / "b"), steps=2, **common), TINY, root)
+    resumed, metrics = train_supernet(SupernetConfig(output=str(tmp_path / "b"), steps=4, **common), TINY, root)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert {"val_top1", "val_top1_smallest"} <= set(metrics)
+    ckpt = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
+    assert ckpt["task"] == "search-supernet" and int(ckpt["model"]["steps"]) == 4
 
 
 def test_subnet_evaluator_equals_extract_then_recalibrate(supernet):

@@ -1,8 +1,7 @@
 """End to end on a tiny proxy folder: latency table -> supernet -> greedy search -> architecture file -> training.
 
-``efficientformer train`` reaches models through ``efficientformer.models.create_model``; until the factory reads
-architecture files itself (the hook documented in docs/search.md), this test routes ``*.yaml`` names to
-``build_from_arch`` exactly as that hook will.
+``efficientformer train --model arch.yaml`` builds the searched network through ``create_model``, which reads
+architecture files.
 """
 
 from __future__ import annotations
@@ -11,13 +10,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 import efficientformer.models as models_pkg
 from efficientformer.cli import main
 from efficientformer.data.proxy import _photos, render
-from efficientformer.search.arch import build_from_arch, is_arch_path, load_arch
+from efficientformer.models.arch import build_from_arch, load_arch
 from efficientformer.search.latency import LatencyTable
 from efficientformer.search.space import V2Space
 
@@ -64,22 +64,19 @@ def test_search_produces_an_architecture_that_trains(tmp_path, monkeypatch, caps
     rows = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()]
     assert rows[1]["action"] == "start" and rows[-1]["latency_ms"] <= target
 
-    real_create = models_pkg.create_model
-
-    def create_model(name, **kwargs):  # the factory hook the lead adds (see docs/search.md)
-        if is_arch_path(name):
-            kwargs.pop("pretrained", None)
-            kwargs.pop("checkpoint", None)
-            return build_from_arch(name, **kwargs)
-        return real_create(name, **kwargs)
-
-    monkeypatch.setattr(models_pkg, "create_model", create_model)
     run = tmp_path / "train"
     rc = main(["train", "--model", str(out / "arch.yaml"), "--data", str(data), "--img-size", "32", "--epochs", "1",
                "--batch-size", "16", "--workers", "0", "--threads", "1", "--warmup-epochs", "0", "--mixup", "0",
-               "--cutmix", "0", "--randaugment", "none", "--reprob", "0", "--no-repeated-aug", "--output",
+               "--cutmix", "0", "--auto-augment", "none", "--reprob", "0", "--no-repeated-aug", "--output",
                str(run), "--distillation", "none"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((run / "summary.json").read_text())
-    assert summary  # a finished run writes its summary
-    assert (run / "last.pth").is_file()
+    assert summary["epochs"] == 1 and (run / "last.pth").is_file()  # create_model read the architecture file
+    model = models_pkg.create_model(str(out / "arch.yaml"), num_classes=summary_classes(run), img_size=32,
+                                    checkpoint=str(run / "last.pth"))  # fmt: skip
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in build_from_arch(
+        out / "arch.yaml", num_classes=summary_classes(run), img_size=32).parameters())  # fmt: skip
+
+
+def summary_classes(run) -> int:
+    return len(torch.load(run / "last.pth", weights_only=True)["class_names"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -11,16 +12,17 @@ import torch
 import yaml
 
 from ..data.proxy import prepare_proxy
+from ..models.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..models.registry import VARIANTS, resolve_name
-from ..search.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
+from ..runtime.config import load_config
 from ..search.greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, write_trajectory
 from ..search.latency import LatencyTable, build_table, import_table
 from ..search.lut_check import check_table, write_report
 from ..search.params import count_params
 from ..search.space import V2Space
 from ..search.supernet import V2Supernet
-from ..search.train import SubnetEvaluator, load_split, train_supernet_minimal
+from ..search.train import SubnetEvaluator, SupernetConfig, load_split, train_supernet
 from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet_minimal
 from ..search.v1space import V1_PUBLISHED, V1Space
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
@@ -72,7 +74,8 @@ def register(subparsers) -> None:
     chk.add_argument("--update-lut", action="store_true", help="store the fitted scale/offset in the table")
     chk.set_defaults(func=run_lut_check)
 
-    sn = sub.add_parser("supernet", help="train a V2 supernet with the sandwich rule (TEMPORARY minimal loop)")
+    sn = sub.add_parser("supernet", help="train a V2 supernet with the sandwich rule (the training runtime: "
+                        "checkpoints, exact resume, torchrun DDP)")  # fmt: skip
     sn.add_argument("--config", default="configs/search/v2_proxy.yaml", help="YAML with 'space:' (and 'mes:')")
     sn.add_argument("--data", default="proxy", help="'proxy' (bundled) or a folder with train/ (and search/)")
     sn.add_argument("--img-size", type=int, default=32)
@@ -82,7 +85,8 @@ def register(subparsers) -> None:
     sn.add_argument("--num-random", type=int, default=2)
     sn.add_argument("--threads", type=int, default=1)
     sn.add_argument("--seed", type=int, default=0)
-    sn.add_argument("--output", required=True, help="run folder; writes supernet.pth and log.jsonl")
+    sn.add_argument("--output", required=True, help="run folder; writes supernet.pth, last.pth and log.jsonl")
+    sn.add_argument("overrides", nargs="*", metavar="key=value", help="more SupernetConfig keys (e.g. eval_every=1)")
     sn.set_defaults(func=run_supernet)
 
     rs = sub.add_parser("run", help="V2 greedy fine-grained joint search (MES) on a trained supernet")
@@ -218,31 +222,19 @@ def run_lut_check(args: argparse.Namespace) -> int:
 
 
 def run_supernet(args: argparse.Namespace) -> int:
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     cfg = _config(args.config)
     space = V2Space.from_dict(cfg.get("space", {}))
     root = _data_root(args.data)
-    images, labels = load_split(root / "train", args.img_size)
-    num_classes = int(labels.max()) + 1
-    net = V2Supernet(space, num_classes=num_classes, img_size=args.img_size)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "log.jsonl"
-    with log_path.open("w") as log:
-
-        def write(row: dict) -> None:
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-
-        train_supernet_minimal(
-            net, images, labels, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            num_random=args.num_random, seed=args.seed, log=write,
-        )  # fmt: skip
-    save_supernet(net, out / "supernet.pth", data=str(root))
-    print(f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)")
+    scfg = load_config(SupernetConfig, None, list(args.overrides or []), data=str(root), output=str(out),
+                       img_size=args.img_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       num_random=args.num_random, threads=args.threads, seed=args.seed)  # fmt: skip
+    net, metrics = train_supernet(scfg, space, root)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_supernet(net, out / "supernet.pth", data=str(root))
+        held_out = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if isinstance(v, float))
+        print(f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)"
+              + (f"; held-out {held_out}" if held_out else ""))  # fmt: skip
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from .arch import build_from_arch, is_arch_path
 from .base import EfficientFormerBase
 from .checkpoint import load_checkpoint
 from .efficientformer import EfficientFormer
@@ -77,6 +78,7 @@ def check_model_args(
 def create_model(
     name: str,
     *,
+    arch: dict | str | Path | None = None,
     num_classes: int = 1000,
     img_size: int | tuple[int, int] = 224,
     distillation: bool = True,
@@ -97,16 +99,25 @@ def create_model(
     ``checkpoint`` (a path or a state dict in any supported layout) or ``pretrained=True`` loads weights through
     :func:`efficientformer.load_checkpoint`; with another class count the heads are dropped, with another
     resolution the bias tables are resampled.
+
+    A searched architecture builds the same way: ``name`` may be an architecture file (``.yaml``/``.yml``/
+    ``.json``, as ``efficientformer search`` writes), or ``arch=`` may hold the file or its mapping (``name`` is
+    then free text, e.g. ``"efficientformerv2_custom"``); such models have no published weights.
     """
-    model_name, tag = resolve_name(name)
     args = check_model_args(num_classes, img_size, distillation, drop_path_rate, features_only, out_indices)
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
-    spec = VARIANTS[model_name]
-    cls: type[EfficientFormerBase] = EfficientFormer if spec.family == "v1" else EfficientFormerV2
-    model = cls(spec, **args, **kwargs)
+    if arch is not None or is_arch_path(name):
+        if pretrained:
+            raise ValueError("a searched architecture has no published weights; pass checkpoint=... instead")
+        model: EfficientFormerBase = build_from_arch(arch if arch is not None else name, **args, **kwargs)
+    else:
+        model_name, tag = resolve_name(name)
+        spec = VARIANTS[model_name]
+        cls: type[EfficientFormerBase] = EfficientFormer if spec.family == "v1" else EfficientFormerV2
+        model = cls(spec, **args, **kwargs)
     if pretrained:
         checkpoint = pretrained_path(model_name, tag)
     if checkpoint is not None:

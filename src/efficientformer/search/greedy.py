@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.arch import spec_to_arch
 from ..models.base import ModelSpec
-from .arch import spec_to_arch
 from .params import count_params
 from .space import ATTENTION_STAGES, V2Space, arch_key, normalise
 

@@ -47,12 +47,12 @@ from torch import nn
 
 from ..deploy.export import write_onnx
 from ..deploy.fuse import deploy
+from ..models.arch import build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..models.layers import ceil_div, to_grid
 from ..utils.io import atomic_write_json
 from ..utils.timing import ort_session, p90, time_callable
-from .arch import build_from_arch
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
 

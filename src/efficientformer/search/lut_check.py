@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from ..deploy.fuse import deploy
+from ..models.arch import build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..utils.io import atomic_write_json
 from ..utils.timing import time_callable
-from .arch import build_from_arch
 from .latency import CLOCKS, LatencyTable, machine_stamp, runtime_callable, summarise
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space

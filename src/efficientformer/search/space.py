@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
+from ..models.arch import ArchError
 from ..models.base import ModelSpec
-from .arch import ArchError
 
 ATTENTION_STAGES = (2, 3)
 

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..models.arch import ArchError, build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import EfficientFormerV2
-from .arch import ArchError, build_from_arch
 from .space import V2Space, arch_key, normalise
 
 SKELETON_CACHE = 64

@@ -1,32 +1,39 @@
-"""Supernet training (the sandwich rule) and subnet scoring for the search.
+"""Supernet training (the sandwich rule) on the project's training runtime, and subnet scoring for the search.
 
-:class:`SandwichStep` is the unit the project's training runtime plugs into its loop: given the supernet, a batch
-and the optimizer it runs the largest, the smallest and ``num_random`` random subnets on the batch, accumulates
-their gradients and steps once. The largest subnet learns from the labels (and, optionally, from an external
-teacher); the others learn from the largest subnet's predictions of the same batch (in-place distillation), as
-in slimmable networks / BigNAS.
-
-:func:`train_supernet_minimal` is a TEMPORARY stand-in loop (in-memory data, AdamW, cosine schedule, no
-checkpoints, resume or DDP) for the tests and the end-to-end demo until the runtime layer drives
-:class:`SandwichStep`; it is not the project's training loop.
+:class:`SandwichModel` puts one step of the sandwich rule into one ``forward``: the largest, the smallest and
+``num_random`` random subnets run on the batch and their losses are summed; the largest learns from the labels
+(and, optionally, an external teacher), the others from the largest's predictions of the same batch (in-place
+distillation, as in slimmable networks / BigNAS). One forward and one backward per step is what DDP expects, so
+:func:`train_supernet` hands it to :func:`efficientformer.runtime.loop.fit` like any other task: the same
+optimiser factory, clipping, checkpoints, exact resume and DDP. The random subnets are drawn from a seed of
+``(seed, step)`` with the step counter kept as a buffer, so every rank draws the same subnets and a resumed run
+draws the ones a straight run would.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import random
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.func import functional_call
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import read_rgb
+from ..data.samplers import TrainSampler
 from ..models.base import ModelSpec
+from ..runtime.config import param
+from ..runtime.distributed import DistInfo, process_group
+from ..runtime.loop import Plan, Step, fit
+from ..runtime.optim import build_optimizer
+from ..runtime.schedule import epoch_scheduler
+from .space import V2Space
 from .supernet import V2Supernet
 
 
@@ -44,52 +51,39 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-class SandwichStep:
-    """One optimisation step of the sandwich rule with in-place distillation.
+class SandwichModel(nn.Module):
+    """The sandwich rule as one module: ``forward(images, targets)`` returns the summed loss of the largest, the
+    smallest and ``num_random`` random subnets (see the module docstring). ``teacher``: an external model whose
+    soft predictions (temperature ``tau``) are mixed into the largest subnet's loss with weight ``teacher_weight``.
+    After each forward, ``last_losses`` holds the detached loss of every subnet."""
 
-    ``teacher``: an external model whose soft predictions (temperature ``tau``) are mixed into the largest
-    subnet's loss with weight ``teacher_weight``. Returns the losses of the step (floats).
-    """
-
-    def __init__(
-        self,
-        supernet: V2Supernet,
-        *,
-        num_random: int = 2,
-        inplace_distillation: bool = True,
-        teacher: nn.Module | None = None,
-        teacher_weight: float = 0.5,
-        tau: float = 1.0,
-        clip_grad: float | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, supernet: V2Supernet, *, num_random: int = 2, inplace_distillation: bool = True,
+                 teacher: nn.Module | None = None, teacher_weight: float = 0.5, tau: float = 1.0,
+                 seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
         if num_random < 0:
             raise ValueError(f"num_random must be >= 0, got {num_random}")
-        self.supernet = supernet
-        self.num_random = num_random
-        self.inplace_distillation = inplace_distillation
-        self.teacher = teacher.eval() if teacher is not None else None
-        self.teacher_weight, self.tau, self.clip_grad = teacher_weight, tau, clip_grad
-        self.rng = random.Random(seed)
+        self.supernet, self.num_random, self.inplace_distillation = supernet, num_random, inplace_distillation
+        # Held outside the module tree: never trained, switched to train mode, checkpointed or wrapped by DDP.
+        self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
+        self.teacher_weight, self.tau, self.seed = teacher_weight, tau, seed
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self.last_losses: dict[str, torch.Tensor] = {}
 
-    def subnets(self) -> list[tuple[str, ModelSpec]]:
-        space = self.supernet.space
+    def subnets(self, step: int) -> list[tuple[str, ModelSpec]]:
+        space, rng = self.supernet.space, random.Random(self.seed * 1_000_003 + step)
         out = [("largest", space.largest()), ("smallest", space.smallest())]
-        out += [(f"random{k}", space.sample(self.rng)) for k in range(self.num_random)]
-        return out
+        return out + [(f"random{k}", space.sample(rng)) for k in range(self.num_random)]
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict:
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         net = self.supernet
-        net.train()
-        optimizer.zero_grad(set_to_none=True)
         teacher_probs = None
-        if self.teacher is not None:
+        if self._teacher:
             with torch.no_grad():
-                teacher_probs = F.softmax(_logits(self.teacher(images)).float() / self.tau, dim=-1)
-        losses: dict[str, float] = {}
-        soft = None
+                teacher_probs = F.softmax(_logits(self._teacher[0](images)).float() / self.tau, dim=-1)
+        total, soft, self.last_losses = images.new_zeros((), dtype=torch.float32), None, {}
         try:
-            for name, spec in self.subnets():
+            for name, spec in self.subnets(int(self.steps)):
                 net.set_subnet(spec)
                 logits = _logits(net(images)).float()
                 if soft is None:  # the largest subnet: labels (+ teacher)
@@ -98,30 +92,110 @@ class SandwichStep:
                         kd = soft_cross_entropy(logits / self.tau, teacher_probs) * self.tau**2
                         loss = (1 - self.teacher_weight) * loss + self.teacher_weight * kd
                     soft = F.softmax(logits.detach(), dim=-1)
-                elif self.inplace_distillation:
-                    loss = soft_cross_entropy(logits, soft)
                 else:
-                    loss = soft_cross_entropy(logits, targets)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} on the {name} subnet; lower the lr")
-                loss.backward()
-                losses[name] = float(loss.item())
+                    loss = soft_cross_entropy(logits, soft if self.inplace_distillation else targets)
+                self.last_losses[name] = loss.detach()
+                total = total + loss
         finally:
             net.set_subnet(None)
-        if self.clip_grad:
-            nn.utils.clip_grad_norm_(net.parameters(), self.clip_grad)
-        optimizer.step()
-        losses["loss"] = sum(losses.values())
-        return losses
+        if self.training:
+            self.steps += 1
+        return total
+
+
+@dataclasses.dataclass
+class SupernetConfig:
+    """Supernet training on an ImageNet-style folder held in memory (the proxy task: ``data="proxy"``)."""
+
+    data: str = param("proxy", help="'proxy' (bundled) or a folder with train/ (and val/)")
+    output: str = param("runs/search/supernet")
+    img_size: int = param(32, ge=32)
+    steps: int = param(600, ge=1, help="optimisation steps in all")
+    batch_size: int = param(64, ge=1, help="per process")
+    lr: float = param(2e-3, gt=0.0)
+    min_lr: float = param(1e-5, ge=0.0)
+    weight_decay: float = param(0.05, ge=0.0)
+    warmup_epochs: int = param(0, ge=0)
+    num_random: int = param(2, ge=0)
+    inplace_distillation: bool = param(True)
+    clip_grad: float | None = param(5.0, gt=0.0, help="max gradient norm; None: no clipping")
+    eval_images: int = param(512, ge=0, help="held-out images scored at every evaluation (0: none)")
+    eval_every: int = param(0, ge=0, help="epochs between evaluations (0: only at the end)")
+    seed: int = param(0, ge=0)
+    threads: int | None = param(None, ge=1)
+    device: str = param("auto")
+    resume: bool = param(True)
+    progress: bool = param(True)
+
+
+def train_supernet(cfg: SupernetConfig, space: V2Space, root: Path) -> tuple[V2Supernet, dict[str, Any]]:
+    """Train a V2 supernet of ``space`` on ``root/train`` with the sandwich rule on the runtime's loop (resumes
+    from ``<output>/last.pth``); returns the supernet and the final metrics (largest/smallest held-out top-1)."""
+    with process_group(cfg.device) as info:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        images, labels = load_split(root / "train", cfg.img_size)
+        val = root / "val"
+        held_out = load_split(val, cfg.img_size, limit=cfg.eval_images) if cfg.eval_images and val.is_dir() else None
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        net = V2Supernet(space, num_classes=int(labels.max()) + 1, img_size=cfg.img_size).to(info.device)
+        model = SandwichModel(net, num_random=cfg.num_random, inplace_distillation=cfg.inplace_distillation,
+                              seed=cfg.seed)  # fmt: skip
+        plan = _plan(cfg, info, model, images, labels, held_out)
+        torch.manual_seed(cfg.seed + info.rank)
+        state = fit(plan)
+    return net, state.metrics
+
+
+def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: torch.Tensor, labels: torch.Tensor,
+          held_out: tuple[torch.Tensor, torch.Tensor] | None) -> Plan:  # fmt: skip
+    sampler = TrainSampler(len(labels), info.rank, info.world, seed=cfg.seed)
+    per_epoch = len(sampler) // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(labels)} training images over {info.world} process(es) is fewer than one batch of "
+                         f"{cfg.batch_size}; lower batch_size")  # fmt: skip
+    epochs = -(-cfg.steps // per_epoch)
+    optimizer = build_optimizer(model.supernet, "adamw", cfg.lr, cfg.weight_decay)
+    scheduler = epoch_scheduler(optimizer, "cosine", epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.min_lr,
+                                min_lr=cfg.min_lr)  # fmt: skip
+
+    def batches(epoch: int, start: int):
+        sampler.set_epoch(epoch, start * cfg.batch_size)
+        order = torch.tensor(sampler.indices()[start * cfg.batch_size :], dtype=torch.long)
+        for b in range(len(order) // cfg.batch_size):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 10_007 + start + b)
+            yield normalise(augment(images[idx], gen)), labels[idx]
+
+    def step(train_model: nn.Module, batch) -> Step:
+        x, y = batch[0].to(info.device), batch[1].to(info.device)
+        return Step(train_model(x, y), x.shape[0])
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        if held_out is None:
+            return {}
+        scorer = SubnetEvaluator(m.supernet, held_out[0], held_out[1], images[: min(len(images), 256)])
+        space = m.supernet.space
+        return {"val_top1": scorer(space.largest()), "val_top1_smallest": scorer(space.smallest())}
+
+    return Plan(
+        task="search-supernet", model=model, optimizer=optimizer, step=step, batches=batches,
+        steps_per_epoch=per_epoch, total_steps=cfg.steps, evaluate=evaluate, config=cfg, output=Path(cfg.output),
+        info=info, seed=cfg.seed, epoch_scheduler=scheduler, clip_grad=cfg.clip_grad, clip_mode="norm",
+        eval_every=cfg.eval_every, eval_unit="epoch", log_every=20, best_metric=None,
+        metric_names=("val_top1", "val_top1_smallest"), meta={"space": model.supernet.space.to_dict()},
+        describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f}" + (
+            f" | largest {r['val_top1']:.2f}% smallest {r['val_top1_smallest']:.2f}%" if "val_top1" in r else ""),
+        resume=cfg.resume, progress=cfg.progress,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# In-memory data for the search (and the temporary loop)
+# In-memory data for the search
 # ---------------------------------------------------------------------------------------------------------------
 def load_split(folder: str | Path, size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of an ImageNet-style split folder as a uint8 (N, 3, size, size) tensor, and the labels."""
-    from PIL import Image
-
+    """Every image of an ImageNet-style split folder as a uint8 (N, 3, size, size) tensor, and the labels (read
+    through the one image reader; unreadable files are refused by name)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"split folder not found: {folder}")
@@ -131,8 +205,7 @@ def load_split(folder: str | Path, size: int, limit: int | None = None) -> tuple
     images, labels = [], []
     for c, name in enumerate(classes):
         for f in sorted((folder / name).iterdir()):
-            with Image.open(f) as img:
-                arr = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC))
+            arr = np.asarray(read_rgb(f).resize((size, size), Image.Resampling.BICUBIC))
             images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
             labels.append(c)
     x, y = torch.stack(images), torch.tensor(labels)
@@ -157,50 +230,6 @@ def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.T
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-
-
-def train_supernet_minimal(
-    supernet: V2Supernet,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    weight_decay: float = 0.05,
-    warmup_steps: int = 0,
-    num_random: int = 2,
-    clip_grad: float | None = 5.0,
-    seed: int = 0,
-    log: Callable[[dict], None] | None = None,
-    log_every: int = 20,
-) -> list[dict]:
-    """TEMPORARY minimal loop (see the module docstring): AdamW + warm-up + cosine over ``steps`` sandwich steps
-    on an in-memory uint8 dataset. Returns the logged rows."""
-    gen = torch.Generator().manual_seed(seed)
-    decay, no_decay = [], []
-    for name, p in supernet.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith("table") else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
-                            "weight_decay": 0.0}], lr=lr)  # fmt: skip
-    step_fn = SandwichStep(supernet, num_random=num_random, clip_grad=clip_grad, seed=seed)
-    rows, n, start = [], len(labels), time.time()
-    perm, pos = torch.randperm(n, generator=gen), 0
-    for step in range(steps):
-        if pos + batch_size > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + batch_size]
-        pos += batch_size
-        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr * scale
-        batch = normalise(augment(images[idx], gen))
-        losses = step_fn(batch, labels[idx], opt)
-        if log is not None and (step % log_every == 0 or step == steps - 1):
-            row = {"step": step, "lr": lr * scale, "seconds": round(time.time() - start, 1), **losses}
-            rows.append(row)
-            log(row)
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -208,8 +208,8 @@ def train_v1_supernet_minimal(
     log: Callable[[dict], None] | None = None,
     log_every: int = 20,
 ) -> list[dict]:
-    """TEMPORARY minimal loop (like ``train.train_supernet_minimal``): weights (AdamW) and alphas (Adam) trained
-    jointly on the same batches, tau annealed exponentially from ``tau_start`` to ``tau_end``."""
+    """A short stand-alone loop (not yet on the training runtime, unlike the V2 supernet): weights (AdamW) and
+    alphas (Adam) trained jointly on the same batches, tau annealed exponentially from ``tau_start`` to ``tau_end``."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt_w = torch.optim.AdamW(net.weight_parameters(), lr=lr, weight_decay=0.05)

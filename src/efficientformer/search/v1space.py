@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..models.arch import ArchError
 from ..models.base import ModelSpec
 from ..models.efficientformer import V1_VARIANTS
-from .arch import ArchError
 
 V1_PUBLISHED = dict(V1_VARIANTS)
 

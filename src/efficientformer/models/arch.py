@@ -35,10 +35,10 @@ from typing import Any
 import yaml
 from torch import nn
 
-from ..models.base import EfficientFormerBase, ModelSpec
-from ..models.efficientformer import EfficientFormer
-from ..models.efficientformer_v2 import EfficientFormerV2
 from ..utils.io import atomic_write_text
+from .base import EfficientFormerBase, ModelSpec
+from .efficientformer import EfficientFormer
+from .efficientformer_v2 import EfficientFormerV2
 
 FORMAT_NAME = "efficientformer-arch"
 FORMAT_VERSION = 1

@@ -23,7 +23,7 @@ from ..search.params import count_params
 from ..search.space import V2Space
 from ..search.supernet import V2Supernet
 from ..search.train import SubnetEvaluator, SupernetConfig, load_split, train_supernet
-from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet_minimal
+from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
 from ..search.v1space import V1_PUBLISHED, V1Space
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from .errors import UserError
@@ -374,8 +374,8 @@ def run_v1(args: argparse.Namespace) -> int:
     def show(row: dict) -> None:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
-    train_v1_supernet_minimal(net, images, labels, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                              log=show, **train_cfg)  # fmt: skip
+    train_v1_supernet(net, images, labels, output=out / "supernet", steps=args.steps, batch_size=args.batch_size,
+                      seed=args.seed, **train_cfg)  # fmt: skip
     evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
     result = slim(net.argmax_path(), net.importance, evaluator, table.predict, target, space, log=show)
     spec = result.final.spec()

@@ -159,14 +159,6 @@ def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: tor
     scheduler = epoch_scheduler(optimizer, "cosine", epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.min_lr,
                                 min_lr=cfg.min_lr)  # fmt: skip
 
-    def batches(epoch: int, start: int):
-        sampler.set_epoch(epoch, start * cfg.batch_size)
-        order = torch.tensor(sampler.indices()[start * cfg.batch_size :], dtype=torch.long)
-        for b in range(len(order) // cfg.batch_size):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 10_007 + start + b)
-            yield normalise(augment(images[idx], gen)), labels[idx]
-
     def step(train_model: nn.Module, batch) -> Step:
         x, y = batch[0].to(info.device), batch[1].to(info.device)
         return Step(train_model(x, y), x.shape[0])
@@ -179,7 +171,8 @@ def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: tor
         return {"val_top1": scorer(space.largest()), "val_top1_smallest": scorer(space.smallest())}
 
     return Plan(
-        task="search-supernet", model=model, optimizer=optimizer, step=step, batches=batches,
+        task="search-supernet", model=model, optimizer=optimizer, step=step,
+        batches=memory_batches(images, labels, sampler, cfg.batch_size, cfg.seed),
         steps_per_epoch=per_epoch, total_steps=cfg.steps, evaluate=evaluate, config=cfg, output=Path(cfg.output),
         info=info, seed=cfg.seed, epoch_scheduler=scheduler, clip_grad=cfg.clip_grad, clip_mode="norm",
         eval_every=cfg.eval_every, eval_unit="epoch", log_every=20, best_metric=None,
@@ -193,6 +186,21 @@ def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: tor
 # ---------------------------------------------------------------------------------------------------------------
 # In-memory data for the search
 # ---------------------------------------------------------------------------------------------------------------
+def memory_batches(images: torch.Tensor, labels: torch.Tensor, sampler: TrainSampler, batch_size: int, seed: int):
+    """``(epoch, first batch) -> batches`` of a split held in memory: this rank's share of the seeded permutation,
+    normalised, randomly translated with a generator seeded by ``(seed, epoch, batch)`` (so resumable exactly)."""
+
+    def batches(epoch: int, start: int):
+        sampler.set_epoch(epoch, start * batch_size)
+        order = torch.tensor(sampler.indices()[start * batch_size :], dtype=torch.long)
+        for b in range(len(order) // batch_size):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_007 + start + b)
+            yield normalise(augment(images[idx], gen)), labels[idx]
+
+    return batches
+
+
 def load_split(folder: str | Path, size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of an ImageNet-style split folder as a uint8 (N, 3, size, size) tensor, and the labels (read
     through the one image reader; unreadable files are refused by name)."""

@@ -25,6 +25,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,11 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..data.samplers import TrainSampler
 from ..models.base import ModelSpec
 from ..models.efficientformer import Meta3D, Meta4D
 from ..models.layers import ConvNorm, Stem, to_grid
+from ..runtime.distributed import process_group
+from ..runtime.loop import Plan, Step, fit
+from ..runtime.schedule import epoch_scheduler
 from .supernet import prefix, recalibrate_bn
-from .train import augment, normalise
+from .train import memory_batches, normalise
 from .v1space import V1Space
 
 MB4D, MB3D, IDENTITY = "mb4d", "mb3d", "id"
@@ -193,46 +198,71 @@ class V1MetaSupernet(nn.Module):
         return canonical(V1Path(choices, list(self.space.max_widths)))
 
 
-def train_v1_supernet_minimal(
-    net: V1MetaSupernet,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    arch_lr: float = 3e-3,
-    tau_start: float = 5.0,
-    tau_end: float = 0.5,
-    seed: int = 0,
-    log: Callable[[dict], None] | None = None,
-    log_every: int = 20,
-) -> list[dict]:
-    """A short stand-alone loop (not yet on the training runtime, unlike the V2 supernet): weights (AdamW) and
-    alphas (Adam) trained jointly on the same batches, tau annealed exponentially from ``tau_start`` to ``tau_end``."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    opt_w = torch.optim.AdamW(net.weight_parameters(), lr=lr, weight_decay=0.05)
-    opt_a = torch.optim.Adam(net.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999))
-    rows, n = [], len(labels)
-    net.train()
-    for step in range(steps):
-        net.tau = tau_start * (tau_end / tau_start) ** (step / max(1, steps - 1))
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        for g in opt_w.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = F.cross_entropy(net(normalise(augment(images[idx], gen))), labels[idx])
-        opt_w.zero_grad(set_to_none=True)
-        opt_a.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.weight_parameters(), 5.0)
-        opt_w.step()
-        opt_a.step()
-        if log is not None and (step % log_every == 0 or step == steps - 1):
-            row = {"step": step, "tau": net.tau, "loss": loss.item()}
-            rows.append(row)
-            log(row)
-    return rows
+class GumbelTraining(nn.Module):
+    """One training step of the MetaPath supernet in one ``forward(images, targets)``: the Gumbel temperature
+    follows the step counter (a buffer, so a resumed run continues the annealing exactly), from ``tau_start`` to
+    ``tau_end`` exponentially over ``steps``; returns the cross-entropy."""
+
+    def __init__(self, net: V1MetaSupernet, steps: int, tau_start: float = 5.0, tau_end: float = 0.5) -> None:
+        super().__init__()
+        self.net, self.total, self.tau_start, self.tau_end = net, steps, tau_start, tau_end
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        progress = int(self.steps) / max(1, self.total - 1)
+        self.net.tau = self.tau_start * (self.tau_end / self.tau_start) ** min(progress, 1.0)
+        if self.training:
+            self.steps += 1
+        return F.cross_entropy(self.net(images), targets)
+
+
+def train_v1_supernet(net: V1MetaSupernet, images: torch.Tensor, labels: torch.Tensor, *, output: str | Path,
+                      steps: int, batch_size: int = 64, lr: float = 2e-3, arch_lr: float = 3e-3,
+                      tau_start: float = 5.0, tau_end: float = 0.5, seed: int = 0, device: str = "auto",
+                      progress: bool = True) -> dict:  # fmt: skip
+    """Train the weights and the architecture parameters jointly on the training runtime (one optimiser, two
+    groups: AdamW on the weights, Adam-like on the alphas with betas (0.5, 0.999) and no weight decay; the epoch
+    cosine applies to both); checkpoints and exact resume in ``output``. Returns the final state's summary."""
+    with process_group(device) as info:
+        model = GumbelTraining(net.to(info.device), steps, tau_start, tau_end)
+        optimizer = torch.optim.AdamW([
+            {"params": net.weight_parameters(), "lr": lr, "weight_decay": 0.05},
+            {"params": net.arch_parameters(), "lr": arch_lr, "weight_decay": 0.0, "betas": (0.5, 0.999)},
+        ])  # fmt: skip
+        sampler = TrainSampler(len(labels), info.rank, info.world, seed=seed)
+        per_epoch = len(sampler) // batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{len(labels)} training images is fewer than one batch of {batch_size}; lower it")
+        epochs = -(-steps // per_epoch)
+        scheduler = epoch_scheduler(optimizer, "cosine", epochs, warmup_epochs=0, warmup_lr=lr, min_lr=0.0)
+
+        def step(train_model: nn.Module, batch) -> Step:
+            x, y = batch[0].to(info.device), batch[1].to(info.device)
+            return Step(train_model(x, y), x.shape[0])
+
+        plan = Plan(
+            task="search-v1-supernet", model=model, optimizer=optimizer, step=step,
+            batches=memory_batches(images, labels, sampler, batch_size, seed), steps_per_epoch=per_epoch,
+            total_steps=steps, evaluate=lambda m: {}, config=_V1TrainConfig(steps, batch_size, lr, arch_lr,
+            tau_start, tau_end, seed), output=Path(output), info=info, seed=seed, epoch_scheduler=scheduler,
+            clip_grad=5.0, clip_mode="norm", eval_every=0, log_every=20, progress=progress,
+            describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f} tau {net.tau:.3f}",
+        )  # fmt: skip
+        state = fit(plan)
+    return {"steps": state.iteration, "tau": net.tau, "history": state.history}
+
+
+@dataclass
+class _V1TrainConfig:
+    """What a V1 supernet checkpoint records of its training settings."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    arch_lr: float
+    tau_start: float
+    tau_end: float
+    seed: int
 
 
 class V1PathEvaluator:

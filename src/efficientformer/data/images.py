@@ -30,13 +30,15 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+T = TypeVar("T")
 
 #: THE list of extensions picked up when a folder is scanned, for every data set and command (files named
 #: explicitly on the command line are tried whatever their extension).
@@ -65,6 +67,29 @@ class ImageLoadError(ValueError):
         self.source = source
         self.reason = reason
         super().__init__(f"{source}: {reason}")
+
+
+class SkipsUnreadable:
+    """For data sets that train on: an unreadable sample is skipped (named once in a :class:`SkippedImageWarning`,
+    counted in ``skipped``) and the next one is used; outside training the error propagates."""
+
+    train: bool = False
+    skipped: int = 0
+
+    def first_readable(self, load: Callable[[int], T], index: int, count: int) -> T:
+        warned: set[str] = self.__dict__.setdefault("_warned", set())
+        for attempt in range(count):
+            i = (index + attempt) % count
+            try:
+                return load(i)
+            except ImageLoadError as err:
+                if not self.train:
+                    raise
+                self.skipped += 1
+                if err.source not in warned:
+                    warned.add(err.source)
+                    warnings.warn(f"skipped {err} (the next image is used)", SkippedImageWarning, stacklevel=3)
+        raise ValueError(f"none of the {count} images of this data set can be read")
 
 
 def describe(obj: Any, index: int | None = None) -> str:

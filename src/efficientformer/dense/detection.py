@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data.images import ImageLoadError, SkippedImageWarning, probe_image, read_rgb
+from ..data.images import ImageLoadError, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
 from ..runtime.distributed import all_gather_objects, shard
 from .backbone import BackboneWithFPN
 from .config import DenseConfig
@@ -97,7 +97,7 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     )
 
 
-class CocoInstances(torch.utils.data.Dataset):
+class CocoInstances(SkipsUnreadable, torch.utils.data.Dataset):
     """COCO instances: an image folder plus an instances JSON with polygon or RLE masks.
 
     Returns ``(image, target)``: image float (3, H, W) in [0, 1]; target ``boxes`` (N, 4) xyxy, ``labels`` (N,)
@@ -152,7 +152,6 @@ class CocoInstances(torch.utils.data.Dataset):
         for ann in self.coco_json["annotations"]:
             self.anns[ann["image_id"]].append(ann)
         self.skipped = 0
-        self._warned: set[str] = set()
 
     @property
     def num_classes(self) -> int:
@@ -165,18 +164,7 @@ class CocoInstances(torch.utils.data.Dataset):
         return read_rgb(self.images_dir / self.images[index]["file_name"], max_pixels=self.max_pixels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
-            try:
-                return self._item(i)
-            except ImageLoadError as err:
-                if not self.train:
-                    raise
-                self.skipped += 1
-                if err.source not in self._warned:
-                    self._warned.add(err.source)
-                    warnings.warn(f"skipped {err} (the next image is used)", SkippedImageWarning, stacklevel=2)
-        raise ValueError(f"none of the {len(self)} images listed in {self.ann_file} can be read")
+        return self.first_readable(self._item, index, len(self))
 
     def _item(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask_utils, _, _ = _require_pycocotools()

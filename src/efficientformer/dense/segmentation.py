@@ -22,7 +22,7 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, SkippedImageWarning, probe_image, read_rgb
+from ..data.images import IMAGE_EXTENSIONS, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
 from ..runtime.distributed import all_reduce_sum, shard
 from .backbone import FPN
 from .config import DenseConfig
@@ -185,7 +185,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
-class ADESegmentation(torch.utils.data.Dataset):
+class ADESegmentation(SkipsUnreadable, torch.utils.data.Dataset):
     """ADE20K-format pairs. Training: random rescale, crop (with ``cat_max_ratio``), flip, photometric distortion,
     pad to the crop size with the ignore index. Evaluation: the whole image at its original size (the model pads
     and crops internally), label untouched apart from ``reduce_zero_label``."""
@@ -211,7 +211,6 @@ class ADESegmentation(torch.utils.data.Dataset):
             raise ValueError(f"no usable image/label pairs in {root} ({split}): {len(self.problems)} problems")
         self.cfg, self.train, self.max_pixels = cfg, train, max_pixels
         self.skipped = 0
-        self._warned: set[str] = set()
         names_file = Path(root) / "classes.json"
         self.class_names = json.loads(names_file.read_text()) if names_file.is_file() else None
 
@@ -228,23 +227,8 @@ class ADESegmentation(torch.utils.data.Dataset):
             label = reduce_zero(label)
         return img, label
 
-    def _load_or_next(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        """Training: an image that fails to decode is skipped (named once, counted) and the next one is used."""
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
-            try:
-                return self.load(i)
-            except ImageLoadError as err:
-                if not self.train:
-                    raise
-                self.skipped += 1
-                if err.source not in self._warned:
-                    self._warned.add(err.source)
-                    warnings.warn(f"skipped {err} (the next image is used)", SkippedImageWarning, stacklevel=2)
-        raise ValueError("none of the images of this data set can be read")
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, label = self._load_or_next(index)
+        img, label = self.first_readable(self.load, index, len(self))
         if self.train:
             img, label = self._augment(img, label, random.Random(torch.randint(0, 2**31, ()).item()))
         return to_tensor(img), torch.from_numpy(label.astype(np.int64))

@@ -6,7 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from ..bench.latency import BenchConfig, parse_list, resolve_models, run_benchmark, write_outputs
+from ..bench.latency import (
+    BACKENDS,
+    INTERLEAVE,
+    BenchConfig,
+    parse_list,
+    resolve_models,
+    run_benchmark,
+    write_outputs,
+)
+from ..bench.machine import OMP_POLICIES, apply_omp_wait_policy
 from ..bench.profile import PUBLISHED, format_profile, profile_model
 from ..deploy.export import export_model, export_onnx
 from ..deploy.fuse import deploy
@@ -97,6 +106,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    omp_line = apply_omp_wait_policy(args.omp_wait_policy)  # may re-run this command with the variable set
     cfg = BenchConfig(
         models=resolve_models(args.model),
         backends=parse_list(args.backend),
@@ -108,8 +118,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         timm_rows=not args.no_timm,
         baseline=not args.no_baseline,
         channels_last=args.channels_last,
+        interleave=args.interleave,
+        blocks=args.blocks,
+        ceiling=not args.no_ceiling,
+        pin_allocator=not args.no_pin_allocator,
     )
     result = run_benchmark(cfg)
+    result["environment"]["omp_wait_policy"] = omp_line
     paths = write_outputs(result, args.output_dir, args.name)
     print(open(paths["md"]).read())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -159,23 +174,57 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="also write the report as JSON here")
     p.set_defaults(func=cmd_quantize)
 
-    p = subparsers.add_parser("benchmark", help="latency/throughput vs timm and MobileNetV2; Markdown, JSON, PNG")
-    p.add_argument("--model", default="all")
+    p = subparsers.add_parser(
+        "benchmark",
+        help="latency/throughput vs timm and MobileNetV2; Markdown, JSON, PNG",
+        description="Times every (model, backend, batch) candidate in one run: interleaved rounds, groups per model "
+        "and runtime alternating in blocks, allocator pinned, a GEMM ceiling timed alongside; stamps the CPU, its "
+        "ISA extensions and the load average. See benchmarks/README.md.",
+    )
+    p.add_argument("--model", default="all", help="model name, comma-separated names, or 'all' (default)")
     p.add_argument(
         "--backend",
         default="eager,deploy,onnxruntime",
-        help="comma-separated: eager, deploy, compile, onnxruntime, onnxruntime-int8",
+        help="comma-separated backends (default eager,deploy,onnxruntime): "
+        + "; ".join(f"{name}: {what} [{prec}]" for name, (_, prec, what) in BACKENDS.items()),
     )
-    p.add_argument("--batch-size", default="1", help="comma-separated batch sizes, e.g. 1,32")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--batch-size", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime (default 2)")
+    p.add_argument("--img-size", type=int, default=224, help="input resolution, a multiple of 32 (default 224)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per candidate before timing (default 10)")
+    p.add_argument("--runs", type=int, default=50, help="timed rounds; each candidate runs once per round (default 50)")
     p.add_argument("--no-timm", action="store_true", help="skip timm's rows of the same models")
     p.add_argument("--no-baseline", action="store_true", help="skip the MobileNetV2 rows")
     p.add_argument("--channels-last", action="store_true", help="run the deploy form in channels_last")
-    p.add_argument("--output-dir", default="benchmarks/results")
-    p.add_argument("--name", default="benchmark", help="file stem of the outputs")
+    p.add_argument(
+        "--interleave",
+        default="model",
+        choices=INTERLEAVE,
+        help="'model' (default): one timing group per model and runtime; 'runtime': one group per runtime "
+        "(all models in one round, as before)",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=5,
+        help="the groups take turns in this many blocks of rounds, so every ratio sees the same drift (default 5)",
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="do not time the GEMM ceiling (no 'of ceiling' column)")
+    p.add_argument(
+        "--no-pin-allocator",
+        action="store_true",
+        help="leave glibc's dynamic mmap threshold alone (timings then depend on the models run before)",
+    )
+    p.add_argument(
+        "--omp-wait-policy",
+        default="passive",
+        choices=OMP_POLICIES,
+        help="OpenMP wait policy of torch's thread pool (default passive: idle workers sleep instead of spinning, "
+        "which keeps 2-thread torch timings sane when other processes share the cores; 'inherit' keeps the "
+        "environment's)",
+    )
+    p.add_argument("--output-dir", default="benchmarks/results", help="folder for the outputs")
+    p.add_argument("--name", default="benchmark", help="file stem of the outputs (.json, .md, .png)")
     p.set_defaults(func=cmd_benchmark)
 
 

@@ -1,0 +1,56 @@
+"""INT8 in PyTorch itself: PT2E static quantisation with the x86 Inductor quantizer, compiled with freezing.
+
+``torch.export`` captures the deploy form, torchao's ``X86InductorQuantizer`` inserts quantize/dequantize pairs
+(int8 per-channel weights, uint8 per-tensor activations), calibration sets the activation ranges, and Inductor
+with freezing lowers the pairs around each convolution to oneDNN int8 convolutions (VNNI / AMX-INT8 where the
+CPU has them). torchao is optional (``require``); it ships with the pinned environment.
+
+Linear layers stay float: with the pinned torch 2.14.1 and torchao 0.18.0, Inductor rejects the int8 linear
+prepack that torchao's lowering inserts (``onednn.qlinear_prepack is not an OpOverload``, measured). Only the
+classifier (V2) and the last stage's token mixers (V1) are linear layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..utils.optional import require
+from .inductor import FrozenInductorModel
+from .modules import set_cpu_kernels
+
+
+def quantize_pt2e_x86(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+) -> FrozenInductorModel:
+    """Static INT8 of an eval-mode model (best: the deploy form) for x86 CPUs; returns the compiled model
+    (float32 in, float32 out), already compiled for ``example``'s shape. ``calibration``: input batches whose
+    activation ranges set the quantisation scales (real images for accuracy; any inputs for a speed test)."""
+    require("torchao")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # also registers Inductor passes
+
+    if model.training:
+        raise ValueError("quantize_pt2e_x86 expects an eval-mode model (call model.eval() first)")
+    model = set_cpu_kernels(copy.deepcopy(model), False)  # the eager fast path's caches are of no use here
+    captured = torch.export.export(model, (example,)).module()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    quantizer.set_module_type_qconfig(nn.Linear, None)  # see the module docstring
+    prepared = prepare_pt2e(captured, quantizer)
+    seen = 0
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+            seen += 1
+    if not seen:
+        raise ValueError("quantize_pt2e_x86 needs at least one calibration batch")
+    converted = convert_pt2e(prepared)
+    options = {"freezing": True}
+    compiled = torch.compile(converted, options=options, fullgraph=True, dynamic=False)
+    frozen = FrozenInductorModel(compiled, "int8", options)
+    frozen(example)
+    return frozen

@@ -12,6 +12,14 @@ from efficientformer.deploy.inductor import compile_frozen
 pytestmark = pytest.mark.slow
 
 
+def ops_run(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
 @pytest.mark.parametrize("name", ["efficientformerv2_s0", "efficientformer_l1"])
 def test_inductor_frozen_fp32_equals_eval_model(name):
     model = randomise(create_model(name, img_size=64))
@@ -23,6 +31,9 @@ def test_inductor_frozen_fp32_equals_eval_model(name):
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert rel_diff(out, ref) < 1e-4
     assert float((out - ref).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))
+    # freezing really applied: prepacked oneDNN convolutions, no plain aten convolution left in the graph
+    ops = ops_run(lambda: fast(x))
+    assert "mkldnn::_convolution_pointwise" in ops and "aten::convolution" not in ops
 
 
 def test_inductor_bf16_close_to_fp32_and_float_out():
@@ -54,6 +65,8 @@ def test_pt2e_int8_close_to_fp32():
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert rel_diff(out, ref) < 0.25  # INT8 activations: coarse but the same function
     assert torch.corrcoef(torch.stack([out.flatten(), ref.flatten()]))[0, 1] > 0.95
+    ops = ops_run(lambda: q(x))  # the deploy form's convolutions (a Conv2d subclass) really run in int8
+    assert any(op.startswith("onednn::qconv") for op in ops), sorted(ops)
     with pytest.raises(ValueError, match="calibration"):
         quantize_pt2e_x86(deploy(model), x, [])
 

@@ -70,7 +70,19 @@ def compile_frozen(
     if DTYPES[dtype] is not torch.float32:
         inner = _CastIO(inner.to(DTYPES[dtype]), DTYPES[dtype])
     options = {"freezing": True, "cpp_wrapper": cpp_wrapper, "max_autotune": max_autotune}
-    compiled = torch.compile(inner, options=options, fullgraph=True, dynamic=False)
-    frozen = FrozenInductorModel(compiled, dtype, options)
-    frozen(example)
+    return compile_with_freezing(inner, example, dtype, options)
+
+
+def compile_with_freezing(model: nn.Module, example: torch.Tensor, label: str, options: dict) -> FrozenInductorModel:
+    """``torch.compile`` + one compiling call with Inductor's config patched by ``options`` (``freezing`` etc.).
+
+    The config is patched around the compiling call instead of passed as ``torch.compile(options=...)``: with
+    torch 2.14.1, ``options={"freezing": True}`` is silently ignored (the graph keeps plain ``aten.convolution``
+    calls, measured with torch.profiler), whereas the patched global config gives prepacked oneDNN kernels."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    frozen = FrozenInductorModel(compiled, label, options)
+    with inductor_config.patch(**options):
+        frozen(example)
     return frozen

@@ -88,7 +88,7 @@ class BenchConfig:
     baseline: bool = True
     channels_last: bool = False
     interleave: str = "model"
-    blocks: int = 5
+    blocks: int = 0  # 0: the groups alternate every round
     ceiling: bool = True
     pin_allocator: bool = True
 
@@ -110,6 +110,8 @@ class BenchRow:
     gflops: float | None = None  # achieved: 2 * MACs * batch / median
     ceiling_frac: float | None = None  # gflops / the GEMM ceiling of the row's precision (int8 rows: fp32's)
     faults_per_call: float | None = None  # minor page faults per call, after warm-up
+    min_ms: float | None = None
+    times_ms: list[float] = field(default_factory=list)  # every timed call, in order (for spread analyses)
 
 
 def parse_list(text: str, kind: type = str) -> list:
@@ -215,8 +217,8 @@ def _validate(cfg: BenchConfig) -> None:
         raise ValueError("--threads, --batch-size and --runs must be positive (and --warmup not negative)")
     if cfg.interleave not in INTERLEAVE:
         raise ValueError(f"--interleave must be one of {', '.join(INTERLEAVE)}, got {cfg.interleave!r}")
-    if cfg.blocks < 1:
-        raise ValueError(f"--blocks must be positive, got {cfg.blocks}")
+    if cfg.blocks < 0:
+        raise ValueError(f"--blocks must be 0 (alternate every round) or positive, got {cfg.blocks}")
 
 
 def _call(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], object]:
@@ -379,7 +381,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 groups[("torch", "ceiling")] = probes
             log(f"batch {batch}: timing {len(cands)} candidates in {len(groups)} groups, {cfg.warmup} warm-up + "
                 f"{cfg.runs} rounds in {cfg.blocks} alternating blocks")  # fmt: skip
-            times = time_blocks(groups, cfg.warmup, cfg.runs, min(cfg.blocks, cfg.runs), progress=True)
+            blocks = min(cfg.blocks, cfg.runs) if cfg.blocks else cfg.runs
+            times = time_blocks(groups, cfg.warmup, cfg.runs, blocks, progress=True)
             ceiling_gflops = {
                 prec: flops / statistics.median(times[key]) / 1e6 for prec, (key, flops) in ceilings.items()
             }
@@ -395,7 +398,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 row = BenchRow(
                     model_name, impl, backend, b, med, p90(times[key]), b * 1e3 / med, params / 1e6,
                     PUBLISHED_TOP1.get(model_name), cfg.runs, prec, macs / 1e9, gflops,
-                    gflops / ceiling if ceiling else None, faults_per_call(fn, 3),
+                    gflops / ceiling if ceiling else None, faults_per_call(fn, 3), min(times[key]),
+                    [round(t, 4) for t in times[key]],
                 )  # fmt: skip
                 rows.append(row)
                 log(f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}"
@@ -406,9 +410,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             p.unlink(missing_ok=True)
         tmp.rmdir()
     env["loadavg_end"] = os.getloadavg()
+    alternation = f"in {cfg.blocks} blocks" if cfg.blocks else "every round"
+    allocator = "pinned" if cfg.pin_allocator else "not pinned"
     env["method"] = (
-        f"groups by {cfg.interleave} and runtime, interleaved rounds (rotating order), groups alternating in "
-        f"{cfg.blocks} blocks; allocator {'pinned' if cfg.pin_allocator else 'not pinned'}"
+        f"groups by {cfg.interleave} and runtime, interleaved rounds (rotating order), groups alternating "
+        f"{alternation}; allocator {allocator}"
     )
     return {
         "config": asdict(cfg),

@@ -206,8 +206,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--blocks",
         type=int,
-        default=5,
-        help="the groups take turns in this many blocks of rounds, so every ratio sees the same drift (default 5)",
+        default=0,
+        help="the groups take turns in this many blocks of rounds, so every ratio sees the same drift "
+        "(default 0: they alternate every round)",
     )
     p.add_argument("--no-ceiling", action="store_true", help="do not time the GEMM ceiling (no 'of ceiling' column)")
     p.add_argument(

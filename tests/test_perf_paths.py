@@ -86,3 +86,29 @@ def test_benchmark_reports_ceiling_gflops_and_ratios():
     ratio = [c for c in result["comparisons"] if c["ratio"].startswith("pytorch / onnxruntime")]
     assert len(ratio) == 1 and ratio[0]["numerator"] in ("deploy", "inductor") and ratio[0]["value"] > 0
     assert "of ceiling" in to_markdown(result)
+
+
+def test_quantize_cli_pt2e_reports_agreement_and_speed(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from efficientformer.cli import main as run_cli
+
+    pytest.importorskip("torchao")
+    rng = np.random.default_rng(0)
+    for split in ("calib", "eval"):
+        (tmp_path / split).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
+    args = ["quantize", "--backend", "pt2e", "--model", "efficientformerv2_s0", "--img-size", "32",
+            "--calib-dir", str(tmp_path / "calib"), "--eval-dir", str(tmp_path / "eval"), "--runs", "2",
+            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    assert run_cli(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["calibration_images"] == 3 and report["eval_images"] == 3
+    assert 0.0 <= report["top1_agreement"] <= 1.0 and report["speedup_vs_inductor_fp32"] > 0
+    capsys.readouterr()
+    assert run_cli(["quantize", "--backend", "pt2e", "--onnx", "x.onnx", "--calib-dir", str(tmp_path / "calib")]) != 0
+    assert "--backend pt2e quantises a PyTorch model" in capsys.readouterr().err

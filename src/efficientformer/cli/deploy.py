@@ -19,6 +19,7 @@ from ..bench.machine import OMP_POLICIES, apply_omp_wait_policy
 from ..bench.profile import PUBLISHED, format_profile, profile_model
 from ..deploy.export import export_model, export_onnx
 from ..deploy.fuse import deploy
+from ..deploy.pt2e import pt2e_report
 from ..deploy.quantize import quantize_onnx
 from ..inference.api import checkpoint_num_classes
 from ..models.checkpoint import read_checkpoint
@@ -79,6 +80,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
+    if args.backend == "pt2e":
+        if not args.model or args.onnx:
+            raise ValueError("--backend pt2e quantises a PyTorch model: pass --model NAME, not --onnx")
+        model = _build(args.model, args.checkpoint, args.img_size)
+        report = pt2e_report(model, args.calib_dir, args.eval_dir, args.img_size, threads=args.threads, runs=args.runs)
+        print(json.dumps(report, indent=2))
+        if args.json:
+            atomic_write_json(args.json, report)
+        return 0
     if args.onnx:
         fp32 = Path(args.onnx)
         if not fp32.is_file():
@@ -162,6 +172,13 @@ def register(subparsers) -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--calib-dir", required=True, help="folder of calibration images")
     p.add_argument("--eval-dir", default=None, help="held-out folder for top-1 agreement with fp32")
+    p.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "pt2e"],
+        help="onnxruntime (default): INT8 ONNX files and a report; pt2e: PyTorch PT2E INT8 (x86 Inductor "
+        "quantizer) of the deploy form, reporting agreement and speed against Inductor fp32 (no file written)",
+    )
     p.add_argument("--mode", default="static,dynamic", help="static, dynamic or both (comma-separated)")
     p.add_argument(
         "--int8-stem-head",

@@ -13,13 +13,16 @@ classifier (V2) and the last stage's token mixers (V1) are linear layers.
 from __future__ import annotations
 
 import copy
+import statistics
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..utils.optional import require
+from ..utils.timing import time_interleaved
 from .inductor import FrozenInductorModel, compile_with_freezing
 from .modules import set_cpu_kernels
 
@@ -73,3 +76,43 @@ def quantize_pt2e_x86(
         raise ValueError("quantize_pt2e_x86 needs at least one calibration batch")
     converted = convert_pt2e(prepared)
     return compile_with_freezing(converted, example, "int8", {"freezing": True})
+
+
+def pt2e_report(
+    model: nn.Module,
+    calib_dir: str | Path,
+    eval_dir: str | Path | None,
+    img_size: int,
+    threads: int = 1,
+    runs: int = 30,
+    max_calib: int = 64,
+) -> dict:
+    """`efficientformer quantize --backend pt2e`: quantise the deploy form of ``model`` with calibration images,
+    then report top-1 agreement with fp32 on held-out images and latency against Inductor fp32 (same runtime,
+    timed interleaved). The quantised program is compiled in this process and not written to disk."""
+    from .fuse import deploy
+    from .inductor import compile_frozen
+    from .quantize import list_images, load_image
+
+    torch.set_num_threads(threads)
+    fused = deploy(model.eval())
+    size = (img_size, img_size)
+    calib_files = list_images(calib_dir)[:max_calib]
+    calib = [torch.from_numpy(load_image(f, size)).unsqueeze(0) for f in calib_files]
+    example = calib[0]
+    int8 = quantize_pt2e_x86(fused, example, calib)
+    fp32 = compile_frozen(fused, example)
+    report: dict = {"backend": "pt2e-int8 (x86 Inductor quantizer)", "img_size": img_size, "threads": threads,
+                    "calibration_images": len(calib)}  # fmt: skip
+    if eval_dir is not None:
+        files = list_images(eval_dir)
+        agree = 0
+        with torch.no_grad():
+            for f in files:
+                x = torch.from_numpy(load_image(f, size)).unsqueeze(0)
+                agree += int(int8(x).argmax(1) == fused(x).argmax(1))
+        report.update(eval_images=len(files), top1_agreement=agree / len(files))
+    times = time_interleaved({"fp32": lambda: fp32(example), "int8": lambda: int8(example)}, 5, runs)
+    report["latency_ms"] = {k: statistics.median(v) for k, v in times.items()}
+    report["speedup_vs_inductor_fp32"] = report["latency_ms"]["fp32"] / report["latency_ms"]["int8"]
+    return report

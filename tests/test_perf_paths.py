@@ -36,6 +36,15 @@ def test_inductor_frozen_fp32_equals_eval_model(name):
     assert "mkldnn::_convolution_pointwise" in ops and "aten::convolution" not in ops
 
 
+def test_inductor_cpp_wrapper_equals_eval_model():
+    model = randomise(create_model("efficientformerv2_s0", img_size=64))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    fast = compile_frozen(deploy(model), x, cpp_wrapper=True)
+    assert rel_diff(fast(x), ref) < 1e-4
+
+
 def test_inductor_bf16_close_to_fp32_and_float_out():
     model = randomise(create_model("efficientformerv2_s0", img_size=64))
     x = torch.randn(4, 3, 64, 64)

@@ -46,13 +46,16 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("torch", "fp32", "the folded deploy form, eager, with oneDNN fused conv kernels"),
     "compile": ("torch", "fp32", "torch.compile of the deploy form, default options (and of timm's model)"),
     "inductor": ("torch", "fp32", "the deploy form compiled by Inductor with freezing + weight prepacking"),
+    "inductor-cpp": ("torch", "fp32", "as inductor, with Inductor's C++ wrapper (no Python between kernels)"),
     "inductor-bf16": ("torch", "bf16", "as inductor, weights and activations in bf16 (native bf16 CPUs only)"),
     "pt2e-int8": ("torch", "int8", "PT2E static INT8 (x86 Inductor quantizer), compiled with freezing"),
     "onnxruntime": ("onnxruntime", "fp32", "ONNX export of the deploy form (and of timm's model) in ONNX Runtime"),
     "onnxruntime-int8": ("onnxruntime", "int8", "static QDQ INT8 of that export, as `efficientformer quantize`"),
 }
 #: backends that also get a MobileNetV2 (timm) row when the baseline is on
-BASELINE_BACKENDS = ("eager", "inductor", "inductor-bf16", "pt2e-int8", "onnxruntime", "onnxruntime-int8")
+BASELINE_BACKENDS = (
+    "eager", "inductor", "inductor-cpp", "inductor-bf16", "pt2e-int8", "onnxruntime", "onnxruntime-int8",
+)  # fmt: skip
 INTERLEAVE = ("model", "runtime")
 
 #: Published ImageNet top-1 (%), 300-epoch models (the papers' figure 1); MobileNetV2 x1.0 for the baseline.
@@ -295,8 +298,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             return _call(model, x, compiled=False)
         if backend == "compile":
             return _call(torch.compile(model), x, compiled=True)
-        if backend in ("inductor", "inductor-bf16"):
-            frozen = compile_frozen(model, x, "bf16" if backend.endswith("bf16") else "fp32")
+        if backend in ("inductor", "inductor-cpp", "inductor-bf16"):
+            dtype = "bf16" if backend.endswith("bf16") else "fp32"
+            frozen = compile_frozen(model, x, dtype, cpp_wrapper=backend == "inductor-cpp")
             return _call(frozen, x, compiled=True)
         if backend == "pt2e-int8":
             from ..deploy.pt2e import quantize_pt2e_x86
@@ -428,7 +432,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 #: (name, numerator backend(s), denominator backend): ratio = median(numerator) / median(denominator) for our rows;
 #: with several numerators, the fastest one present is used (and named).
 RATIOS = (
-    ("pytorch / onnxruntime (fp32)", ("deploy", "compile", "inductor"), "onnxruntime"),
+    ("pytorch / onnxruntime (fp32)", ("deploy", "compile", "inductor", "inductor-cpp"), "onnxruntime"),
     ("inductor-bf16 speed-up over inductor fp32", ("inductor",), "inductor-bf16"),
     ("pt2e-int8 speed-up over inductor fp32", ("inductor",), "pt2e-int8"),
     ("onnxruntime-int8 speed-up over onnxruntime fp32", ("onnxruntime",), "onnxruntime-int8"),

@@ -69,3 +69,20 @@ def test_omp_wait_policy_reexecs_the_benchmark_command(monkeypatch):
         machine.apply_omp_wait_policy("passive", ["/venv/bin/efficientformer", "benchmark", "--threads", "2"])
     assert seen["args"][1:] == ["-m", "efficientformer", "benchmark", "--threads", "2"]
     assert seen["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_every_benchmark_flag_has_help():
+    import argparse
+
+    from efficientformer.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bench = sub.choices["benchmark"]
+    flags = [a for a in bench._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 15
+    missing = [a.option_strings[0] for a in flags if not a.help]
+    assert not missing, f"benchmark flags without help: {missing}"
+    backend_help = next(a.help for a in flags if a.dest == "backend")
+    for name in ("inductor", "inductor-cpp", "inductor-bf16", "pt2e-int8", "onnxruntime-int8"):
+        assert name in backend_help

@@ -1,18 +1,29 @@
-"""Training-step throughput (images/s): our models beside timm's same models, same settings.
+"""Training-step throughput (images/s): our models with each combination of speed flags beside timm's eager step
+of the same model, all timed interleaved in one run (issue #13, goal 5).
 
-    python benchmarks/train_throughput.py                      # S0 and L1, 224, batch 32, CPU
-    python benchmarks/train_throughput.py --device cuda --amp bf16 --channels-last --compile
+    python benchmarks/train_throughput.py                                  # S0 and L1, 224, batch 16, CPU
+    python benchmarks/train_throughput.py --combos eager,cl,bf16,cl+bf16,compile,compile+cl+bf16
+    python benchmarks/train_throughput.py --device cuda --batch 256 --combos eager,compile,compile+cl+bf16
 
-One step = forward, cross-entropy, backward, AdamW step, in train mode (single head on both sides).
+One step = forward, cross-entropy, backward, AdamW step, in train mode (single head on both sides). A combo is
+``+``-joined flags: ``eager`` (none), ``cl`` (channels_last model and input), ``bf16`` (autocast to bfloat16),
+``fp16`` (autocast to float16, GPU), ``compile`` (torch.compile of the model). Every configuration is built and
+warmed up (compiled) first; then ``--rounds`` rounds run ``--steps`` steps of each configuration in rotating
+order, and the median round gives images/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import time
+import os
+import statistics
 
 import torch
+
+from efficientformer.utils.timing import time_interleaved
+
+FLAGS = ("cl", "bf16", "fp16", "compile")
 
 
 def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
@@ -29,73 +40,82 @@ def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
     return model
 
 
-def measure(model, batch: int, img_size: int, device: str, amp: str, channels_last: bool, compile_: bool,
-            warmup_s: float, measure_s: float) -> float:  # fmt: skip
+def parse_combo(text: str) -> frozenset[str]:
+    flags = frozenset(f for f in text.split("+") if f and f != "eager")
+    unknown = flags - set(FLAGS)
+    if unknown:
+        raise SystemExit(f"unknown flag(s) {sorted(unknown)} in combo {text!r}; use eager or +-joined {FLAGS}")
+    return flags
+
+
+def make_step(model, batch: int, img_size: int, device: str, flags: frozenset[str]):
+    """A closure running one training step of ``model`` with ``flags``."""
     model = model.to(device).train()
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    if channels_last:
+    if "cl" in flags:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step_model = torch.compile(model) if compile_ else model
-    ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)) if amp != "none" \
-        else contextlib.nullcontext  # fmt: skip
+    step_model = torch.compile(model) if "compile" in flags else model
+    amp = torch.bfloat16 if "bf16" in flags else torch.float16 if "fp16" in flags else None
 
-    def step():
-        with ctx():
+    def step() -> None:
+        ctx = torch.autocast(device, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
             out = step_model(x)
             out = out[0] if isinstance(out, tuple) else out
             loss = torch.nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-
-    def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    start = time.perf_counter()
-    while time.perf_counter() - start < warmup_s:
-        step()
-    sync()
-    n, start = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - start < measure_s:
-        step()
-        n += 1
-    sync()
-    return n * batch / (time.perf_counter() - start)
+    return step
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["efficientformerv2_s0", "efficientformer_l1"])
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--warmup-s", type=float, default=5.0)
-    p.add_argument("--measure-s", type=float, default=15.0)
+    p.add_argument(
+        "--combos",
+        default="eager,cl,bf16,cl+bf16,compile,compile+bf16",
+        help="comma-separated flag combinations for our model (timm runs eager fp32 as the baseline)",
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (compiles)")
+    p.add_argument("--steps", type=int, default=2, help="steps per configuration per round")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.img_size}px, amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}")  # fmt: skip
-    print(f"{'model':<24}{'ours img/s':>12}{'timm img/s':>12}{'ours/timm':>11}")
+    combos = [(c, parse_combo(c)) for c in args.combos.split(",") if c]
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"{args.img_size}px, {args.rounds} rounds x {args.steps} steps interleaved, load {os.getloadavg()}"
+    )
+    print("| model | configuration | img/s | vs timm eager |\n|---|---|---:|---:|")
     for name in args.models:
-        rates = {}
-        for impl in ("ours", "timm"):
+        torch.manual_seed(0)
+        steps = {("timm", "eager"): make_step(build("timm", name, args.img_size), args.batch, args.img_size,
+                                              args.device, frozenset())}  # fmt: skip
+        for label, flags in combos:
             torch.manual_seed(0)
-            try:
-                model = build(impl, name, args.img_size)
-            except ImportError:
-                rates[impl] = float("nan")
-                continue
-            rates[impl] = measure(model, args.batch, args.img_size, args.device, args.amp, args.channels_last,
-                                  args.compile, args.warmup_s, args.measure_s)  # fmt: skip
-        print(f"{name:<24}{rates['ours']:>12.1f}{rates['timm']:>12.1f}{rates['ours'] / rates['timm']:>11.2f}")
+            steps[("ours", label)] = make_step(build("ours", name, args.img_size), args.batch, args.img_size,
+                                               args.device, flags)  # fmt: skip
+
+        def repeat(fn):
+            return lambda: [fn() for _ in range(args.steps)]
+
+        times = time_interleaved({k: repeat(fn) for k, fn in steps.items()}, args.warmup, args.rounds)
+        rate = {k: args.batch * args.steps * 1e3 / statistics.median(v) for k, v in times.items()}
+        base = rate[("timm", "eager")]
+        for (impl, label), r in rate.items():
+            print(f"| {name} | {impl} {label} | {r:.1f} | {r / base:.2f}x |", flush=True)
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

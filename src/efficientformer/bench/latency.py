@@ -1,11 +1,19 @@
-"""Latency / throughput benchmark: our models (eager, deploy, compiled, ONNX Runtime fp32 / INT8) against timm's
-implementation of the same network with the same weights and against MobileNetV2, all in one run.
+"""Latency / throughput benchmark: our models (eager, deploy, Inductor fp32/bf16, PT2E INT8, ONNX Runtime fp32 /
+INT8) against timm's implementation of the same network with the same weights and against MobileNetV2, in one run.
 
-Method: the thread count is pinned (torch and ONNX Runtime), every candidate gets ``warmup`` untimed calls, then
-``runs`` rounds in which every candidate runs one batch (interleaved, so all rows share the machine's state); we
-report the median and the 90th percentile of the per-call wall time, and throughput = batch / median.
-The environment (CPU model, threads, library versions, load average before and after, which shows whether the
-machine was shared) is stamped into the JSON.
+Method (why each step is there: benchmarks/README.md, "Measurement"):
+
+* glibc's allocator thresholds are pinned first (:func:`~efficientformer.utils.machine.pin_allocator`), so a
+  model's page-fault behaviour no longer depends on which models ran before it in the process;
+* every candidate is built and warmed up first; then the candidates are timed in *groups* (by default one group
+  per model and runtime: torch and ONNX Runtime never share a round, their idle workers would steal each other's
+  cores), every group runs its rounds interleaved (one call of each candidate per round, rotating order), and the
+  groups take turns block by block (:func:`~efficientformer.utils.timing.time_blocks`), so every ratio compares
+  rows that saw the same minutes of a shared machine;
+* a square GEMM in fp32 (and bf16 where the CPU has it natively) is timed as a group of its own: its GFLOP/s is
+  the ceiling each row's achieved GFLOP/s (2 x MACs x batch / median) is divided by;
+* the JSON stamps CPU model, ISA extensions, threads, library versions, the scheduler group and the load average
+  before and after, and each row's minor page faults per call.
 """
 
 from __future__ import annotations
@@ -15,21 +23,45 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from ..deploy.export import write_onnx
+from ..deploy.fuse import deploy
+from ..deploy.inductor import compile_frozen
+from ..deploy.pt2e import quantize_pt2e_x86
+from ..deploy.quantize import quantize_static_qdq
+from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
 from ..models.facts import BASELINE_TOP1, FACTS
 from ..models.registry import list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..utils.timing import ort_session, p90, time_interleaved
+from ..utils.machine import bf16_support, faults_per_call, gemm_probe, machine_report, pin_allocator
+from ..utils.timing import ort_session, p90, time_blocks
 
-BACKENDS = ("eager", "deploy", "compile", "onnxruntime", "onnxruntime-int8")
+#: backend -> (runtime, precision, what it is); the CLI's help text is built from this table
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "eager": ("torch", "fp32", "the training-time model in eval mode (and timm's)"),
+    "deploy": ("torch", "fp32", "the folded deploy form, eager, with oneDNN fused conv kernels"),
+    "compile": ("torch", "fp32", "torch.compile of the deploy form, default options (and of timm's model)"),
+    "inductor": ("torch", "fp32", "the deploy form compiled by Inductor with freezing + weight prepacking"),
+    "inductor-cpp": ("torch", "fp32", "as inductor, with Inductor's C++ wrapper (no Python between kernels)"),
+    "inductor-bf16": ("torch", "bf16", "as inductor, weights and activations in bf16 (native bf16 CPUs only)"),
+    "pt2e-int8": ("torch", "int8", "PT2E static INT8 (x86 Inductor quantizer), compiled with freezing"),
+    "onnxruntime": ("onnxruntime", "fp32", "ONNX export of the deploy form (and of timm's model) in ONNX Runtime"),
+    "onnxruntime-int8": ("onnxruntime", "int8", "static QDQ INT8 of that export, as `efficientformer quantize`"),
+}
+#: backends that also get a MobileNetV2 (timm) row when the baseline is on
+BASELINE_BACKENDS = (
+    "eager", "inductor", "inductor-cpp", "inductor-bf16", "pt2e-int8", "onnxruntime", "onnxruntime-int8",
+)  # fmt: skip
+INTERLEAVE = ("model", "runtime")
 
 #: Published ImageNet top-1 (%) of the 300-epoch models (the papers' figure 1) and the baseline, from the facts table.
 PUBLISHED_TOP1 = {**{name: f.top1[300] for name, f in FACTS.items()}, **BASELINE_TOP1}
@@ -47,6 +79,10 @@ class BenchConfig:
     timm_rows: bool = True
     baseline: bool = True
     channels_last: bool = False
+    interleave: str = "model"
+    blocks: int = 0  # 0: the groups alternate every round
+    ceiling: bool = True
+    pin_allocator: bool = True
 
 
 @dataclass
@@ -61,6 +97,13 @@ class BenchRow:
     params_m: float
     top1: float | None
     runs: int
+    precision: str = "fp32"
+    gmacs: float | None = None  # per image
+    gflops: float | None = None  # achieved: 2 * MACs * batch / median
+    ceiling_frac: float | None = None  # gflops / the GEMM ceiling of the row's precision (int8 rows: fp32's)
+    faults_per_call: float | None = None  # minor page faults per call, after warm-up
+    min_ms: float | None = None
+    times_ms: list[float] = field(default_factory=list)  # every timed call, in order (for spread analyses)
 
 
 def parse_list(text: str, kind: type = str) -> list:
@@ -82,30 +125,27 @@ def resolve_models(text: str) -> list[str]:
 def environment(threads: int) -> dict:
     import numpy
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for mod in ("onnxruntime", "onnx", "timm"):
+    for mod in ("onnxruntime", "onnx", "timm", "torchao"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = None
     return {
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
+        **machine_report(threads),
         "platform": platform.platform(),
         "versions": versions,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "loadavg_start": os.getloadavg(),
     }
+
+
+def count_macs(model: nn.Module, img: int) -> int:
+    """Multiply-accumulates of one image (FlopCounterMode / 2: convolutions, linear layers, matmuls)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, img, img))
+    return counter.get_total_flops() // 2
 
 
 def _timm():
@@ -130,21 +170,22 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
 
 def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> None:
     """ONNX export of any model (ours or timm's) with the exporter and settings of `efficientformer export`."""
-    from ..deploy.export import write_onnx
 
     write_onnx(model, torch.randn(batch, 3, img, img), path)
+
+
+def _random_batches(batch: int, img: int, n: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, 3, img, img, generator=g) for _ in range(n)]
 
 
 def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:
     """Static INT8 as `efficientformer quantize` writes it, calibrated on random inputs: a speed measurement only."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..deploy.quantize import quantize_static_qdq
-
     class Reader:
         def __init__(self) -> None:
-            g = torch.Generator().manual_seed(0)
-            self.data = [{"image": torch.randn(1, 3, img, img, generator=g).numpy()} for _ in range(n_calib)]
+            self.data = [{"image": x.numpy()} for x in _random_batches(1, img, n_calib)]
 
         def get_next(self):
             return self.data.pop() if self.data else None
@@ -155,15 +196,7 @@ def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:
     prep.unlink(missing_ok=True)
 
 
-def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Measure every (model, implementation, backend, batch) row; returns the JSON-able result.
-
-    For each batch size, every candidate (all models, implementations and backends, and the MobileNetV2
-    baseline) is built first, then all are timed interleaved (see :func:`time_interleaved`), so a row and the
-    rows it is compared with were measured over the same minutes of the machine's life.
-    """
-    from ..deploy.fuse import deploy
-
+def _validate(cfg: BenchConfig) -> None:
     for b in cfg.backends:
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
@@ -171,21 +204,65 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {cfg.img_size}")
     if cfg.threads < 1 or any(b < 1 for b in cfg.batch_sizes) or cfg.runs < 1 or cfg.warmup < 0:
         raise ValueError("--threads, --batch-size and --runs must be positive (and --warmup not negative)")
+    if cfg.interleave not in INTERLEAVE:
+        raise ValueError(f"--interleave must be one of {', '.join(INTERLEAVE)}, got {cfg.interleave!r}")
+    if cfg.blocks < 0:
+        raise ValueError(f"--blocks must be 0 (alternate every round) or positive, got {cfg.blocks}")
+
+
+def _call(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], object]:
+    if compiled:  # compiled graphs were traced under no_grad; inference_mode would be another guard set
+
+        def fn() -> None:
+            with torch.no_grad():
+                model(x)
+
+    else:
+
+        def fn() -> None:
+            with torch.inference_mode():
+                model(x)
+
+    return fn
+
+
+def _add_candidate(cands: dict, notes: list[str], log: Callable[[str], None], key: tuple,
+                   make: Callable[[], Callable[[], object]], params: int, macs: int) -> None:  # fmt: skip
+    """Build one timed call; a backend failing for one model is a note, not a lost run."""
+    log(f"building {' '.join(map(str, key))}")
+    try:
+        cands[key] = make(), params, macs
+    except Exception as e:  # compilers and exporters raise many kinds; the message is what the reader needs
+        text = str(e).strip()
+        msg = text.splitlines()[-1] if text else type(e).__name__
+        notes.append(f"{key[1]} {key[0]} {key[2]} (batch {key[3]}) failed to build: {msg[:200]}")
+        log(notes[-1])
+
+
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """Measure every (model, implementation, backend, batch) row; returns the JSON-able result.
+
+    For each batch size, every candidate (all models, implementations and backends, the MobileNetV2 baseline
+    and the GEMM ceiling probes) is built and warmed up first, then all are timed in alternating blocks of
+    interleaved rounds (see the module docstring), so a row and the rows it is compared with were measured over
+    the same minutes of the machine's life.
+    """
+    _validate(cfg)
+    notes: list[str] = []
+    if cfg.pin_allocator:
+        notes.append(pin_allocator())
     torch.set_num_threads(cfg.threads)
     env = environment(cfg.threads)
+    bf16_ok, bf16_why = bf16_support()
+    backends = list(cfg.backends)
+    if "inductor-bf16" in backends and not bf16_ok:
+        backends.remove("inductor-bf16")
+        notes.append(f"inductor-bf16 not timed: {bf16_why}")
     timm = _timm() if (cfg.timm_rows or cfg.baseline) else None
-    notes: list[str] = []
     if timm is None and (cfg.timm_rows or cfg.baseline):
         notes.append("timm is not installed: no timm or MobileNetV2 rows")
     tmp = Path(tempfile.mkdtemp(prefix="ef-bench-"))
     img = cfg.img_size
-
-    def torch_fn(m, x):
-        def fn():
-            with torch.inference_mode():
-                m(x)
-
-        return fn
 
     def ort_fn(model_name, impl, model, batch, int8: bool):
         path = tmp / f"{model_name}-{impl}-b{batch}.onnx"
@@ -198,19 +275,33 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             path = q
         sess = ort_session(path, cfg.threads)
         x = torch.randn(batch, 3, img, img).numpy()
-        return lambda: sess.run(None, {"image": x})
+        name = sess.get_inputs()[0].name
+        return lambda: sess.run(None, {name: x})
 
-    # (model, impl, backend, batch) -> (callable, params); filled per batch size, then timed together
+    def torch_fn(backend: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+        """The timed call of one torch backend (compiled backends get the deploy form, or timm's model)."""
+        if backend in ("eager", "deploy"):
+            return _call(model, x, compiled=False)
+        if backend == "compile":
+            return _call(torch.compile(model), x, compiled=True)
+        if backend in ("inductor", "inductor-cpp", "inductor-bf16"):
+            dtype = "bf16" if backend.endswith("bf16") else "fp32"
+            frozen = compile_frozen(model, x, dtype, cpp_wrapper=backend == "inductor-cpp")
+            return _call(frozen, x, compiled=True)
+        if backend == "pt2e-int8":
+            calib = _random_batches(x.shape[0], img, 4)  # speed only: the accuracy check uses real images
+            return _call(quantize_pt2e_x86(model, x, calib), x, compiled=True)
+        raise AssertionError(backend)
+
     rows: list[BenchRow] = []
+    comparisons: list[dict] = []
     try:
-        built = []  # (name, ours, fused, foreign, params)
+        built = []  # (name, ours, fused, foreign, params, macs)
         for name in cfg.models:
             ours = create_model(name, img_size=img).eval()
             foreign = None
             if timm is not None and cfg.timm_rows:
                 # timm's model, randomly initialised, and ours loaded from its state dict: same weights.
-                from ..models.checkpoint import load_checkpoint
-
                 foreign = _timm_model(timm, name, img)
                 if foreign is None:
                     notes.append(f"timm's {name} cannot run at {img} px: no timm rows for it")
@@ -220,94 +311,182 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             fused = deploy(ours)
             if cfg.channels_last:
                 fused = fused.to(memory_format=torch.channels_last)
-            built.append((name, ours, fused, foreign, sum(p.numel() for p in ours.parameters())))
-        baseline = timm.create_model("mobilenetv2_100", pretrained=False).eval() if timm and cfg.baseline else None
+            params = sum(p.numel() for p in ours.parameters())
+            built.append((name, ours, fused, foreign, params, count_macs(ours, img)))
+        baseline = None
+        if timm is not None and cfg.baseline:
+            baseline = timm.create_model("mobilenetv2_100", pretrained=False).eval()
+            base_params = sum(p.numel() for p in baseline.parameters())
+            base_macs = count_macs(baseline, img)
 
         for batch in cfg.batch_sizes:
             x = torch.randn(batch, 3, img, img)
             xf = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-            cands: dict[tuple[str, str, str, int], tuple[Callable[[], object], int]] = {}
-            for name, ours, fused, foreign, params in built:
-                for backend in cfg.backends:
+            # key (model, impl, backend, batch) -> (callable, params, macs)
+            cands: dict[tuple[str, str, str, int], tuple[Callable[[], object], int, int]] = {}
+
+            add = partial(_add_candidate, cands, notes, log)
+
+            for name, ours, fused, foreign, params, macs in built:
+                for backend in backends:
                     key = (name, "ours", backend, batch)
+                    tkey = (name, "timm", backend, batch)
                     if backend == "eager":
-                        cands[key] = torch_fn(ours, x), params
+                        add(key, partial(torch_fn, "eager", ours, x), params, macs)
                         if foreign is not None:
-                            cands[(name, "timm", backend, batch)] = torch_fn(foreign, x), params
-                    elif backend == "deploy":
-                        cands[key] = torch_fn(fused, xf), params
-                    elif backend == "compile":
-                        # the plain ops of the deploy form; inductor does its own fusion
-                        cands[key] = torch_fn(torch.compile(fused), xf), params
-                        if foreign is not None:
-                            cands[(name, "timm", backend, batch)] = torch_fn(torch.compile(foreign), x), params
-                    else:
+                            add(tkey, partial(torch_fn, "eager", foreign, x), params, macs)
+                    elif backend.startswith("onnxruntime"):
                         int8 = backend.endswith("int8")
-                        log(f"exporting {name} for {backend} (batch {batch})")
-                        cands[key] = ort_fn(name, "ours", fused, batch, int8), params
+                        add(key, partial(ort_fn, name, "ours", fused, batch, int8), params, macs)
                         if foreign is not None:
-                            cands[(name, "timm", backend, batch)] = ort_fn(name, "timm", foreign, batch, int8), params
+                            add(tkey, partial(ort_fn, name, "timm", foreign, batch, int8), params, macs)
+                    else:
+                        add(key, partial(torch_fn, backend, fused, xf), params, macs)
+                        if backend == "compile" and foreign is not None:
+                            add(tkey, partial(torch_fn, "compile", foreign, x), params, macs)
             if baseline is not None:
-                params = sum(p.numel() for p in baseline.parameters())
-                cands[("mobilenetv2_100", "timm", "eager", batch)] = torch_fn(baseline, x), params
-                for backend in cfg.backends:
+                for backend in backends:
+                    if backend not in BASELINE_BACKENDS:
+                        continue
+                    key = ("mobilenetv2_100", "timm", backend, batch)
                     if backend.startswith("onnxruntime"):
-                        fn = ort_fn("mobilenetv2_100", "timm", baseline, batch, backend.endswith("int8"))
-                        cands[("mobilenetv2_100", "timm", backend, batch)] = fn, params
-            # PyTorch and ONNX Runtime each keep a pool of worker threads that spin for a while after a call; with
-            # more than one thread, interleaving the two runtimes makes one's spinning workers steal cores from the
-            # other. So each runtime's candidates are interleaved among themselves, one runtime after the other.
-            times: dict = {}
-            for runtime in ("torch", "onnxruntime"):
-                is_ort = runtime == "onnxruntime"
-                group = {k: fn for k, (fn, _) in cands.items() if k[2].startswith("onnxruntime") == is_ort}
-                if group:
-                    log(f"batch {batch}: timing {len(group)} {runtime} candidates interleaved, "
-                        f"{cfg.warmup} warm-up + {cfg.runs} rounds")  # fmt: skip
-                    times.update(time_interleaved(group, cfg.warmup, cfg.runs, progress=True))
-            for key, (_, params) in cands.items():
+                        make = partial(ort_fn, "mobilenetv2_100", "timm", baseline, batch, backend.endswith("int8"))
+                    else:
+                        make = partial(torch_fn, backend, baseline, x)
+                    add(key, make, base_params, base_macs)
+
+            groups: dict[tuple[str, str], dict] = {}
+            for key, (fn, _, _) in cands.items():
+                runtime = BACKENDS[key[2]][0]
+                groups.setdefault((runtime, key[0] if cfg.interleave == "model" else "*"), {})[key] = fn
+            ceilings: dict[str, tuple[tuple, float]] = {}
+            if cfg.ceiling:
+                probes = {}
+                for prec in ("fp32", "bf16") if bf16_ok else ("fp32",):
+                    fn, flops = gemm_probe(torch.float32 if prec == "fp32" else torch.bfloat16)
+                    key = ("gemm-1024", "ceiling", prec, batch)
+                    probes[key], ceilings[prec] = fn, (key, flops)
+                groups[("torch", "ceiling")] = probes
+            log(f"batch {batch}: timing {len(cands)} candidates in {len(groups)} groups, {cfg.warmup} warm-up + "
+                f"{cfg.runs} rounds in {cfg.blocks} alternating blocks")  # fmt: skip
+            blocks = min(cfg.blocks, cfg.runs) if cfg.blocks else cfg.runs
+            times = time_blocks(groups, cfg.warmup, cfg.runs, blocks, progress=True)
+            ceiling_gflops = {
+                prec: flops / statistics.median(times[key]) / 1e6 for prec, (key, flops) in ceilings.items()
+            }
+            for prec, gf in ceiling_gflops.items():
+                env[f"gemm_ceiling_{prec}_gflops_b{batch}"] = round(gf, 1)
+                log(f"GEMM ceiling {prec}: {gf:.1f} GFLOP/s")
+            for key, (fn, params, macs) in cands.items():
                 model_name, impl, backend, b = key
                 med = statistics.median(times[key])
+                prec = BACKENDS[backend][1]
+                gflops = 2.0 * macs * b / med / 1e6
+                ceiling = ceiling_gflops.get(prec if prec in ceiling_gflops else "fp32")
                 row = BenchRow(
                     model_name, impl, backend, b, med, p90(times[key]), b * 1e3 / med, params / 1e6,
-                    PUBLISHED_TOP1.get(model_name), cfg.runs,
+                    PUBLISHED_TOP1.get(model_name), cfg.runs, prec, macs / 1e9, gflops,
+                    gflops / ceiling if ceiling else None, faults_per_call(fn, 3), min(times[key]),
+                    [round(t, 4) for t in times[key]],
                 )  # fmt: skip
                 rows.append(row)
-                log(f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}")
+                log(f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}"
+                    f"  {gflops:6.1f} GFLOP/s")  # fmt: skip
+            comparisons += compare(rows, batch)
     finally:
         for p in tmp.glob("*"):
             p.unlink(missing_ok=True)
         tmp.rmdir()
     env["loadavg_end"] = os.getloadavg()
-    env["method"] = "interleaved per runtime: one call of every candidate per round, rotating order"
-    return {"config": asdict(cfg), "environment": env, "rows": [asdict(r) for r in rows], "notes": notes}
+    alternation = f"in {cfg.blocks} blocks" if cfg.blocks else "every round"
+    allocator = "pinned" if cfg.pin_allocator else "not pinned"
+    env["method"] = (
+        f"groups by {cfg.interleave} and runtime, interleaved rounds (rotating order), groups alternating "
+        f"{alternation}; allocator {allocator}"
+    )
+    return {
+        "config": asdict(cfg),
+        "environment": env,
+        "rows": [asdict(r) for r in rows],
+        "comparisons": comparisons,
+        "notes": notes,
+    }
+
+
+#: (name, numerator backend(s), denominator backend): ratio = median(numerator) / median(denominator) for our rows;
+#: with several numerators, the fastest one present is used (and named).
+RATIOS = (
+    ("pytorch / onnxruntime (fp32)", ("deploy", "compile", "inductor", "inductor-cpp"), "onnxruntime"),
+    ("inductor-bf16 speed-up over inductor fp32", ("inductor",), "inductor-bf16"),
+    ("pt2e-int8 speed-up over inductor fp32", ("inductor",), "pt2e-int8"),
+    ("onnxruntime-int8 speed-up over onnxruntime fp32", ("onnxruntime",), "onnxruntime-int8"),
+)
+
+
+def compare(rows: list[BenchRow], batch: int) -> list[dict]:
+    """The ratios the goals are stated in, from rows of one run (see :data:`RATIOS`), plus every model against
+    MobileNetV2 in the same backend."""
+    med = {(r.model, r.impl, r.backend): r.median_ms for r in rows if r.batch == batch}
+    out = []
+    models = sorted({r.model for r in rows if r.impl == "ours" and r.batch == batch})
+    for model in models:
+        for label, nums, den in RATIOS:
+            present = [(med[(model, "ours", n)], n) for n in nums if (model, "ours", n) in med]
+            if not present or (model, "ours", den) not in med:
+                continue
+            num_ms, num = min(present)
+            out.append({"model": model, "batch": batch, "ratio": label, "numerator": num, "denominator": den,
+                        "value": num_ms / med[(model, "ours", den)]})  # fmt: skip
+        for backend in BASELINE_BACKENDS:
+            base = med.get(("mobilenetv2_100", "timm", backend))
+            if base and (model, "ours", backend) in med:
+                out.append({"model": model, "batch": batch, "ratio": f"vs MobileNetV2 in {backend}",
+                            "numerator": backend, "denominator": "mobilenetv2_100",
+                            "value": med[(model, "ours", backend)] / base})  # fmt: skip
+    return out
 
 
 def to_markdown(result: dict) -> str:
     env = result["environment"]
     cfg = result["config"]
     v = env["versions"]
+    ceilings = ", ".join(
+        f"{k.split('_')[2]} {val:.0f} GFLOP/s (batch {k.rsplit('_b', 1)[1]})"
+        for k, val in env.items()
+        if k.startswith("gemm_ceiling_")
+    )
     lines = [
-        f"Device: {env['device']} ({env['cpu_model']}), {env['threads']} thread(s); torch {v['torch']}, "
-        f"onnxruntime {v.get('onnxruntime')}, timm {v.get('timm')}; {cfg['img_size']} px, fp32 unless noted; "
-        f"{cfg['warmup']} warm-up + {cfg['runs']} timed runs; load average "
+        f"Device: {env['device']} ({env['cpu_model']}; {', '.join(env.get('isa', [])) or 'ISA unknown'}; "
+        f"{env.get('bf16', '')}), {env['threads']} thread(s); torch {v['torch']}, onnxruntime {v.get('onnxruntime')}, "
+        f"timm {v.get('timm')}; {cfg['img_size']} px; {cfg['warmup']} warm-up + {cfg['runs']} timed rounds "
+        f"({env.get('method', '')}; {env.get('omp_wait_policy', 'OMP_WAIT_POLICY not recorded')}); "
+        f"GEMM ceiling {ceilings or 'not measured'}; load average "
         f"{tuple(round(x, 2) for x in env['loadavg_start'])} -> "
         f"{tuple(round(x, 2) for x in env.get('loadavg_end', ()))}; {env['time']}",
         "",
-        "| model | impl | backend | batch | median (ms) | p90 (ms) | img/s | params (M) | top-1 (pub.) "
-        "| vs timm same backend |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | impl | backend | prec. | batch | median (ms) | p90 (ms) | img/s | GFLOP/s | of ceiling "
+        "| faults/call | params (M) | top-1 (pub.) | vs timm same backend |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r["model"], r["impl"], r["backend"], r["batch"]): r for r in result["rows"]}
+
+    def num(value, fmt: str, scale: float = 1.0) -> str:
+        return "" if value is None else format(value * scale, fmt)
+
     for r in result["rows"]:
         ref_backend = "eager" if r["backend"] == "deploy" else r["backend"]
         ref = by_key.get((r["model"], "timm", ref_backend, r["batch"]))
         speed = f"{ref['median_ms'] / r['median_ms']:.2f}x" if ref and r["impl"] == "ours" else ""
-        top1 = "" if r["top1"] is None else f"{r['top1']:.1f}"
         lines.append(
-            f"| {r['model']} | {r['impl']} | {r['backend']} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} "
-            f"| {r['throughput']:.1f} | {r['params_m']:.2f} | {top1} | {speed} |"
+            f"| {r['model']} | {r['impl']} | {r['backend']} | {r.get('precision', 'fp32')} | {r['batch']} "
+            f"| {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput']:.1f} | {num(r.get('gflops'), '.1f')} "
+            f"| {num(r.get('ceiling_frac'), '.1f', 100)}{'%' if r.get('ceiling_frac') is not None else ''} "
+            f"| {num(r.get('faults_per_call'), '.0f')} | {r['params_m']:.2f} | {num(r['top1'], '.1f')} | {speed} |"
         )
+    if result.get("comparisons"):
+        lines += ["", "| model | batch | ratio | fastest numerator | value |", "|---|---:|---|---|---:|"]
+        for c in result["comparisons"]:
+            lines.append(f"| {c['model']} | {c['batch']} | {c['ratio']} | {c['numerator']} | {c['value']:.3f} |")
     lines += [f"\nNote: {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 

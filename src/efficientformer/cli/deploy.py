@@ -6,15 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
-from ..bench.latency import BenchConfig, parse_list, resolve_models, run_benchmark, write_outputs
+from ..bench.latency import (
+    BACKENDS,
+    INTERLEAVE,
+    BenchConfig,
+    parse_list,
+    resolve_models,
+    run_benchmark,
+    write_outputs,
+)
 from ..bench.profile import PUBLISHED, format_profile, profile_model
 from ..deploy.export import check_output_path, export_model, export_onnx
 from ..deploy.fuse import deploy
+from ..deploy.pt2e import pt2e_report
 from ..deploy.quantize import quantize_onnx
 from ..inference.api import checkpoint_class_names, checkpoint_num_classes, read_checkpoint_file
 from ..models.checkpoint import read_checkpoint
 from ..models.factory import create_model
 from ..utils.io import atomic_write_json
+from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
 
@@ -78,6 +88,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
+    if args.backend == "pt2e":
+        if not args.model or args.onnx:
+            raise ValueError("--backend pt2e quantises a PyTorch model: pass --model NAME, not --onnx")
+        model = _build(args.model, args.checkpoint, args.img_size)
+        report = pt2e_report(model, args.calib_dir, args.eval_dir, args.img_size, threads=args.threads, runs=args.runs)
+        print(json.dumps(report, indent=2))
+        if args.json:
+            atomic_write_json(args.json, report)
+        return 0
     if args.onnx:
         fp32 = Path(args.onnx)
         if not fp32.is_file():
@@ -105,6 +124,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    omp_line = apply_omp_wait_policy(args.omp_wait_policy)  # may re-run this command with the variable set
     cfg = BenchConfig(
         models=resolve_models(args.model),
         backends=parse_list(args.backend),
@@ -116,8 +136,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         timm_rows=not args.no_timm,
         baseline=not args.no_baseline,
         channels_last=args.channels_last,
+        interleave=args.interleave,
+        blocks=args.blocks,
+        ceiling=not args.no_ceiling,
+        pin_allocator=not args.no_pin_allocator,
     )
     result = run_benchmark(cfg)
+    result["environment"]["omp_wait_policy"] = omp_line
     paths = write_outputs(result, args.output_dir, args.name)
     print(open(paths["md"]).read())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -155,6 +180,13 @@ def register(subparsers) -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--calib-dir", required=True, help="folder of calibration images")
     p.add_argument("--eval-dir", default=None, help="held-out folder for top-1 agreement with fp32")
+    p.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "pt2e"],
+        help="onnxruntime (default): INT8 ONNX files and a report; pt2e: PyTorch PT2E INT8 (x86 Inductor "
+        "quantizer) of the deploy form, reporting agreement and speed against Inductor fp32 (no file written)",
+    )
     p.add_argument("--mode", default="static,dynamic", help="static, dynamic or both (comma-separated)")
     p.add_argument(
         "--int8-stem-head",
@@ -167,23 +199,58 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="also write the report as JSON here")
     p.set_defaults(func=cmd_quantize)
 
-    p = subparsers.add_parser("benchmark", help="latency/throughput vs timm and MobileNetV2; Markdown, JSON, PNG")
-    p.add_argument("--model", default="all")
+    p = subparsers.add_parser(
+        "benchmark",
+        help="latency/throughput vs timm and MobileNetV2; Markdown, JSON, PNG",
+        description="Times every (model, backend, batch) candidate in one run: interleaved rounds, groups per model "
+        "and runtime alternating in blocks, allocator pinned, a GEMM ceiling timed alongside; stamps the CPU, its "
+        "ISA extensions and the load average. See benchmarks/README.md.",
+    )
+    p.add_argument("--model", default="all", help="model name, comma-separated names, or 'all' (default)")
     p.add_argument(
         "--backend",
         default="eager,deploy,onnxruntime",
-        help="comma-separated: eager, deploy, compile, onnxruntime, onnxruntime-int8",
+        help="comma-separated backends (default eager,deploy,onnxruntime): "
+        + "; ".join(f"{name}: {what} [{prec}]" for name, (_, prec, what) in BACKENDS.items()),
     )
-    p.add_argument("--batch-size", default="1", help="comma-separated batch sizes, e.g. 1,32")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--batch-size", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime (default 2)")
+    p.add_argument("--img-size", type=int, default=224, help="input resolution, a multiple of 32 (default 224)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per candidate before timing (default 10)")
+    p.add_argument("--runs", type=int, default=50, help="timed rounds; each candidate runs once per round (default 50)")
     p.add_argument("--no-timm", action="store_true", help="skip timm's rows of the same models")
     p.add_argument("--no-baseline", action="store_true", help="skip the MobileNetV2 rows")
     p.add_argument("--channels-last", action="store_true", help="run the deploy form in channels_last")
-    p.add_argument("--output-dir", default="benchmarks/results")
-    p.add_argument("--name", default="benchmark", help="file stem of the outputs")
+    p.add_argument(
+        "--interleave",
+        default="model",
+        choices=INTERLEAVE,
+        help="'model' (default): one timing group per model and runtime; 'runtime': one group per runtime "
+        "(all models in one round, as before)",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        help="the groups take turns in this many blocks of rounds, so every ratio sees the same drift "
+        "(default 0: they alternate every round)",
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="do not time the GEMM ceiling (no 'of ceiling' column)")
+    p.add_argument(
+        "--no-pin-allocator",
+        action="store_true",
+        help="leave glibc's dynamic mmap threshold alone (timings then depend on the models run before)",
+    )
+    p.add_argument(
+        "--omp-wait-policy",
+        default="passive",
+        choices=OMP_POLICIES,
+        help="OpenMP wait policy of torch's thread pool (default passive: idle workers sleep instead of spinning, "
+        "which keeps 2-thread torch timings sane when other processes share the cores; 'inherit' keeps the "
+        "environment's)",
+    )
+    p.add_argument("--output-dir", default="benchmarks/results", help="folder for the outputs")
+    p.add_argument("--name", default="benchmark", help="file stem of the outputs (.json, .md, .png)")
     p.set_defaults(func=cmd_benchmark)
 
 

@@ -52,6 +52,7 @@ from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..models.layers import ceil_div, to_grid
 from ..utils.io import atomic_write_json
+from ..utils.machine import cpu_model, isa_flags
 from ..utils.timing import ort_session, p90, time_callable
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
@@ -65,8 +66,6 @@ STATISTICS = ("median", "min")
 #: ``wall`` (the default) or ``cpu``: the calling thread's CPU time, which leaves out time spent preempted by
 #: other processes; meaningful with one thread only (torch and ONNX Runtime then compute on the calling thread).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
-             "amx_bf16", "amx_int8", "asimd", "sve", "neon")  # fmt: skip
 
 
 class LatencyTableError(ValueError):
@@ -260,15 +259,6 @@ def import_table(
 # ---------------------------------------------------------------------------------------------------------------
 def machine_stamp(threads: int, runtime: str) -> dict[str, Any]:
     """CPU model, ISA flags, thread count, runtime and library versions, load average now."""
-    cpu, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("unknown", "", platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")):
-                flags |= set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     if runtime == "onnxruntime":
         try:
@@ -278,8 +268,8 @@ def machine_stamp(threads: int, runtime: str) -> dict[str, Any]:
         except ImportError:
             versions["onnxruntime"] = None
     return {
-        "cpu_model": cpu,
-        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cpu_model": cpu_model(),
+        "isa": [name for name, present in isa_flags().items() if present],
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "runtime": runtime,

@@ -31,10 +31,11 @@ def time_callable(
 
 
 def time_interleaved(
-    fns: dict[Hashable, Callable[[], object]], warmup: int, runs: int, progress: bool = False
+    fns: dict[Hashable, Callable[[], object]], warmup: int, runs: int, progress: bool = False, start: int = 0
 ) -> dict[Hashable, list[float]]:
     """Milliseconds per call of each candidate: ``warmup`` untimed calls each, then ``runs`` rounds in which
-    every candidate is called once, the starting candidate rotating from round to round."""
+    every candidate is called once, the starting candidate rotating from round to round (``start``: the round
+    number to rotate from, so that a run continued in blocks keeps rotating)."""
     keys = list(fns)
     for key in keys:
         for _ in range(warmup):
@@ -47,11 +48,56 @@ def time_interleaved(
         rounds = tqdm(rounds, desc="timing", unit="round", leave=False)
     for r in rounds:
         for i in range(len(keys)):
-            key = keys[(r + i) % len(keys)]
+            key = keys[(start + r + i) % len(keys)]
             t = time.perf_counter()
             fns[key]()
             times[key].append((time.perf_counter() - t) * 1e3)
     return times
+
+
+def time_blocks(
+    groups: dict[Hashable, dict[Hashable, Callable[[], object]]],
+    warmup: int,
+    runs: int,
+    blocks: int = 5,
+    progress: bool = False,
+) -> dict[Hashable, list[float]]:
+    """:func:`time_interleaved` for groups that must not share a round (two runtimes whose idle worker threads
+    would steal each other's cores), without timing one group minutes before the other: the ``runs`` rounds of
+    every group are cut into ``blocks`` blocks, and the groups take turns block by block (A1 B1 A2 B2 ...). So a
+    ratio between groups sees the same drift of a shared machine on both sides. Keys must be unique across
+    groups; the result maps each candidate key to its ``runs`` timings (ms)."""
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
+    out: dict[Hashable, list[float]] = {}
+    for fns in groups.values():
+        for key, fn in fns.items():
+            if key in out:
+                raise ValueError(f"candidate {key!r} appears in two groups")
+            out[key] = []
+            for _ in range(warmup):
+                fn()
+    sizes = [runs // blocks + (1 if i < runs % blocks else 0) for i in range(blocks)]
+    total = sum(len(f) for f in groups.values()) * runs
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="timing", unit="call", leave=False)
+    done = 0
+    for size in sizes:
+        for fns in groups.values():
+            if not fns or not size:
+                continue
+            part = time_interleaved(fns, 0, size, start=done)
+            for key, values in part.items():
+                out[key].extend(values)
+            if bar is not None:
+                bar.update(size * len(fns))
+        done += size
+    if bar is not None:
+        bar.close()
+    return out
 
 
 def p90(values: list[float]) -> float:

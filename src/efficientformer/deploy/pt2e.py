@@ -1,0 +1,117 @@
+"""INT8 in PyTorch itself: PT2E static quantisation with the x86 Inductor quantizer, compiled with freezing.
+
+``torch.export`` captures the deploy form, torchao's ``X86InductorQuantizer`` inserts quantize/dequantize pairs
+(int8 per-channel weights, uint8 per-tensor activations), calibration sets the activation ranges, and Inductor
+with freezing lowers the pairs around each convolution to oneDNN int8 convolutions (VNNI / AMX-INT8 where the
+CPU has them). torchao is optional (``require``); it ships with the pinned environment.
+
+Linear layers stay float: with the pinned torch 2.14.1 and torchao 0.18.0, Inductor rejects the int8 linear
+prepack that torchao's lowering inserts (``onednn.qlinear_prepack is not an OpOverload``, measured). Only the
+classifier (V2) and the last stage's token mixers (V1) are linear layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..utils.optional import require
+from ..utils.timing import time_interleaved
+from .fuse import deploy
+from .inductor import FrozenInductorModel, compile_frozen, compile_with_freezing
+from .modules import set_cpu_kernels
+from .quantize import list_images, load_image
+
+
+def _conv_subclasses_as_conv2d(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The quantizer finds convolutions by the module class recorded for each node (``nn_module_stack``, the
+    innermost entry) and compares it with ``torch.nn.Conv2d`` by name, so the deploy form's :class:`FusedConv2d`
+    (a subclass) was never quantised (measured: 0 quantize nodes in V2-S0). Convolution nodes recorded under a
+    Conv2d subclass are recorded as ``nn.Conv2d``; the graph itself is unchanged."""
+    plain = f"{nn.Conv2d.__module__}.{nn.Conv2d.__qualname__}"
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or node.target is not torch.ops.aten.conv2d.default or not stack:
+            continue
+        key, (fqn, cls) = list(stack.items())[-1]
+        if isinstance(cls, str) and cls != plain and _is_conv_subclass(cls):
+            stack[key] = (fqn, plain)
+    return gm
+
+
+def _is_conv_subclass(path: str) -> bool:
+    module, _, name = path.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and issubclass(cls, nn.Conv2d)
+
+
+def quantize_pt2e_x86(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+) -> FrozenInductorModel:
+    """Static INT8 of an eval-mode model (best: the deploy form) for x86 CPUs; returns the compiled model
+    (float32 in, float32 out), already compiled for ``example``'s shape. ``calibration``: input batches whose
+    activation ranges set the quantisation scales (real images for accuracy; any inputs for a speed test)."""
+    require("torchao")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # also registers Inductor passes
+
+    if model.training:
+        raise ValueError("quantize_pt2e_x86 expects an eval-mode model (call model.eval() first)")
+    model = set_cpu_kernels(copy.deepcopy(model), False)  # the eager fast path's caches are of no use here
+    captured = _conv_subclasses_as_conv2d(torch.export.export(model, (example,)).module())
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    quantizer.set_module_type_qconfig(nn.Linear, None)  # see the module docstring
+    prepared = prepare_pt2e(captured, quantizer)
+    seen = 0
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+            seen += 1
+    if not seen:
+        raise ValueError("quantize_pt2e_x86 needs at least one calibration batch")
+    converted = convert_pt2e(prepared)
+    return compile_with_freezing(converted, example, "int8", {"freezing": True})
+
+
+def pt2e_report(
+    model: nn.Module,
+    calib_dir: str | Path,
+    eval_dir: str | Path | None,
+    img_size: int,
+    threads: int = 1,
+    runs: int = 30,
+    max_calib: int = 64,
+) -> dict:
+    """`efficientformer quantize --backend pt2e`: quantise the deploy form of ``model`` with calibration images,
+    then report top-1 agreement with fp32 on held-out images and latency against Inductor fp32 (same runtime,
+    timed interleaved). The quantised program is compiled in this process and not written to disk."""
+
+    torch.set_num_threads(threads)
+    fused = deploy(model.eval())
+    size = (img_size, img_size)
+    calib_files = list_images(calib_dir)[:max_calib]
+    calib = [torch.from_numpy(load_image(f, size)).unsqueeze(0) for f in calib_files]
+    example = calib[0]
+    int8 = quantize_pt2e_x86(fused, example, calib)
+    fp32 = compile_frozen(fused, example)
+    report: dict = {"backend": "pt2e-int8 (x86 Inductor quantizer)", "img_size": img_size, "threads": threads,
+                    "calibration_images": len(calib)}  # fmt: skip
+    if eval_dir is not None:
+        files = list_images(eval_dir)
+        agree = 0
+        with torch.no_grad():
+            for f in files:
+                x = torch.from_numpy(load_image(f, size)).unsqueeze(0)
+                agree += int(int8(x).argmax(1) == fused(x).argmax(1))
+        report.update(eval_images=len(files), top1_agreement=agree / len(files))
+    times = time_interleaved({"fp32": lambda: fp32(example), "int8": lambda: int8(example)}, 5, runs)
+    report["latency_ms"] = {k: statistics.median(v) for k, v in times.items()}
+    report["speedup_vs_inductor_fp32"] = report["latency_ms"]["fp32"] / report["latency_ms"]["int8"]
+    return report

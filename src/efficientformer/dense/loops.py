@@ -8,7 +8,6 @@ directory resumes from ``last.pth``, also part-way through an epoch.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,14 @@ from torch import nn
 from ..data.images import read_rgb
 from ..data.samplers import SeededSamples, TrainSampler, seed_worker
 from ..runtime import config as runtime_config
-from ..runtime.checkpoint import CheckpointReadError, read_checkpoint
-from ..runtime.distributed import DistInfo, process_group
+from ..runtime.checkpoint import CheckpointReadError, read_checkpoint, seed_all
+from ..runtime.distributed import DistInfo, process_group, resolve_device
 from ..runtime.loop import Plan, Step, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import WarmupSchedule
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import detection as det
 from . import segmentation as seg
-
-
-def _seed_everything(seed: int, rank: int, threads: int = 0) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    random.seed(seed + rank)
 
 
 def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool = False) -> Callable:
@@ -78,9 +69,11 @@ def _run(cfg, env: DistInfo, plan: Plan) -> dict:
 
 def _train(cfg, build: Callable[[Any, DistInfo], Plan]) -> dict:
     with process_group(cfg.device) as env:
-        _seed_everything(cfg.seed, 0, cfg.threads)  # the same initial weights on every rank
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        seed_all(cfg.seed)  # the same initial weights on every rank
         plan = build(cfg, env)
-        _seed_everything(cfg.seed, env.rank)  # then each rank its own stream
+        seed_all(cfg.seed + env.rank)  # then each rank its own stream
         return _run(cfg, env, plan)
 
 
@@ -165,7 +158,7 @@ def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto")
 
 
 def predict_detection(checkpoint: str, image: str, output: str, threshold: float | None, device: str = "auto") -> int:
-    dev = _device(device)
+    dev = resolve_device(device)
     model, cfg, state = detection_model_from_checkpoint(checkpoint, dev)
     img = read_rgb(image)  # the one reader: modes, EXIF, size and aspect limits; one-line ImageLoadError
     x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1).to(dev)
@@ -230,7 +223,7 @@ def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "aut
 
 
 def predict_segmentation(checkpoint: str, image: str, output: str, device: str = "auto") -> dict:
-    dev = _device(device)
+    dev = resolve_device(device)
     model, cfg, state = segmentation_model_from_checkpoint(checkpoint, dev)
     img = read_rgb(image)  # the one reader: modes, EXIF, size and aspect limits; one-line ImageLoadError
     pred = seg.predict_logits(model, img, cfg, dev).argmax(0).cpu().numpy()
@@ -241,14 +234,6 @@ def predict_segmentation(checkpoint: str, image: str, output: str, device: str =
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but none is available; use --device cpu")
-    return torch.device(device)
-
-
 def _save_png(img: Image.Image, output: str) -> None:
     out = Path(output)
     if out.suffix.lower() != ".png":

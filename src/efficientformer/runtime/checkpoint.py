@@ -50,6 +50,13 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def seed_all(seed: int) -> None:
+    """Seed the torch, numpy and Python RNGs of this process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     npy = state["numpy"]
@@ -78,9 +85,7 @@ def restore_rng(saved: Any, info: DistInfo, seed: int, epoch: int) -> bool:
     if isinstance(saved, dict) and info.world == 1:
         set_rng_state(saved)
         return True
-    torch.manual_seed(seed + info.rank + 1000 * epoch)
-    np.random.seed((seed + info.rank + 1000 * epoch) % 2**32)
-    random.seed(seed + info.rank + 1000 * epoch)
+    seed_all(seed + info.rank + 1000 * epoch)
     return False
 
 
@@ -125,5 +130,7 @@ def load_state(target: Any, state: Any, name: str, path: Path) -> None:
         ) from None
 
 
-__all__ = ["FORMAT", "CheckpointReadError", "rng_state", "set_rng_state", "gather_rng_states", "restore_rng",
-           "save_checkpoint", "read_checkpoint", "load_state"]  # fmt: skip
+__all__ = [
+    "FORMAT", "CheckpointReadError", "rng_state", "seed_all", "set_rng_state", "gather_rng_states", "restore_rng",
+    "save_checkpoint", "read_checkpoint", "load_state",
+]  # fmt: skip

@@ -43,6 +43,17 @@ def backend_for(device: torch.device) -> str:
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` (the local rank's GPU) or ``cuda:N``; one-line error when
+    CUDA is asked for and absent."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA but no CUDA device is available; use device=cpu")
+    if not use_cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", int(device.split(":", 1)[1]) if device.startswith("cuda:") else local_rank)
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Read torchrun's (or Slurm's) environment; start the process group when there is more than one process.
 
@@ -58,15 +69,9 @@ def setup(device: str = "auto") -> DistInfo:
     else:
         rank, world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
     local = int(env.get("LOCAL_RANK", rank if world > 1 else 0))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but no CUDA device is available; use device=cpu")
-    if use_cuda:
-        index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else local
-        dev = torch.device("cuda", index)
+    dev = resolve_device(device, local)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
     if world > 1 and not active():
         dist.init_process_group(backend=backend_for(dev))
     return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
@@ -155,6 +160,6 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused: bool = False) -> nn.
 
 
 __all__ = [
-    "DistInfo", "setup", "cleanup", "process_group", "all_reduce_sum", "all_gather_objects", "broadcast_buffers",
-    "broadcast_module", "barrier", "shard", "unwrap", "wrap_ddp", "backend_for", "active",
+    "DistInfo", "setup", "resolve_device", "cleanup", "process_group", "all_reduce_sum", "all_gather_objects",
+    "broadcast_buffers", "broadcast_module", "barrier", "shard", "unwrap", "wrap_ddp", "backend_for", "active",
 ]  # fmt: skip

@@ -8,10 +8,8 @@ per-epoch cosine scheduler stepped after each epoch. The loop, checkpoints, DDP 
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform
@@ -26,7 +24,7 @@ from ..data.samplers import EvalSampler, SeededSamples, TrainSampler, seed_worke
 from ..data.transforms import describe_eval_transform, eval_transform
 from ..models import create_model, load_checkpoint
 from ..runtime import distributed
-from ..runtime.checkpoint import CheckpointReadError
+from ..runtime.checkpoint import CheckpointReadError, seed_all
 from ..runtime.distributed import DistInfo, all_reduce_sum
 from ..runtime.loop import NonFiniteLossError, Plan, Step, autocast, fit
 from ..runtime.optim import build_optimizer
@@ -112,12 +110,6 @@ def resolve_data(cfg: TrainConfig, info: DistInfo) -> tuple[Path, str]:
     return prepare_digits(cfg.cache_dir, cfg.digits_size), "digits"  # other ranks: already written
 
 
-def _seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a training run; returns the summary written to ``<output>/summary.json``."""
     with distributed.process_group(cfg.device) as info:
@@ -159,7 +151,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                           generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))  # fmt: skip
 
     # The same initial weights on every rank; each rank's own random stream (drop path, Mixup) after that.
-    _seed(cfg.seed)
+    seed_all(cfg.seed)
     distill = cfg.distillation != "none"
     model = create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, distillation=distill,
                          drop_path_rate=cfg.drop_path)  # fmt: skip
@@ -173,7 +165,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if info.enabled and device.type == "cuda" and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA; CPU/gloo runs keep plain BN
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
-    _seed(cfg.seed + info.rank)
+    seed_all(cfg.seed + info.rank)
 
     lr = cfg.global_lr(info.world)
     optimizer = build_optimizer(model, cfg.opt, lr, cfg.weight_decay, cfg.opt_eps)

@@ -7,9 +7,12 @@ of the same model, all timed interleaved in one run (issue #13, goal 5).
 
 One step = forward, cross-entropy, backward, AdamW step, in train mode (single head on both sides). A combo is
 ``+``-joined flags: ``eager`` (none), ``cl`` (channels_last model and input), ``bf16`` (autocast to bfloat16),
-``fp16`` (autocast to float16, GPU), ``compile`` (torch.compile of the model). Every configuration is built and
-warmed up (compiled) first; then ``--rounds`` rounds run ``--steps`` steps of each configuration in rotating
-order, and the median round gives images/s.
+``fp16`` (autocast to float16, GPU), ``compile`` (torch.compile of the model), ``fused`` (torch's fused AdamW),
+or ``default``: what ``efficientformer train`` does with the default config on this machine (precision and
+layout from ``TrainConfig()`` resolved by the runtime, the optimiser from ``runtime.optim.build_optimizer``).
+timm's step is eager fp32 with ``torch.optim.AdamW``. Every configuration is built and warmed up (compiled) first;
+then ``--rounds`` rounds run ``--steps`` steps of each configuration in rotating order, and the median round gives
+images/s.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ import statistics
 
 import torch
 
+from efficientformer.runtime.loop import resolve_amp, resolve_channels_last
+from efficientformer.runtime.optim import build_optimizer
+from efficientformer.train.config import TrainConfig
+from efficientformer.utils.machine import pin_allocator
 from efficientformer.utils.timing import time_interleaved
 
-FLAGS = ("cl", "bf16", "fp16", "compile")
+FLAGS = ("cl", "bf16", "fp16", "compile", "fused")
 
 
 def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
@@ -40,7 +47,21 @@ def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
     return model
 
 
-def parse_combo(text: str) -> frozenset[str]:
+def default_flags(device: str) -> frozenset[str]:
+    """The flags ``efficientformer train`` resolves from the default config on ``device``."""
+    cfg = TrainConfig()
+    amp = resolve_amp(cfg.amp, torch.device(device))
+    flags = {"bf16"} if amp == "bf16" else {"fp16"} if amp == "fp16" else set()
+    if resolve_channels_last(cfg.channels_last, torch.device(device), amp):
+        flags.add("cl")
+    if cfg.compile:
+        flags.add("compile")
+    return frozenset(flags | {"toolkit-optimizer"})
+
+
+def parse_combo(text: str, device: str) -> frozenset[str]:
+    if text == "default":
+        return default_flags(device)
     flags = frozenset(f for f in text.split("+") if f and f != "eager")
     unknown = flags - set(FLAGS)
     if unknown:
@@ -55,7 +76,11 @@ def make_step(model, batch: int, img_size: int, device: str, flags: frozenset[st
     y = torch.randint(0, 1000, (batch,), device=device)
     if "cl" in flags:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if "toolkit-optimizer" in flags:  # the trainer's: timm's factory over our no-decay groups
+        cfg = TrainConfig()
+        opt = build_optimizer(model, cfg.opt, 1e-3, cfg.weight_decay, cfg.opt_eps)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused="fused" in flags or None)
     step_model = torch.compile(model) if "compile" in flags else model
     amp = torch.bfloat16 if "bf16" in flags else torch.float16 if "fp16" in flags else None
 
@@ -82,17 +107,20 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--combos",
-        default="eager,cl,bf16,cl+bf16,compile,compile+bf16",
+        default="default,eager,cl,bf16,cl+bf16,compile,compile+bf16",
         help="comma-separated flag combinations for our model (timm runs eager fp32 as the baseline)",
     )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (compiles)")
     p.add_argument("--steps", type=int, default=2, help="steps per configuration per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-pin-allocator", action="store_true", help="leave glibc's mmap threshold dynamic")
     args = p.parse_args()
+    if not args.no_pin_allocator:
+        print(pin_allocator())
     if args.threads:
         torch.set_num_threads(args.threads)
-    combos = [(c, parse_combo(c)) for c in args.combos.split(",") if c]
+    combos = [(c, parse_combo(c, args.device)) for c in args.combos.split(",") if c]
     print(
         f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"{args.img_size}px, {args.rounds} rounds x {args.steps} steps interleaved, load {os.getloadavg()}"
@@ -114,7 +142,12 @@ def main() -> None:
         rate = {k: args.batch * args.steps * 1e3 / statistics.median(v) for k, v in times.items()}
         base = rate[("timm", "eager")]
         for (impl, label), r in rate.items():
-            print(f"| {name} | {impl} {label} | {r:.1f} | {r / base:.2f}x |", flush=True)
+            shown = (
+                f"default ({'+'.join(sorted(default_flags(args.device) - {'toolkit-optimizer'})) or 'fp32'})"
+                if label == "default"
+                else label
+            )
+            print(f"| {name} | {impl} {shown} | {r:.1f} | {r / base:.2f}x |", flush=True)
     print(f"load average at the end: {os.getloadavg()}")
 
 

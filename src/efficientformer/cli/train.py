@@ -57,7 +57,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         dest = f"cfg__{f.name}"
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):
             g.add_argument(flag, dest=dest, nargs="?", const="true", default=None, metavar="BOOL")
             g.add_argument("--no-" + f.name.replace("_", "-"), dest=dest, action="store_const", const="false")
         else:

@@ -24,6 +24,7 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from ..utils.io import check_writable_dir, remove_stale_temporaries
+from ..utils.machine import bf16_support
 from .checkpoint import gather_rng_states, load_state, read_checkpoint, restore_rng, save_checkpoint
 from .distributed import (
     DistInfo,
@@ -93,7 +94,34 @@ class Plan:
     tensorboard: bool = False
 
 
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
+def resolve_amp(amp: str, device: torch.device) -> Literal["none", "bf16", "fp16"]:
+    """``auto``: bf16 autocast where ``device`` computes bf16 natively (CUDA GPUs that support it; CPUs with AMX-BF16
+    or AVX512-BF16, per :func:`~efficientformer.utils.machine.bf16_support`), fp32 elsewhere, where bf16 would be
+    emulated and slower. bf16 needs no loss scaling. ``none``, ``bf16`` and ``fp16`` are taken as they are."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp != "auto":
+        return amp  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    if device.type == "cpu":
+        return "bf16" if bf16_support()[0] else "none"
+    return "none"
+
+
+def resolve_channels_last(channels_last: bool | None, device: torch.device, amp: str) -> bool:
+    """``None`` (auto): channels-last where it was measured to pay (benchmarks/README.md, goal 5): on CUDA, and on
+    CPUs under bf16 autocast, where oneDNN's blocked bf16 kernels want NHWC; plain NCHW for fp32 on CPU."""
+    if channels_last is not None:
+        return channels_last
+    return device.type == "cuda" or (device.type == "cpu" and amp == "bf16")
+
+
 def autocast(device: torch.device, amp: str):
+    """The autocast context of a resolved ``amp`` (``none``, ``bf16`` or ``fp16``)."""
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -11,6 +11,7 @@ from timm.data.auto_augment import augment_and_mix_transform, auto_augment_trans
 
 from ..runtime import config as runtime_config
 from ..runtime.config import param
+from ..runtime.loop import AMP_CHOICES
 from ..runtime.schedule import EPOCH_SCHEDULES
 
 
@@ -79,9 +80,13 @@ class TrainConfig:
     teacher_checkpoint: str | None = param(None)
     # -- hardware ------------------------------------------------------------------------------------------------
     device: str = param("auto", help="auto | cpu | cuda | cuda:N")
-    amp: str = param("none", choices=("none", "bf16", "fp16"), help="none | bf16 | fp16 (autocast)")
+    amp: str = param(
+        "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 where the device has it natively, else fp32) "
+        "| none (fp32, as published) | bf16 | fp16"
+    )  # fmt: skip
+    eval_amp: str = param("none", choices=("none", "bf16", "fp16"), help="evaluation autocast (none: fp32, as `eval`)")
     sync_bn: bool = param(True, help="only applied on multi-GPU CUDA runs")
-    channels_last: bool = param(False)
+    channels_last: bool | None = param(None, help="None: auto (on for CUDA and for bf16 on CPU)")
     compile: bool = param(False)
     threads: int | None = param(None, ge=1, help="torch intra-op CPU threads (None: torch's default)")
     # -- run -----------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..models import create_model, load_checkpoint
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, seed_all
 from ..runtime.distributed import DistInfo, all_reduce_sum
-from ..runtime.loop import NonFiniteLossError, Plan, Step, autocast, fit
+from ..runtime.loop import NonFiniteLossError, Plan, Step, autocast, fit, resolve_amp, resolve_channels_last
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
@@ -116,6 +116,10 @@ def train(cfg: TrainConfig) -> dict:
         return _train(cfg, info)
 
 
+def _precision(amp: str, channels_last: bool) -> str:
+    return ("fp32" if amp == "none" else f"{amp} autocast") + (", channels-last" if channels_last else "")
+
+
 def _log(info: DistInfo, msg: str) -> None:
     if info.is_main:
         print(msg, flush=True)
@@ -160,7 +164,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if cfg.finetune:
         _log(info, f"fine-tuning from {load_checkpoint(model, cfg.finetune, strict=False, use_ema=False)}")
     model.to(device)
-    if cfg.channels_last:
+    amp = resolve_amp(cfg.amp, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device, amp)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     if info.enabled and device.type == "cuda" and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA; CPU/gloo runs keep plain BN
@@ -174,6 +180,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     teacher = None
     if distill:
         teacher = build_teacher(cfg.teacher, cfg.teacher_checkpoint, num_classes, cfg.img_size).to(device)
+        if channels_last:
+            teacher.to(memory_format=torch.channels_last)
     criterion = DistillationLoss(base_criterion(cfg), cfg.distillation, teacher, cfg.distillation_alpha,
                                  cfg.distillation_tau)  # fmt: skip
     mixer = mixup_fn(cfg, num_classes)
@@ -185,7 +193,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if images is None or images.shape[0] == 0:
             return Step(None, skipped=skipped)
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if cfg.channels_last:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if mixer is not None:
             images, targets = mixer(images, targets)
@@ -213,12 +221,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     plan = Plan(
         task="classify", model=model, optimizer=optimizer, step=step, batches=batches,
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
-        evaluate=lambda m: evaluate(m, val_loader, device, cfg.amp), config=cfg, output=out, info=info,
-        seed=cfg.seed, epoch_scheduler=scheduler, ema=ema, ema_warmup=cfg.ema_warmup, amp=cfg.amp,
+        evaluate=lambda m: evaluate(m, val_loader, device, cfg.eval_amp), config=cfg, output=out, info=info,
+        seed=cfg.seed, epoch_scheduler=scheduler, ema=ema, ema_warmup=cfg.ema_warmup, amp=amp,
         clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, compile=cfg.compile, train_mode=train_mode,
         eval_every=cfg.eval_every, eval_unit="epoch", log_every=cfg.log_every, best_metric="val_top1",
         metric_names=("val_top1", "val_top5", "ema_top1"),
-        meta={"class_names": class_names, "model_name": cfg.model}, check_resume=check_resume,
+        meta={"class_names": class_names, "model_name": cfg.model,
+              "precision": {"amp": amp, "channels_last": channels_last}}, check_resume=check_resume,
         describe=lambda m: _describe(m), resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard,
     )  # fmt: skip
     if info.is_main:
@@ -227,7 +236,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     _log(info, f"training {cfg.model} ({n_params / 1e6:.2f} M params) on {dataset_name}: {len(train_set)} train / "
                f"{len(val_set)} val images, {num_classes} classes, {info.world} process(es) on {device}, global batch "
-               f"{cfg.batch_size * info.world}, lr {lr:.2e}, distillation {cfg.distillation}; eval: "
+               f"{cfg.batch_size * info.world}, lr {lr:.2e}, distillation {cfg.distillation}, precision "
+               f"{_precision(amp, channels_last)}; eval: "
                f"{describe_eval_transform(cfg.img_size, cfg.eval_resize)}; output {out}")  # fmt: skip
     state = fit(plan)
 

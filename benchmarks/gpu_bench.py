@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_throughput import make_step, parse_combo  # benchmarks/: the one training step of the benchmarks
 
 from efficientformer.deploy import deploy
 from efficientformer.models import create_model
@@ -69,28 +70,6 @@ def inference_fn(model, batch: int, img: int, dtype: str, cl: bool, compile_: bo
     return fn
 
 
-def train_fn(model, batch: int, img: int, dtype: str, cl: bool, compile_: bool):
-    model = model.cuda().train()
-    x = torch.randn(batch, 3, img, img, device="cuda")
-    y = torch.randint(0, 1000, (batch,), device="cuda")
-    if cl:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    run = torch.compile(model) if compile_ else model
-
-    def fn():
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
-        with ctx:
-            out = run(x)
-            out = out[0] if isinstance(out, tuple) else out
-            loss = torch.nn.functional.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return fn
-
-
 #: (impl, form, dtype, channels_last, compile) for inference
 INFERENCE = [
     ("timm", "eager", "fp32", False, False),
@@ -104,14 +83,15 @@ INFERENCE = [
     ("ours", "compile", "fp32", False, True),  # the deploy form, compiled
     ("ours", "compile", "bf16", True, True),
 ]
-#: (impl, dtype, channels_last, compile) for training
+#: (impl, combo) for training: train_throughput.py's combos (``default`` = what ``efficientformer train`` resolves)
 TRAINING = [
-    ("timm", "fp32", False, False),
-    ("timm", "bf16", True, False),
-    ("timm", "bf16", True, True),
-    ("ours", "fp32", False, False),
-    ("ours", "bf16", True, False),
-    ("ours", "bf16", True, True),
+    ("timm", "eager"),
+    ("timm", "cl+bf16"),
+    ("timm", "compile+cl+bf16"),
+    ("ours", "eager"),
+    ("ours", "default"),
+    ("ours", "cl+bf16"),
+    ("ours", "compile+cl+bf16"),
 ]
 
 
@@ -169,23 +149,26 @@ def main() -> None:
                 torch.compiler.reset()
         if args.no_train:
             continue
-        for impl, dtype, cl, comp in TRAINING:
+        for impl, combo in TRAINING:
             model = timm_model(name, img) if impl == "timm" else create_model(name, img_size=img, distillation=False)
+            flags = parse_combo(combo, "cuda")
+            dtype = "bf16" if "bf16" in flags else "fp16" if "fp16" in flags else "fp32"
+            cl, comp = "cl" in flags, "compile" in flags
             try:
-                fn = train_fn(model, args.train_batch, img, dtype, cl, comp)
+                fn = make_step(model, args.train_batch, img, "cuda", flags)
                 ms = cuda_time(fn, args.warmup, max(5, args.iters // 2), args.repeats)
-                record({"task": "train", "model": name, "impl": impl, "dtype": dtype, "channels_last": cl,
-                        "compile": comp, "batch": args.train_batch, "ms": ms,
+                record({"task": "train", "model": name, "impl": impl, "combo": combo, "dtype": dtype,
+                        "channels_last": cl, "compile": comp, "batch": args.train_batch, "ms": ms,
                         "img_s": args.train_batch * 1e3 / ms})  # fmt: skip
             except Exception as e:
-                record({"task": "train", "model": name, "impl": impl, "dtype": dtype, "compile": comp,
-                        "error": _err(e)})  # fmt: skip
+                record({"task": "train", "model": name, "impl": impl, "combo": combo, "dtype": dtype,
+                        "compile": comp, "error": _err(e)})  # fmt: skip
             torch.compiler.reset()
     lines = [f"GPU: {env['gpu']}, torch {env['torch']}, {env['time']}", "",
              "| task | model | impl | form | dtype | channels_last | batch | ms | img/s |",
              "|---|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
     for r in rows:
-        form = r.get("form", "compile" if r.get("compile") else "eager")
+        form = r.get("form", r.get("combo", ""))
         val = f"{r['ms']:.2f} | {r['img_s']:.0f}" if "ms" in r else f"error: {r['error']} |"
         lines.append(f"| {r['task']} | {r['model']} | {r['impl']} | {form} | {r['dtype']} "
                      f"| {r.get('channels_last', '')} | {r.get('batch', '')} | {val} |")  # fmt: skip

@@ -7,7 +7,7 @@ from test_deploy import randomise, rel_diff
 
 from efficientformer import create_model
 from efficientformer.deploy import deploy
-from efficientformer.deploy.inductor import compile_frozen
+from efficientformer.deploy.inductor import compile_aot, compile_frozen, package_kernels
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,23 @@ def test_inductor_cpp_wrapper_equals_eval_model():
         ref = model(x)
     fast = compile_frozen(deploy(model), x, cpp_wrapper=True)
     assert rel_diff(fast(x), ref) < 1e-4
+
+
+def test_inductor_aot_package_equals_eval_model(tmp_path):
+    model = randomise(create_model("efficientformerv2_s0", img_size=64))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    fast = compile_aot(deploy(model), x, package_path=tmp_path / "s0.pt2")
+    out = fast(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert rel_diff(out, ref) < 1e-4
+    assert float((out - ref).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))
+    # the package really holds the frozen form: prepacked oneDNN convolutions with fused post-ops, no plain ones
+    code = package_kernels(tmp_path / "s0.pt2")
+    assert "mkldnn__convolution_pointwise" in code and "aoti_torch_cpu_convolution(" not in code
+    with pytest.raises(ValueError, match="eval-mode"):
+        compile_aot(deploy(model).train(), x)
 
 
 def test_inductor_bf16_close_to_fp32_and_float_out():

@@ -16,7 +16,8 @@ benchmark): the 2-thread speed-up of each runtime on the machine as loaded at th
 
 ``--conv-overhead`` also times torch's fused oneDNN convolution op (the one Inductor's frozen graphs call) on
 convolutions with almost no arithmetic (16 channels, 1x1 and 2x2 px): what is left is the per-call cost of the
-op itself, which every one of a model's convolutions pays.
+op itself, which every one of a model's convolutions pays; and the same for a chain of 64 such convolutions
+(1x1, GELU) compiled by each backend, per convolution: the fixed cost per convolution in each runtime.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from pathlib import Path
 import torch
 
 from efficientformer import create_model
-from efficientformer.bench.latency import _export_plain_onnx
 from efficientformer.deploy import deploy
+from efficientformer.deploy.export import write_onnx
 from efficientformer.deploy.inductor import compile_aot, compile_frozen
+from efficientformer.deploy.modules import FusedConv2d
 from efficientformer.utils.machine import machine_report
 from efficientformer.utils.timing import ort_session
 
@@ -45,7 +47,7 @@ def build(backend: str, model: torch.nn.Module, x: torch.Tensor, tmp: Path, thre
     """The timed call of one backend (``threads``: ONNX Runtime's session's count; torch uses the global one)."""
     if backend == "onnxruntime":
         path = tmp / f"m{len(list(tmp.iterdir()))}.onnx"
-        _export_plain_onnx(model, path, x.shape[-1], x.shape[0])
+        write_onnx(model, x, path)  # the exporter and settings of `efficientformer export`
         sess = ort_session(path, threads)
         name, xn = sess.get_inputs()[0].name, x.numpy()
         return lambda: sess.run(None, {name: xn})
@@ -106,6 +108,14 @@ def conv_overhead(runs: int = 300) -> dict[str, float]:
 
         out[label] = statistics.median(cpu_times({label: fn}, 50, runs)[label]) * 1e3
     return out
+
+
+def conv_chain_cost(backends: list[str], tmp: Path, length: int = 64, runs: int = 100) -> dict[str, float]:
+    """Microseconds of thread CPU time per convolution in a chain of ``length`` tiny 1x1 convolutions + GELU."""
+    chain = torch.nn.Sequential(*[FusedConv2d(16, 16, act="gelu") for _ in range(length)]).eval()
+    x = torch.randn(1, 16, 2, 2)
+    fns = {b: build(b, chain, x, tmp) for b in backends}
+    return {b: statistics.median(t) * 1e3 / length for b, t in cpu_times(fns, 20, runs).items()}
 
 
 def main() -> None:
@@ -169,6 +179,10 @@ def main() -> None:
         result["conv_op_overhead_us"] = conv_overhead()
         for label, us in result["conv_op_overhead_us"].items():
             print(f"  mkldnn._convolution_pointwise, {label}: {us:.1f} us CPU per call")
+        with tempfile.TemporaryDirectory() as tmp:
+            result["conv_chain_us_per_conv"] = conv_chain_cost(backends, Path(tmp))
+        for b, us in result["conv_chain_us_per_conv"].items():
+            print(f"  chain of 64 tiny 1x1 conv + GELU, {b}: {us:.1f} us CPU per convolution")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")

@@ -16,6 +16,8 @@ Candidates:
   channels-last    cpp with the model and the input in channels_last before compiling
   conv1x1-linear   cpp with every 1x1 convolution written as a linear layer over the channel axis (MKL GEMM)
   linear-autotune  conv1x1-linear + max_autotune (Inductor's C++ GEMM template competes)
+  linear-cpp-gemm  conv1x1-linear + max_autotune choosing between Inductor's C++ GEMM template (inline: no
+                   per-call op cost, bias / GELU / residual fused as its epilogue)
   loops-1thread    cpp with Inductor's generated loops single-threaded (cpp.threads=1; oneDNN keeps all)
   big-chunks       cpp with cpp.min_chunk_size=65536 (fewer generated loops parallelised)
   onednn-graph     TorchScript trace + freeze with oneDNN Graph fusion (torch.jit.enable_onednn_fusion)
@@ -46,7 +48,8 @@ from efficientformer.utils.machine import pin_allocator
 from efficientformer.utils.optional import require
 from efficientformer.utils.timing import ort_session, time_blocks
 
-CANDIDATES = ("cpp", "aot", "autotune", "channels-last", "conv1x1-linear", "linear-autotune", "loops-1thread",
+CANDIDATES = ("cpp", "aot", "autotune", "channels-last", "conv1x1-linear", "linear-autotune", "linear-cpp-gemm",
+              "loops-1thread",
               "big-chunks", "onednn-graph", "ort", "ort-spin")  # fmt: skip
 
 
@@ -94,6 +97,10 @@ def build(cand: str, model: torch.nn.Module, x: torch.Tensor, threads: int, tmp:
         fn = compile_frozen(copy.deepcopy(model).to(memory_format=torch.channels_last), inp, cpp_wrapper=True)
     elif cand in ("conv1x1-linear", "linear-autotune"):
         fn = compile_frozen(conv1x1_as_linear(model), x, cpp_wrapper=True, max_autotune=cand == "linear-autotune")
+    elif cand == "linear-cpp-gemm":
+        inner = set_cpu_kernels(conv1x1_as_linear(model), False).requires_grad_(False)
+        opts = {"freezing": True, "cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+        fn = compile_with_freezing(inner, x, "fp32", opts)
     elif cand in ("loops-1thread", "big-chunks"):
         inner = set_cpu_kernels(copy.deepcopy(model), False).requires_grad_(False)
         extra = {"cpp.threads": 1} if cand == "loops-1thread" else {"cpp.min_chunk_size": 65536}

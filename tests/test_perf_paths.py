@@ -101,16 +101,17 @@ def test_benchmark_reports_ceiling_gflops_and_ratios():
     pytest.importorskip("onnxruntime")
     from efficientformer.bench.latency import BenchConfig, run_benchmark, to_markdown
 
-    cfg = BenchConfig(["efficientformerv2_s0"], ["deploy", "inductor", "onnxruntime"], [1], threads=1, img_size=64,
+    backends = ["deploy", "inductor", "inductor-aot", "onnxruntime"]
+    cfg = BenchConfig(["efficientformerv2_s0"], backends, [1], threads=1, img_size=64,
                       warmup=1, runs=4, timm_rows=False, baseline=False, blocks=2)  # fmt: skip
     result = run_benchmark(cfg, log=lambda _: None)
     rows = {r["backend"]: r for r in result["rows"]}
-    assert set(rows) == {"deploy", "inductor", "onnxruntime"}
+    assert set(rows) == set(backends) and not result["notes"][1:], result["notes"]
     for r in rows.values():
         assert r["gflops"] > 0 and 0 < r["ceiling_frac"] and r["gmacs"] > 0 and r["faults_per_call"] >= 0
     assert result["environment"]["gemm_ceiling_fp32_gflops_b1"] > 0 and result["environment"]["isa"] is not None
     ratio = [c for c in result["comparisons"] if c["ratio"].startswith("pytorch / onnxruntime")]
-    assert len(ratio) == 1 and ratio[0]["numerator"] in ("deploy", "inductor") and ratio[0]["value"] > 0
+    assert len(ratio) == 1 and ratio[0]["numerator"] in ("deploy", "inductor", "inductor-aot") and ratio[0]["value"] > 0
     assert "of ceiling" in to_markdown(result)
 
 

@@ -23,7 +23,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
 
 from .modules import set_cpu_kernels
@@ -94,6 +93,8 @@ def compile_with_freezing(model: nn.Module, example: torch.Tensor, label: str, o
     The config is patched around the compiling call instead of passed as ``torch.compile(options=...)``: with
     torch 2.14.1, ``options={"freezing": True}`` is silently ignored (the graph keeps plain ``aten.convolution``
     calls, measured with torch.profiler), whereas the patched global config gives prepacked oneDNN kernels."""
+    import torch._inductor.config as inductor_config  # here, not at the top: importing Inductor takes ~1.4 s
+
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     frozen = FrozenInductorModel(compiled, label, options)
     with inductor_config.patch(**options):
@@ -122,6 +123,8 @@ def compile_aot(
     prepacking as :func:`compile_frozen`, write the ``.pt2`` package to ``package_path`` (a temporary file,
     deleted once loaded, when None) and load it back. The input shape is fixed to ``example``'s."""
     inner = _prepare(model, dtype, "compile_aot")
+    import torch._inductor.config as inductor_config  # here, not at the top: importing Inductor takes ~1.4 s
+
     with torch.no_grad():
         program = torch.export.export(inner, (example,))
     with tempfile.TemporaryDirectory(prefix="ef-aot-") as tmp:

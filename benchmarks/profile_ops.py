@@ -4,7 +4,12 @@
 
 torch backends: ``torch.profiler`` self CPU time per op (compiled graphs show their oneDNN ops and the generated
 C++ kernels by name); ONNX Runtime: its own profiler, time per node type. Prints the top ``--top`` entries with
-their share of the total, averaged over ``--runs`` calls after warm-up.
+their share of the total, averaged over ``--runs`` calls after warm-up. Inductor's generated C++ loops are
+profiled by name (``cpp.enable_kernel_profile``). ``--by-kind`` also splits the convolution time by kind
+(depthwise 3x3, 1x1, dense 3x3) and input resolution, from the weight shapes, in both runtimes: that is the
+comparison that says which convolutions one runtime wins.
+
+    python benchmarks/profile_ops.py --model efficientformerv2_s0 --backend inductor,onnxruntime --by-kind
 """
 
 from __future__ import annotations
@@ -17,24 +22,41 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 
+from efficientformer import create_model
 from efficientformer.bench.latency import _export_plain_onnx, _int8_from, _random_batches
 from efficientformer.deploy import deploy
 from efficientformer.deploy.inductor import compile_frozen
 from efficientformer.deploy.pt2e import quantize_pt2e_x86
-from efficientformer.models import create_model
 
 
-def torch_profile(fn, runs: int) -> dict[str, float]:
+def conv_kind(x_shape: list[int], w_shape: list[int]) -> str:
+    """``"depthwise 3x3 s@56"``-style label of a convolution from its input and weight shapes."""
+    k = w_shape[2]
+    kind = "depthwise" if w_shape[1] == 1 and k > 1 else "dense"
+    return f"conv {kind} {k}x{k} @{x_shape[2]}" if k > 1 else f"conv 1x1 @{x_shape[2]}"
+
+
+def torch_profile(fn, runs: int, by_kind: bool = False) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=by_kind) as prof:
         for _ in range(runs):
             fn()
-    return {e.key: e.self_cpu_time_total / 1e3 / runs for e in prof.key_averages()}
+    out: dict[str, float] = collections.defaultdict(float)
+    for e in prof.key_averages(group_by_input_shape=by_kind):
+        key = e.key
+        if by_kind and "convolution" in key:
+            shapes = [s for s in e.input_shapes if isinstance(s, list)]
+            # (x, weight, bias, ...) or, with a fused residual, (x, other, weight, ...)
+            weight = shapes[2] if len(shapes) > 2 and len(shapes[2]) == 4 else shapes[1]
+            key = conv_kind(shapes[0], weight)
+        out[key] += e.self_cpu_time_total / 1e3 / runs
+    return dict(out)
 
 
-def ort_profile(path: Path, x, threads: int, runs: int) -> dict[str, float]:
+def ort_profile(path: Path, x, threads: int, runs: int, by_kind: bool = False) -> dict[str, float]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -48,7 +70,11 @@ def ort_profile(path: Path, x, threads: int, runs: int) -> dict[str, float]:
     out: dict[str, float] = collections.defaultdict(float)
     for ev in trace:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
-            out[ev["args"]["op_name"]] += ev["dur"] / 1e3 / runs
+            key = ev["args"]["op_name"]
+            if by_kind and key == "Conv":
+                shapes = [next(iter(d.values())) for d in ev["args"].get("input_type_shape", [])]
+                key = conv_kind(shapes[0], shapes[1])
+            out[key] += ev["dur"] / 1e3 / runs
     return dict(out)
 
 
@@ -60,7 +86,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--by-kind", action="store_true", help="split convolution time by kind and resolution")
     args = p.parse_args()
+    inductor_config.cpp.enable_kernel_profile = True  # generated loops show up by name, not as one "graph" entry
     torch.set_num_threads(args.threads)
     img = args.img_size
     if args.model == "mobilenetv2_100":
@@ -79,7 +107,7 @@ def main() -> None:
                 if backend.endswith("int8"):
                     _int8_from(path, path.with_suffix(".int8.onnx"), img)
                     path = path.with_suffix(".int8.onnx")
-                prof = ort_profile(path, x.numpy(), args.threads, args.runs)
+                prof = ort_profile(path, x.numpy(), args.threads, args.runs, args.by_kind)
         else:
             if backend == "deploy":
                 model = fused
@@ -94,7 +122,7 @@ def main() -> None:
 
             for _ in range(5):
                 fn()
-            prof = torch_profile(fn, args.runs)
+            prof = torch_profile(fn, args.runs, args.by_kind)
         total = sum(prof.values())
         print(f"\n{backend}: {total:.2f} ms of op time per call")
         for key, ms in sorted(prof.items(), key=lambda kv: -kv[1])[: args.top]:

@@ -84,5 +84,5 @@ def test_every_benchmark_flag_has_help():
     missing = [a.option_strings[0] for a in flags if not a.help]
     assert not missing, f"benchmark flags without help: {missing}"
     backend_help = next(a.help for a in flags if a.dest == "backend")
-    for name in ("inductor", "inductor-cpp", "inductor-bf16", "pt2e-int8", "onnxruntime-int8"):
+    for name in ("inductor", "inductor-cpp", "inductor-aot", "inductor-bf16", "pt2e-int8", "onnxruntime-int8"):
         assert name in backend_help

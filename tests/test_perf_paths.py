@@ -7,7 +7,7 @@ from test_deploy import randomise, rel_diff
 
 from efficientformer import create_model
 from efficientformer.deploy import deploy
-from efficientformer.deploy.inductor import compile_frozen
+from efficientformer.deploy.inductor import compile_aot, compile_frozen, package_kernels
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,23 @@ def test_inductor_cpp_wrapper_equals_eval_model():
         ref = model(x)
     fast = compile_frozen(deploy(model), x, cpp_wrapper=True)
     assert rel_diff(fast(x), ref) < 1e-4
+
+
+def test_inductor_aot_package_equals_eval_model(tmp_path):
+    model = randomise(create_model("efficientformerv2_s0", img_size=64))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    fast = compile_aot(deploy(model), x, package_path=tmp_path / "s0.pt2")
+    out = fast(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert rel_diff(out, ref) < 1e-4
+    assert float((out - ref).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))
+    # the package really holds the frozen form: prepacked oneDNN convolutions with fused post-ops, no plain ones
+    code = package_kernels(tmp_path / "s0.pt2")
+    assert "mkldnn__convolution_pointwise" in code and "aoti_torch_cpu_convolution(" not in code
+    with pytest.raises(ValueError, match="eval-mode"):
+        compile_aot(deploy(model).train(), x)
 
 
 def test_inductor_bf16_close_to_fp32_and_float_out():
@@ -84,16 +101,17 @@ def test_benchmark_reports_ceiling_gflops_and_ratios():
     pytest.importorskip("onnxruntime")
     from efficientformer.bench.latency import BenchConfig, run_benchmark, to_markdown
 
-    cfg = BenchConfig(["efficientformerv2_s0"], ["deploy", "inductor", "onnxruntime"], [1], threads=1, img_size=64,
+    backends = ["deploy", "inductor", "inductor-aot", "onnxruntime"]
+    cfg = BenchConfig(["efficientformerv2_s0"], backends, [1], threads=1, img_size=64,
                       warmup=1, runs=4, timm_rows=False, baseline=False, blocks=2)  # fmt: skip
     result = run_benchmark(cfg, log=lambda _: None)
     rows = {r["backend"]: r for r in result["rows"]}
-    assert set(rows) == {"deploy", "inductor", "onnxruntime"}
+    assert set(rows) == set(backends) and not result["notes"][1:], result["notes"]
     for r in rows.values():
         assert r["gflops"] > 0 and 0 < r["ceiling_frac"] and r["gmacs"] > 0 and r["faults_per_call"] >= 0
     assert result["environment"]["gemm_ceiling_fp32_gflops_b1"] > 0 and result["environment"]["isa"] is not None
     ratio = [c for c in result["comparisons"] if c["ratio"].startswith("pytorch / onnxruntime")]
-    assert len(ratio) == 1 and ratio[0]["numerator"] in ("deploy", "inductor") and ratio[0]["value"] > 0
+    assert len(ratio) == 1 and ratio[0]["numerator"] in ("deploy", "inductor", "inductor-aot") and ratio[0]["value"] > 0
     assert "of ceiling" in to_markdown(result)
 
 

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..deploy.export import write_onnx
 from ..deploy.fuse import deploy
-from ..deploy.inductor import compile_frozen
+from ..deploy.inductor import compile_aot, compile_frozen
 from ..deploy.pt2e import quantize_pt2e_x86
 from ..deploy.quantize import quantize_static_qdq
 from ..models.checkpoint import load_checkpoint
@@ -52,6 +52,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "compile": ("torch", "fp32", "torch.compile of the deploy form, default options (and of timm's model)"),
     "inductor": ("torch", "fp32", "the deploy form compiled by Inductor with freezing + weight prepacking"),
     "inductor-cpp": ("torch", "fp32", "as inductor, with Inductor's C++ wrapper (no Python between kernels)"),
+    "inductor-aot": ("torch", "fp32", "as inductor, ahead of time (AOTInductor .pt2): no guards or Python per call"),
     "inductor-bf16": ("torch", "bf16", "as inductor, weights and activations in bf16 (native bf16 CPUs only)"),
     "pt2e-int8": ("torch", "int8", "PT2E static INT8 (x86 Inductor quantizer), compiled with freezing"),
     "onnxruntime": ("onnxruntime", "fp32", "ONNX export of the deploy form (and of timm's model) in ONNX Runtime"),
@@ -59,7 +60,8 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 #: backends that also get a MobileNetV2 (timm) row when the baseline is on
 BASELINE_BACKENDS = (
-    "eager", "inductor", "inductor-cpp", "inductor-bf16", "pt2e-int8", "onnxruntime", "onnxruntime-int8",
+    "eager", "inductor", "inductor-cpp", "inductor-aot", "inductor-bf16", "pt2e-int8", "onnxruntime",
+    "onnxruntime-int8",
 )  # fmt: skip
 INTERLEAVE = ("model", "runtime")
 
@@ -288,6 +290,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             dtype = "bf16" if backend.endswith("bf16") else "fp32"
             frozen = compile_frozen(model, x, dtype, cpp_wrapper=backend == "inductor-cpp")
             return _call(frozen, x, compiled=True)
+        if backend == "inductor-aot":
+            return _call(compile_aot(model, x), x, compiled=True)
         if backend == "pt2e-int8":
             calib = _random_batches(x.shape[0], img, 4)  # speed only: the accuracy check uses real images
             return _call(quantize_pt2e_x86(model, x, calib), x, compiled=True)
@@ -416,7 +420,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 #: (name, numerator backend(s), denominator backend): ratio = median(numerator) / median(denominator) for our rows;
 #: with several numerators, the fastest one present is used (and named).
 RATIOS = (
-    ("pytorch / onnxruntime (fp32)", ("deploy", "compile", "inductor", "inductor-cpp"), "onnxruntime"),
+    ("pytorch / onnxruntime (fp32)", ("deploy", "compile", "inductor", "inductor-cpp", "inductor-aot"), "onnxruntime"),
     ("inductor-bf16 speed-up over inductor fp32", ("inductor",), "inductor-bf16"),
     ("pt2e-int8 speed-up over inductor fp32", ("inductor",), "pt2e-int8"),
     ("onnxruntime-int8 speed-up over onnxruntime fp32", ("onnxruntime",), "onnxruntime-int8"),

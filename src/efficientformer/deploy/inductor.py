@@ -6,6 +6,11 @@ follow a convolution become oneDNN post-ops, and the remaining element-wise ops 
 talking-head mixes' adds) are fused into generated C++ loops. On the benchmark's CPU this is what closes the gap
 to ONNX Runtime (see benchmarks/README.md). The compiled module is for inference only (``no_grad`` inside).
 
+:func:`compile_aot` is the same compilation ahead of time (AOTInductor): ``torch.export`` + Inductor with freezing
+into a ``.pt2`` package (a shared library with the prepacked weights), loaded back as a C++ runner. A call then
+skips TorchDynamo's guard checks and Python wrapper entirely, which is what is left of the per-call overhead at
+batch 1 once the C++ wrapper is on; the package can also be shipped and run without the model code.
+
 bf16: the weights are cast once and the input is cast inside the compiled graph, so a caller passes and gets
 float32. Only worth it on CPUs with native bf16 (AVX512-BF16 / AMX); `efficientformer benchmark` checks that.
 """
@@ -13,6 +18,9 @@ float32. Only worth it on CPUs with native bf16 (AVX512-BF16 / AMX); `efficientf
 from __future__ import annotations
 
 import copy
+import tempfile
+import zipfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -60,17 +68,23 @@ def compile_frozen(
     (less per-op overhead at batch 1). ``max_autotune``: let Inductor benchmark kernel choices (slow to compile).
     The input shape is the one of ``example``; another shape recompiles.
     """
+    inner = _prepare(model, dtype, "compile_frozen")
+    options = {"freezing": True, "cpp_wrapper": cpp_wrapper, "max_autotune": max_autotune}
+    return compile_with_freezing(inner, example, dtype, options)
+
+
+def _prepare(model: nn.Module, dtype: str, caller: str) -> nn.Module:
+    """A private copy of ``model`` ready for Inductor: eager fast path off, no gradients, ``dtype`` inside."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if model.training:
-        raise ValueError("compile_frozen expects an eval-mode model (call model.eval() first)")
+        raise ValueError(f"{caller} expects an eval-mode model (call model.eval() first)")
     inner = copy.deepcopy(model)
     set_cpu_kernels(inner, False)  # Inductor does its own oneDNN fusion; the eager fast path's caches are unused
     inner.requires_grad_(False)
     if DTYPES[dtype] is not torch.float32:
         inner = _CastIO(inner.to(DTYPES[dtype]), DTYPES[dtype])
-    options = {"freezing": True, "cpp_wrapper": cpp_wrapper, "max_autotune": max_autotune}
-    return compile_with_freezing(inner, example, dtype, options)
+    return inner
 
 
 def compile_with_freezing(model: nn.Module, example: torch.Tensor, label: str, options: dict) -> FrozenInductorModel:
@@ -79,10 +93,52 @@ def compile_with_freezing(model: nn.Module, example: torch.Tensor, label: str, o
     The config is patched around the compiling call instead of passed as ``torch.compile(options=...)``: with
     torch 2.14.1, ``options={"freezing": True}`` is silently ignored (the graph keeps plain ``aten.convolution``
     calls, measured with torch.profiler), whereas the patched global config gives prepacked oneDNN kernels."""
-    import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config  # here, not at the top: importing Inductor takes ~1.4 s
 
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     frozen = FrozenInductorModel(compiled, label, options)
     with inductor_config.patch(**options):
         frozen(example)
     return frozen
+
+
+class AOTInductorModel(nn.Module):
+    """An AOTInductor package loaded for inference; call it like the eval model (float32 in, float32 out).
+
+    The runner is a C++ object with no parameters of its own; ``package`` is the ``.pt2`` file it came from."""
+
+    def __init__(self, runner, dtype: str, package: Path | None) -> None:
+        super().__init__()
+        self.runner, self.dtype, self.package = runner, dtype, package
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.runner(x)
+
+
+def compile_aot(
+    model: nn.Module, example: torch.Tensor, dtype: str = "fp32", package_path: str | Path | None = None
+) -> AOTInductorModel:
+    """Compile an eval-mode model (best: the deploy form) ahead of time with AOTInductor, freezing and weight
+    prepacking as :func:`compile_frozen`, write the ``.pt2`` package to ``package_path`` (a temporary file,
+    deleted once loaded, when None) and load it back. The input shape is fixed to ``example``'s."""
+    inner = _prepare(model, dtype, "compile_aot")
+    import torch._inductor.config as inductor_config  # here, not at the top: importing Inductor takes ~1.4 s
+
+    with torch.no_grad():
+        program = torch.export.export(inner, (example,))
+    with tempfile.TemporaryDirectory(prefix="ef-aot-") as tmp:
+        path = Path(package_path) if package_path is not None else Path(tmp) / "model.pt2"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Inductor freezes only with gradients off (else plain aten convolutions, measured); patched config as
+        # in compile_with_freezing
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        runner = torch._inductor.aoti_load_package(str(path))  # extracts its shared library; the file may go
+    return AOTInductorModel(runner, dtype, Path(package_path) if package_path is not None else None)
+
+
+def package_kernels(path: str | Path) -> str:
+    """The generated C++ call sequence inside an AOTInductor package (to check which kernels it calls)."""
+    with zipfile.ZipFile(path) as z:
+        return "\n".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))

@@ -1,7 +1,8 @@
-"""Exporters: ONNX, TorchScript, Core ML and ExecuTorch, each followed by a parity check where one can run.
+"""Exporters: ONNX, TorchScript, Core ML, ExecuTorch and AOTInductor (``pt2``), each followed by a parity check
+where one can run.
 
 Every exporter takes an eval-mode model (the training-time model or its :func:`deploy` form) and writes one file.
-ONNX, TorchScript and ExecuTorch files are run again on fresh random inputs and compared with PyTorch; a file
+ONNX, TorchScript, ExecuTorch and ``.pt2`` files are run again on fresh random inputs and compared with PyTorch; a file
 that disagrees beyond ``tolerance`` raises :class:`ExportParityError`. Core ML prediction only exists on macOS,
 so the Core ML exporter checks the written spec (inputs, outputs, classifier labels) instead.
 
@@ -26,8 +27,9 @@ from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.layers import to_grid
 from ..utils.io import atomic_write_bytes
 from ..utils.optional import require
+from .inductor import compile_aot
 
-FORMATS = ("onnx", "torchscript", "coreml", "executorch")
+FORMATS = ("onnx", "torchscript", "coreml", "executorch", "pt2")
 
 
 class ExportParityError(ValueError):
@@ -414,6 +416,41 @@ def export_executorch(
     return report
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# AOTInductor
+# ---------------------------------------------------------------------------------------------------------------
+def export_pt2(
+    model: nn.Module, path: str | Path, img_size=None, batch: str | int = 1, tolerance: float = 1e-4
+) -> ExportReport:
+    """An AOTInductor ``.pt2`` package (fixed batch and size): the model compiled ahead of time by Inductor with
+    freezing, prepacked oneDNN convolutions on x86 (the benchmark's ``inductor-aot`` backend), loadable without
+    the model code by ``torch._inductor.aoti_load_package``; loaded back and compared on fresh inputs."""
+    img = _img_of(model, img_size)
+    fixed = parse_batch(batch)
+    if fixed is None:
+        raise ValueError("AOTInductor packages are compiled for one input shape; pass --batch N (e.g. --batch 1)")
+    path = check_output_path(path)
+    model = model.eval()
+    chans = getattr(model, "in_chans", 3)
+    start = time.perf_counter()
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # written beside the target, then renamed
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runner = compile_aot(model, _inputs(fixed, img, 0, chans), package_path=partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    x = _inputs(fixed, img, 400, chans)
+    with torch.no_grad():
+        diff = float((runner(x) - model(x)).abs().max())
+    report = ExportReport("pt2", str(path), img, str(fixed), _size(path), seconds, diff, [fixed])
+    report.notes.append("AOTInductor package (freezing); load with torch._inductor.aoti_load_package(path)")
+    _check(diff, tolerance, "AOTInductor")
+    return report
+
+
 def export_model(model: nn.Module, fmt: str, path: str | Path, **kwargs) -> ExportReport:
     """Dispatch to one exporter by name."""
     fmt = fmt.lower()
@@ -429,4 +466,7 @@ def export_model(model: nn.Module, fmt: str, path: str | Path, **kwargs) -> Expo
     if fmt == "executorch":
         kwargs.pop("fp16", None)
         return export_executorch(model, path, **kwargs)
+    if fmt == "pt2":
+        kwargs.pop("fp16", None)
+        return export_pt2(model, path, **kwargs)
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

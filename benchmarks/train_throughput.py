@@ -52,7 +52,7 @@ def default_flags(device: str) -> frozenset[str]:
     cfg = TrainConfig()
     amp = resolve_amp(cfg.amp, torch.device(device))
     flags = {"bf16"} if amp == "bf16" else {"fp16"} if amp == "fp16" else set()
-    if resolve_channels_last(cfg.channels_last, torch.device(device), amp):
+    if resolve_channels_last(cfg.channels_last, torch.device(device)):
         flags.add("cl")
     if cfg.compile:
         flags.add("compile")

@@ -431,19 +431,20 @@ def test_finetune_from_other_class_count(tmp_path, capsys):
     assert "classifier heads dropped" in printed and "resampled" in printed
 
 
-def test_precision_auto_is_bf16_only_where_native_and_the_run_records_it(tmp_path, monkeypatch):
-    """amp=auto: bf16 autocast where the CPU has AMX-BF16 / AVX512-BF16, fp32 elsewhere; channels-last follows bf16
-    on CPU; explicit values are kept. A training run uses (and its checkpoint records) the resolved precision, and
-    its evaluation stays fp32 (eval_amp=none) so the reported top-1 is what `eval` of the checkpoint gives."""
+def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
+    """amp=auto: bf16 autocast on CUDA GPUs with bf16, fp32 on CPUs (even with AMX: see resolve_amp);
+    channels_last=None: on for CPU and CUDA; explicit values are kept. A training run uses (and its checkpoint
+    records) the resolved precision, and its evaluation stays fp32 (eval_amp=none) so the reported top-1 is what
+    `eval` of the checkpoint gives, also when training ran under bf16 autocast."""
     from efficientformer.runtime import loop
 
-    cpu = torch.device("cpu")
-    for native, expected in ((True, "bf16"), (False, "none")):
-        monkeypatch.setattr(loop, "bf16_support", lambda native=native: (native, "test"))
-        assert loop.resolve_amp("auto", cpu) == expected
-        assert loop.resolve_channels_last(None, cpu, loop.resolve_amp("auto", cpu)) is native
-    assert loop.resolve_amp("none", cpu) == "none" and loop.resolve_amp("fp16", cpu) == "fp16"
-    assert loop.resolve_channels_last(False, cpu, "bf16") is False and loop.resolve_channels_last(True, cpu, "none")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert loop.resolve_amp("auto", cpu) == "none" and loop.resolve_channels_last(None, cpu) is True
+    for supported, expected in ((True, "bf16"), (False, "none")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert loop.resolve_amp("auto", cuda) == expected
+    assert loop.resolve_amp("none", cpu) == "none" and loop.resolve_amp("bf16", cpu) == "bf16"
+    assert loop.resolve_channels_last(False, cpu) is False and loop.resolve_channels_last(None, cuda) is True
     with pytest.raises(ValueError, match="amp must be one of"):
         loop.resolve_amp("fp8", cpu)
     with pytest.raises(ValueError, match="amp"):
@@ -454,18 +455,20 @@ def test_precision_auto_is_bf16_only_where_native_and_the_run_records_it(tmp_pat
     from efficientformer.train.evaluate import evaluate_checkpoint
     from efficientformer.train.recipes import DIGITS_RECIPE
 
-    monkeypatch.setattr(loop, "bf16_support", lambda: (True, "test"))  # bf16 autocast runs (slowly) on any CPU
     seen = []
     real_autocast = loop.autocast
     monkeypatch.setattr(loop, "autocast", lambda device, amp: seen.append(amp) or real_autocast(device, amp))
-    cfg = build_config(None, {**DIGITS_RECIPE, "epochs": 1, "max_steps": 2, "ema": False, "workers": 0,
-                              "output": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
-                              "progress": False})  # fmt: skip
-    summary = train(cfg)
-    assert seen and set(seen) == {"bf16"}
-    ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
-    assert ckpt["precision"] == {"amp": "bf16", "channels_last": True} and ckpt["config"]["amp"] == "auto"
-    data = tmp_path / "cache" / "digits-32px"
-    result = evaluate_checkpoint("efficientformerv2_s0", tmp_path / "run" / "last.pth", data, img_size=32,
-                                 resize=cfg.eval_resize, workers=0, device="cpu")  # fmt: skip
-    assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-9)
+    for amp, expected in (("auto", "none"), ("bf16", "bf16")):
+        seen.clear()
+        out = tmp_path / amp
+        cfg = build_config(None, {**DIGITS_RECIPE, "epochs": 1, "max_steps": 2, "ema": False, "workers": 0, "amp": amp,
+                                  "output": str(out), "cache_dir": str(tmp_path / "cache"),
+                                  "progress": False})  # fmt: skip
+        summary = train(cfg)
+        assert seen and set(seen) == {expected}
+        ckpt = torch.load(out / "last.pth", weights_only=True)
+        assert ckpt["precision"] == {"amp": expected, "channels_last": True} and ckpt["config"]["amp"] == amp
+        data = tmp_path / "cache" / "digits-32px"
+        result = evaluate_checkpoint("efficientformerv2_s0", out / "last.pth", data, img_size=32,
+                                     resize=cfg.eval_resize, workers=0, device="cpu")  # fmt: skip
+        assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-9)

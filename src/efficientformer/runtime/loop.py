@@ -24,7 +24,6 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from ..utils.io import check_writable_dir, remove_stale_temporaries
-from ..utils.machine import bf16_support
 from .checkpoint import gather_rng_states, load_state, read_checkpoint, restore_rng, save_checkpoint
 from .distributed import (
     DistInfo,
@@ -98,26 +97,28 @@ AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 
 
 def resolve_amp(amp: str, device: torch.device) -> Literal["none", "bf16", "fp16"]:
-    """``auto``: bf16 autocast where ``device`` computes bf16 natively (CUDA GPUs that support it; CPUs with AMX-BF16
-    or AVX512-BF16, per :func:`~efficientformer.utils.machine.bf16_support`), fp32 elsewhere, where bf16 would be
-    emulated and slower. bf16 needs no loss scaling. ``none``, ``bf16`` and ``fp16`` are taken as they are."""
+    """``auto``: bf16 autocast on CUDA GPUs that support it (no loss scaling needed), fp32 elsewhere. Not bf16 on
+    CPUs, even with AMX: on the project's 2-core AMX machine oneDNN's bf16 weight gradient of a 1x1 convolution
+    took 3 ms at 1 thread but 3-420 ms at 2 threads from run to run (benchmarks/bf16_conv_backward.py), and the
+    same flag made V2-S0's training step 1.33x faster in one session and 2.3x slower in another
+    (benchmarks/README.md, goal 5); ``amp=bf16`` asks for it explicitly. ``none``, ``bf16`` and ``fp16`` are taken
+    as they are."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":
         return amp  # type: ignore[return-value]
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    if device.type == "cpu":
-        return "bf16" if bf16_support()[0] else "none"
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
     return "none"
 
 
-def resolve_channels_last(channels_last: bool | None, device: torch.device, amp: str) -> bool:
-    """``None`` (auto): channels-last where it was measured to pay (benchmarks/README.md, goal 5): on CUDA, and on
-    CPUs under bf16 autocast, where oneDNN's blocked bf16 kernels want NHWC; plain NCHW for fp32 on CPU."""
+def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
+    """``None`` (auto): channels-last on CUDA and on CPU, where oneDNN's convolutions run NHWC without reorders
+    (measured on the training step, fp32, 2 threads: V2-S0 1.05-1.10x, L1 1.30-1.99x over NCHW); explicit values are
+    kept."""
     if channels_last is not None:
         return channels_last
-    return device.type == "cuda" or (device.type == "cpu" and amp == "bf16")
+    return device.type in ("cuda", "cpu")
 
 
 def autocast(device: torch.device, amp: str):

@@ -81,12 +81,12 @@ class TrainConfig:
     # -- hardware ------------------------------------------------------------------------------------------------
     device: str = param("auto", help="auto | cpu | cuda | cuda:N")
     amp: str = param(
-        "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 where the device has it natively, else fp32) "
+        "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 on CUDA GPUs that support it, else fp32) "
         "| none (fp32, as published) | bf16 | fp16"
     )  # fmt: skip
     eval_amp: str = param("none", choices=("none", "bf16", "fp16"), help="evaluation autocast (none: fp32, as `eval`)")
     sync_bn: bool = param(True, help="only applied on multi-GPU CUDA runs")
-    channels_last: bool | None = param(None, help="None: auto (on for CUDA and for bf16 on CPU)")
+    channels_last: bool | None = param(None, help="None: auto (on for CUDA and CPU devices)")
     compile: bool = param(False)
     threads: int | None = param(None, ge=1, help="torch intra-op CPU threads (None: torch's default)")
     # -- run -----------------------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         _log(info, f"fine-tuning from {load_checkpoint(model, cfg.finetune, strict=False, use_ema=False)}")
     model.to(device)
     amp = resolve_amp(cfg.amp, device)
-    channels_last = resolve_channels_last(cfg.channels_last, device, amp)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if info.enabled and device.type == "cuda" and cfg.sync_bn:

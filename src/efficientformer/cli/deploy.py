@@ -42,7 +42,8 @@ def _build_named(name: str, checkpoint: str | None, img_size: int | None):
     names = checkpoint_class_names(obj)
     state = read_checkpoint(obj)[0]
     num_classes = checkpoint_num_classes(state) or 1000
-    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=state).eval()
+    # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too
+    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=obj).eval()
     return model, names
 
 

@@ -57,6 +57,15 @@ def quantize_pt2e_x86(
     """Static INT8 of an eval-mode model (best: the deploy form) for x86 CPUs; returns the compiled model
     (float32 in, float32 out), already compiled for ``example``'s shape. ``calibration``: input batches whose
     activation ranges set the quantisation scales (real images for accuracy; any inputs for a speed test)."""
+    converted = quantized_graph_x86(model, example, calibration)
+    return compile_with_freezing(converted, example, "int8", {"freezing": True})
+
+
+def quantized_graph_x86(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+) -> torch.fx.GraphModule:
+    """The calibrated quantize/dequantize graph :func:`quantize_pt2e_x86` compiles (before Inductor's lowering
+    folds each ``dequantize -> conv [-> add] [-> activation] -> quantize`` chain into one int8 oneDNN kernel)."""
     require("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # also registers Inductor passes
@@ -76,8 +85,30 @@ def quantize_pt2e_x86(
             seen += 1
     if not seen:
         raise ValueError("quantize_pt2e_x86 needs at least one calibration batch")
-    converted = convert_pt2e(prepared)
-    return compile_with_freezing(converted, example, "int8", {"freezing": True})
+    return convert_pt2e(prepared)
+
+
+#: Activation ops of the exported deploy form (GELU as published, or its int8-friendly replacements).
+ACTIVATION_OPS = {
+    "gelu": torch.ops.aten.gelu.default,
+    "relu": torch.ops.aten.relu.default,
+    "hardswish": torch.ops.aten.hardswish.default,
+}
+
+
+def float_activations(graph: torch.fx.GraphModule) -> dict[str, int]:
+    """Per activation kind, how many of its nodes in a converted graph read a dequantized tensor: those run in
+    float between a dequantize and a quantize after lowering, instead of as a post-op of the int8 convolution
+    before them (the x86 quantizer annotates conv -> ReLU / Hardswish as one pattern, but not conv -> GELU)."""
+    counts = dict.fromkeys(ACTIVATION_OPS, 0)
+    by_op = {op: name for name, op in ACTIVATION_OPS.items()}
+    for node in graph.graph.nodes:
+        name = by_op.get(node.target)
+        if name is None or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        if "dequantize" in str(node.args[0].target):
+            counts[name] += 1
+    return counts
 
 
 def pt2e_report(

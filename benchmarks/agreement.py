@@ -25,8 +25,8 @@ from efficientformer.deploy.inductor import compile_frozen
 from efficientformer.deploy.pt2e import quantize_pt2e_x86
 from efficientformer.deploy.quantize import list_images, load_image, quantize_static_qdq
 from efficientformer.inference.api import checkpoint_num_classes
+from efficientformer.models import create_model
 from efficientformer.models.checkpoint import read_checkpoint
-from efficientformer.models.registry import create_model
 from efficientformer.utils.timing import ort_session
 
 

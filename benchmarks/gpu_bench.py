@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from efficientformer.deploy import deploy
+from efficientformer.models import create_model
 from efficientformer.models.checkpoint import load_checkpoint
-from efficientformer.models.registry import create_model
 
 
 def timm_model(name: str, img: int):

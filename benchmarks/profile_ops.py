@@ -22,7 +22,7 @@ from efficientformer.bench.latency import _export_plain_onnx, _int8_from, _rando
 from efficientformer.deploy import deploy
 from efficientformer.deploy.inductor import compile_frozen
 from efficientformer.deploy.pt2e import quantize_pt2e_x86
-from efficientformer.models.registry import create_model
+from efficientformer.models import create_model
 
 
 def torch_profile(fn, runs: int) -> dict[str, float]:

@@ -414,6 +414,7 @@ def load_checkpoint(
     *,
     strict: bool = True,
     use_ema: bool = False,
+    change_activation: bool | None = None,
 ) -> LoadReport:
     """Load weights of any supported layout into ``model`` and return what was done.
 
@@ -422,6 +423,11 @@ def load_checkpoint(
     heads merged (their mean is exactly what the distilled model outputs in eval), and a one-head checkpoint going
     into a two-head model is copied to both heads. With ``strict=False`` heads of another class count are dropped
     (for fine-tuning) and missing or unexpected keys are reported instead of raised.
+
+    A training checkpoint of ours records the model it trained (``model_name``), and with it the activation
+    (``efficientformerv2_s0_relu``: ReLU in place of GELU). Weights of one activation in a model of another fit
+    key for key but compute another function, so that is refused unless ``change_activation`` (default: allowed
+    exactly when ``strict=False``, i.e. when fine-tuning from the checkpoint).
     """
     if not isinstance(model, EfficientFormerBase):
         raise TypeError(f"load_checkpoint expects an EfficientFormer model, got {type(model).__name__}")
@@ -432,10 +438,10 @@ def load_checkpoint(
     recorded = recorded_activation(raw)
     if recorded is not None and recorded[1] != model.spec.act:
         trained, act = recorded
-        if strict:
+        if not (not strict if change_activation is None else change_activation):
             raise CheckpointError(
                 f"this checkpoint was trained as {trained} ({act} activations), the model uses {model.spec.act}; "
-                f"build {trained} instead (--model {trained})"
+                f"build {trained} instead (--model {trained}), or fine-tune from it (finetune=<checkpoint>)"
             )
         report.notes.append(f"activation changed: trained with {act} ({trained}), this model uses {model.spec.act}")
 

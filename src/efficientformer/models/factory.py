@@ -136,5 +136,7 @@ def create_model(
     if pretrained:
         checkpoint = pretrained_path(model_name, tag)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000)
+        # non-strict only to drop heads of another class count: the model named here must match the activation
+        # a training checkpoint records
+        load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000, change_activation=False)
     return model

@@ -129,13 +129,23 @@ def test_activation_survives_checkpoint_arch_and_deploy_round_trips(tmp_path):
 @pytest.mark.parametrize("name", ["efficientformerv2_s0", "efficientformer_l1"])
 @pytest.mark.parametrize("act", SWAPPED)
 def test_deploy_form_matches_swapped_model(name, act):
+    from torch.profiler import ProfilerActivity, profile
+
     model = randomise(create_model(name, img_size=64, num_classes=10, act=act))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
         fused = deploy(model)
         assert (fused(x) - ref).abs().max() < 1e-5  # oneDNN conv + ReLU / Hardswish post-ops
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fused(x)
+        calls = {e.key: e.count for e in prof.key_averages()}
         assert (fused.use_cpu_kernels(False)(x) - ref).abs().max() < 1e-5
+    # every activation that follows a convolution runs inside it; only those after an attention (V2) or a linear
+    # layer (V1's token MLP) run on their own
+    outside = 5 if name == "efficientformerv2_s0" else 1
+    assert calls.get(f"aten::{act}", 0) == outside, calls
+    assert "aten::gelu" not in calls and calls["mkldnn::_convolution_pointwise"] > 0
 
 
 @pytest.mark.parametrize("act", SWAPPED)

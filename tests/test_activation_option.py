@@ -184,7 +184,7 @@ def test_pt2e_int8_fuses_relu_and_hardswish_into_qconv():
         q, code = run_and_get_code(lambda m=model, x=x: quantize_pt2e_x86(deploy(m), x, [x]))
         with torch.no_grad():
             assert q(x).shape == (1, 10)
-        calls = re.findall(r"torch\.ops\.onednn\.qconv\w*pointwise\w*\(([^\n]*)", "\n".join(code))
+        calls = re.findall(r"torch\.ops\.onednn\.qconv\w*\.\w+\(([^\n]*)", "\n".join(code))
         assert calls, "no int8 convolution in the compiled graph"
         fused_posts[act] = sum(f"'{act}'" in c for c in calls)
     # 6 blocks x 2 FFN activations + 2 stem activations follow a convolution directly

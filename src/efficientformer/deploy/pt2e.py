@@ -121,29 +121,6 @@ def quantized_graph_x86(
     return convert_pt2e(prepared)
 
 
-#: Activation ops of the exported deploy form (GELU as published, or its int8-friendly replacements).
-ACTIVATION_OPS = {
-    "gelu": torch.ops.aten.gelu.default,
-    "relu": torch.ops.aten.relu.default,
-    "hardswish": torch.ops.aten.hardswish.default,
-}
-
-
-def float_activations(graph: torch.fx.GraphModule) -> dict[str, int]:
-    """Per activation kind, how many of its nodes in a converted graph read a dequantized tensor: those run in
-    float between a dequantize and a quantize after lowering, instead of as a post-op of the int8 convolution
-    before them (the x86 quantizer annotates conv -> ReLU / Hardswish as one pattern, but not conv -> GELU)."""
-    counts = dict.fromkeys(ACTIVATION_OPS, 0)
-    by_op = {op: name for name, op in ACTIVATION_OPS.items()}
-    for node in graph.graph.nodes:
-        name = by_op.get(node.target)
-        if name is None or not node.args or not isinstance(node.args[0], torch.fx.Node):
-            continue
-        if "dequantize" in str(node.args[0].target):
-            counts[name] += 1
-    return counts
-
-
 def pt2e_report(
     model: nn.Module,
     calib_dir: str | Path,

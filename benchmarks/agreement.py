@@ -25,7 +25,7 @@ from efficientformer.deploy.inductor import compile_frozen
 from efficientformer.deploy.pt2e import quantize_pt2e_x86
 from efficientformer.deploy.quantize import list_images, load_image, quantize_static_qdq
 from efficientformer.inference.api import checkpoint_num_classes
-from efficientformer.models import create_model
+from efficientformer.models import create_model, load_checkpoint
 from efficientformer.models.checkpoint import read_checkpoint
 from efficientformer.utils.timing import ort_session
 
@@ -48,12 +48,29 @@ def main() -> None:
     p.add_argument("--data", required=True, help="folder with train/ (calibration) and val/ (held out)")
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--calib", type=int, default=64, help="calibration images from train/ (default 64)")
+    p.add_argument(
+        "--swap-act",
+        default=None,
+        choices=("relu", "hardswish"),
+        help="build --model with this activation in place of every GELU and load the checkpoint's weights alone "
+        "into it: the swapped model before any fine-tuning (benchmarks/int8_activation.md)",
+    )
+    p.add_argument(
+        "--paths",
+        default="inductor-bf16,pt2e-int8,onnxruntime-int8",
+        help="comma-separated paths to score (default: all three)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(2)
     data = Path(args.data).expanduser()
-    num_classes = checkpoint_num_classes(read_checkpoint(args.checkpoint)[0]) or 1000
-    model = create_model(args.model, img_size=args.img_size, num_classes=num_classes, checkpoint=args.checkpoint)
+    weights = read_checkpoint(args.checkpoint)[0]
+    num_classes = checkpoint_num_classes(weights) or 1000
+    if args.swap_act:  # the weights alone: the checkpoint's record of its (GELU) activation is set aside on purpose
+        model = create_model(args.model, img_size=args.img_size, num_classes=num_classes, act=args.swap_act)
+        load_checkpoint(model, weights)
+    else:
+        model = create_model(args.model, img_size=args.img_size, num_classes=num_classes, checkpoint=args.checkpoint)
     model.eval()
     val = images(data / "val", args.img_size)
     calib = images(data / "train", args.img_size, args.calib)
@@ -62,11 +79,20 @@ def main() -> None:
     with torch.no_grad():
         ref = torch.cat([model(val[i : i + 1]) for i in range(len(val))]).argmax(1)
     one = val[:1]
-    paths = {
-        "inductor-bf16": compile_frozen(fused, one, "bf16"),
-        "pt2e-int8": quantize_pt2e_x86(fused, one, [calib[i : i + 1] for i in range(len(calib))]),
+    wanted = set(args.paths.split(","))
+    build = {
+        "inductor-bf16": lambda: compile_frozen(fused, one, "bf16"),
+        "pt2e-int8": lambda: quantize_pt2e_x86(fused, one, [calib[i : i + 1] for i in range(len(calib))]),
     }
+    paths = {name: make() for name, make in build.items() if name in wanted}
     preds = {name: torch.cat([m(val[i : i + 1]) for i in range(len(val))]).argmax(1) for name, m in paths.items()}
+    if "onnxruntime-int8" in wanted:
+        preds["onnxruntime-int8"] = ort_int8_predictions(fused, one, calib, val)
+    _write(args, model, val, calib, ref, labels, preds)
+
+
+def ort_int8_predictions(fused: torch.nn.Module, one: torch.Tensor, calib: torch.Tensor, val: torch.Tensor):
+    """Top-1 classes of ONNX Runtime static INT8 (as `efficientformer quantize` makes it) on ``val``."""
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "m.onnx", Path(tmp) / "m.int8.onnx"
         write_onnx(fused, one, fp32)
@@ -80,12 +106,16 @@ def main() -> None:
 
         quantize_static_qdq(fp32, int8, Reader())
         sess = ort_session(int8, 2)
-        preds["onnxruntime-int8"] = torch.tensor(
+        return torch.tensor(
             [int(sess.run(None, {"image": val[i : i + 1].numpy()})[0].argmax()) for i in range(len(val))]
         )
+
+
+def _write(args, model, val, calib, ref, labels, preds) -> None:
     result = {
-        "model": args.model,
+        "model": model.name,
         "checkpoint": str(args.checkpoint),
+        "swapped_from_gelu": bool(args.swap_act),
         "img_size": args.img_size,
         "val_images": len(val),
         "calibration_images": len(calib),

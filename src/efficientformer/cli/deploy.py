@@ -27,6 +27,11 @@ from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
+#: How a model with another activation is named on every command line (models.registry.with_activation).
+ACT_HELP = (
+    "; append _relu or _hardswish (efficientformerv2_s0_relu) for the variant with that activation in place of "
+    "every GELU, which INT8 backends fold into the int8 convolutions"
+)
 
 
 def _build(name: str, checkpoint: str | None, img_size: int | None):
@@ -42,7 +47,8 @@ def _build_named(name: str, checkpoint: str | None, img_size: int | None):
     names = checkpoint_class_names(obj)
     state = read_checkpoint(obj)[0]
     num_classes = checkpoint_num_classes(state) or 1000
-    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=state).eval()
+    # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too
+    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=obj).eval()
     return model, names
 
 
@@ -157,7 +163,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_profile)
 
     p = subparsers.add_parser("export", help="export to ONNX / TorchScript / Core ML / ExecuTorch with a parity check")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model name" + ACT_HELP)
     p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random init)")
     p.add_argument("--format", required=True, choices=["onnx", "coreml", "executorch", "torchscript"])
     p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte) or .mlpackage directory")
@@ -174,7 +180,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_export_entry)
 
     p = subparsers.add_parser("quantize", help="ONNX Runtime INT8 (static calibrated + dynamic) with a report")
-    p.add_argument("--model", default=None, help="model to export first (deploy form, batch 1)")
+    p.add_argument("--model", default=None, help="model to export first (deploy form, batch 1)" + ACT_HELP)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--onnx", default=None, help="an existing fp32 ONNX file instead of --model")
     p.add_argument("--img-size", type=int, default=224)
@@ -206,7 +212,7 @@ def register(subparsers) -> None:
         "and runtime alternating in blocks, allocator pinned, a GEMM ceiling timed alongside; stamps the CPU, its "
         "ISA extensions and the load average. See benchmarks/README.md.",
     )
-    p.add_argument("--model", default="all", help="model name, comma-separated names, or 'all' (default)")
+    p.add_argument("--model", default="all", help="model name, comma-separated names, or 'all' (default)" + ACT_HELP)
     p.add_argument(
         "--backend",
         default="eager,deploy,onnxruntime",

@@ -14,7 +14,7 @@ import yaml
 from ..data.proxy import prepare_proxy
 from ..models.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
 from ..models.efficientformer_v2 import V2_VARIANTS
-from ..models.registry import VARIANTS, resolve_name
+from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
 from ..search.greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, write_trajectory
 from ..search.latency import LatencyTable, build_table, import_table
@@ -276,7 +276,7 @@ def _target_latency(args: argparse.Namespace, table) -> float | None:
         if is_arch_path(args.target_like):
             spec = arch_to_spec(load_arch(args.target_like))
         else:
-            spec = VARIANTS[resolve_name(args.target_like)[0]]
+            spec = get_spec(resolve_name(args.target_like)[0])
         return table.predict(spec)
     return None
 
@@ -393,7 +393,7 @@ def run_v1(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
 
-    spec = arch_to_spec(load_arch(args.arch)) if is_arch_path(args.arch) else VARIANTS[resolve_name(args.arch)[0]]
+    spec = arch_to_spec(load_arch(args.arch)) if is_arch_path(args.arch) else get_spec(resolve_name(args.arch)[0])
     info = {"name": spec.name, "family": spec.family, "widths": list(spec.widths), "depths": list(spec.depths),
             "params": count_params(spec, args.img_size)}  # fmt: skip
     if args.lut:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..models.base import EfficientFormerBase, ModelSpec
 from ..models.layers import ConvNorm, Grid, to_grid
-from ..models.registry import VARIANTS
+from ..models.registry import UnknownModelError, get_spec
 from ..utils.io import atomic_write_bytes
 from .modules import (
     DeployBlockV2,
@@ -61,9 +61,10 @@ class DeployedEfficientFormer(nn.Module):
             raise ValueError("deploy needs a classifier (num_classes >= 1); deploy a model with a head")
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans
         widths, depths = spec.widths, spec.depths
-        act = "relu" if spec.family == "v1" else "gelu"
+        act = spec.act  # GELU as published, or what replaces it (models.layers.ACTIVATIONS)
+        stem_act = "relu" if spec.family == "v1" else act
         self.stem = nn.Sequential(
-            _conv(in_chans, widths[0] // 2, 3, 2, act=act), _conv(widths[0] // 2, widths[0], 3, 2, act=act)
+            _conv(in_chans, widths[0] // 2, 3, 2, act=stem_act), _conv(widths[0] // 2, widths[0], 3, 2, act=stem_act)
         )
         grids = [(h // 2 ** (i + 2), w // 2 ** (i + 2)) for i in range(4)]
         if spec.family == "v1":
@@ -71,7 +72,7 @@ class DeployedEfficientFormer(nn.Module):
                 raise ValueError(f"{spec.name}: the V1 deploy form expects attention blocks in the last stage")
             self.stages = nn.ModuleList(
                 DeployStageV1(
-                    widths[max(i - 1, 0)], widths[i], depths[i], spec.num_vit if i == 3 else 0, grids[3], i > 0
+                    widths[max(i - 1, 0)], widths[i], depths[i], spec.num_vit if i == 3 else 0, grids[3], i > 0, act
                 )
                 for i in range(4)
             )
@@ -83,12 +84,12 @@ class DeployedEfficientFormer(nn.Module):
                 elif i < 3:
                     down = _conv(widths[i - 1], widths[i], 3, 2)
                 else:
-                    down = DeployDualDownsample(widths[i - 1], widths[i], grids[2])
+                    down = DeployDualDownsample(widths[i - 1], widths[i], grids[2], act)
                 blocks = []
                 for j in range(depths[i]):
                     is_attn = spec.has_attention(i, j)
-                    attn = GridAttention(widths[i], grids[3], stride=2 if i == 2 else 1) if is_attn else None
-                    blocks.append(DeployBlockV2(widths[i], int(widths[i] * spec.mlp_ratios[i][j]), attn))
+                    attn = GridAttention(widths[i], grids[3], 2 if i == 2 else 1, act=act) if is_attn else None
+                    blocks.append(DeployBlockV2(widths[i], int(widths[i] * spec.mlp_ratios[i][j]), attn, act))
                 stages.append(DeployStageV2(down, blocks))
             self.stages = nn.ModuleList(stages)
         self.head = nn.Linear(widths[3], num_classes)
@@ -354,10 +355,12 @@ def load_deployed(
             f"{FORMAT_VERSION}; deploy the original checkpoint again and save it with save_deployed"
         )
     name = meta.get("model", "")
-    if name not in VARIANTS:
-        raise ValueError(f"{path} names an unknown model {name!r}")
+    try:
+        spec = get_spec(name)  # a published variant, or one with another activation (efficientformerv2_s0_relu)
+    except UnknownModelError:
+        raise ValueError(f"{path} names an unknown model {name!r}") from None
     model = DeployedEfficientFormer(
-        VARIANTS[name], tuple(json.loads(meta["img_size"])), int(meta["num_classes"]), int(meta.get("in_chans", 3))
+        spec, tuple(json.loads(meta["img_size"])), int(meta["num_classes"]), int(meta.get("in_chans", 3))
     )
     model.norm_eps = float(meta.get("norm_eps", 1e-5))
     state = load_file(str(path), device="cpu")

@@ -23,7 +23,7 @@ Grid = tuple[int, int]
 # ---------------------------------------------------------------------------------------------------------------
 # One convolution + activation (+ residual add) that runs as a single oneDNN kernel on the CPU
 # ---------------------------------------------------------------------------------------------------------------
-_ACTIVATIONS = {"none": None, "relu": F.relu, "gelu": F.gelu}
+_ACTIVATIONS = {"none": None, "relu": F.relu, "gelu": F.gelu, "hardswish": F.hardswish}  # all oneDNN post-ops
 
 
 def _mkldnn_ready() -> bool:
@@ -143,11 +143,11 @@ class PoolBlock(nn.Module):
     (it scales a pooling difference), so it stays as a ``(C, 1, 1)`` buffer.
     """
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
         self.pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
         self.register_buffer("ls1", torch.zeros(dim, 1, 1))
-        self.fc1 = _conv(dim, hidden, act="gelu")
+        self.fc1 = _conv(dim, hidden, act=act)
         self.fc2 = _conv(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,25 +185,30 @@ class TokenAttention(nn.Module):
 class TokenBlock(nn.Module):
     """Meta3D: the LayerNorm affines live in ``qkv``/``fc1`` and the layer scales in ``proj``/``fc2``."""
 
-    def __init__(self, dim: int, hidden: int, grid: Grid, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, hidden: int, grid: Grid, eps: float = 1e-5, act: str = "gelu") -> None:
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps, self.act = dim, eps, _ACTIVATIONS[act]
         self.attn = TokenAttention(dim, grid)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(F.layer_norm(x, (self.dim,), eps=self.eps))
-        return x + self.fc2(F.gelu(self.fc1(F.layer_norm(x, (self.dim,), eps=self.eps))))
+        return x + self.fc2(self.act(self.fc1(F.layer_norm(x, (self.dim,), eps=self.eps))))
 
 
 class DeployStageV1(nn.Module):
-    def __init__(self, in_dim: int, dim: int, depth: int, num_vit: int, grid: Grid, downsample: bool) -> None:
+    def __init__(
+        self, in_dim: int, dim: int, depth: int, num_vit: int, grid: Grid, downsample: bool, act: str = "gelu"
+    ) -> None:
         super().__init__()
         self.downsample = _conv(in_dim, dim, 3, 2) if downsample else nn.Identity()
         self.num_4d = depth - num_vit
         self.blocks = nn.ModuleList(
-            [PoolBlock(dim, dim * 4) if i < self.num_4d else TokenBlock(dim, dim * 4, grid) for i in range(depth)]
+            [
+                PoolBlock(dim, dim * 4, act) if i < self.num_4d else TokenBlock(dim, dim * 4, grid, act=act)
+                for i in range(depth)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,10 +230,10 @@ class DeployStageV1(nn.Module):
 class ConvFFN(nn.Module):
     """V2 FFN residual: ``x + fc2(gelu(mid(gelu(fc1(x)))))`` with the layer scale in ``fc2``."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
-        self.fc1 = _conv(dim, hidden, act="gelu")
-        self.mid = _conv(hidden, hidden, 3, groups=hidden, act="gelu")
+        self.fc1 = _conv(dim, hidden, act=act)
+        self.mid = _conv(hidden, hidden, 3, groups=hidden, act=act)
         self.fc2 = _conv(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,9 +247,12 @@ class GridAttention(nn.Module):
     linear, so its effect on the position bias is precomputed: ``bias`` is ``W1 @ table_gather + b1``.
     """
 
-    def __init__(self, dim: int, grid: Grid, stride: int, key_dim: int = 32, num_heads: int = 8, attn_ratio=4):
+    def __init__(
+        self, dim: int, grid: Grid, stride: int, key_dim: int = 32, num_heads: int = 8, attn_ratio=4, act="gelu"
+    ):
         super().__init__()
         self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, key_dim * attn_ratio
+        self.act = _ACTIVATIONS[act]
         inner = num_heads * self.val_dim
         self.qk_chs = num_heads * key_dim
         self.stride_conv = _conv(dim, dim, 3, 2, groups=dim) if stride > 1 else None
@@ -278,14 +286,14 @@ class GridAttention(nn.Module):
         x = self.v_local(v, residual=x)
         if self.stride_conv is not None:
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.proj(F.gelu(x), residual=shortcut)
+        return self.proj(self.act(x), residual=shortcut)
 
 
 class DeployBlockV2(nn.Module):
-    def __init__(self, dim: int, hidden: int, attn: GridAttention | None) -> None:
+    def __init__(self, dim: int, hidden: int, attn: GridAttention | None, act: str = "gelu") -> None:
         super().__init__()
         self.attn = attn
-        self.ffn = ConvFFN(dim, hidden)
+        self.ffn = ConvFFN(dim, hidden, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attn is not None:
@@ -296,9 +304,12 @@ class DeployBlockV2(nn.Module):
 class DownsampleAttention(nn.Module):
     """V2 attention downsampling for one fixed grid; k and v come from one merged conv, no talking heads."""
 
-    def __init__(self, dim: int, out_dim: int, grid: Grid, key_dim: int = 16, num_heads: int = 8, attn_ratio=4):
+    def __init__(
+        self, dim: int, out_dim: int, grid: Grid, key_dim: int = 16, num_heads: int = 8, attn_ratio=4, act="gelu"
+    ):
         super().__init__()
         self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, key_dim * attn_ratio
+        self.act = _ACTIVATIONS[act]
         inner = num_heads * self.val_dim
         self.qk_chs = num_heads * key_dim
         self.q_local = _conv(dim, dim, 3, 2, groups=dim)
@@ -322,14 +333,14 @@ class DownsampleAttention(nn.Module):
         v_heads = v.reshape(-1, nh, self.val_dim, H * W).transpose(-2, -1)
         x = F.scaled_dot_product_attention(q, k, v_heads, attn_mask=self.bias, scale=1.0)
         x = self.v_local(v, residual=x.transpose(-2, -1).reshape(-1, nh * self.val_dim, Hq, Wq))
-        return self.proj(F.gelu(x), residual=shortcut)
+        return self.proj(self.act(x), residual=shortcut)
 
 
 class DeployDualDownsample(nn.Module):
-    def __init__(self, dim: int, out_dim: int, grid: Grid) -> None:
+    def __init__(self, dim: int, out_dim: int, grid: Grid, act: str = "gelu") -> None:
         super().__init__()
         self.conv = _conv(dim, out_dim, 3, 2)
-        self.attn = DownsampleAttention(dim, out_dim, grid)
+        self.attn = DownsampleAttention(dim, out_dim, grid, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attn(x, shortcut=self.conv(x))

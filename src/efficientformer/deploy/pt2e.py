@@ -45,6 +45,37 @@ def _conv_subclasses_as_conv2d(gm: torch.fx.GraphModule) -> torch.fx.GraphModule
     return gm
 
 
+def _unalias_conv_add_accumulators(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """With ReLU or Hardswish after ``conv(x) + residual`` (the V2 attention's local-V conv plus the attention
+    output, then the activation), the x86 quantizer annotates conv + add + activation as one pattern, and Inductor
+    lowers it to an int8 convolution that accumulates into ``residual`` in place; it refuses when ``residual`` is
+    a view (the attention output is a reshape of a transpose): "QConv Binary Inplace Fusion requires accum is not
+    an alias or mutation" (torch 2.14.1, measured). A ``clone`` of the residual gives the kernel its own buffer;
+    GELU is not such a pattern, so GELU graphs are unchanged."""
+    unary = (torch.ops.aten.relu.default, torch.ops.aten.hardswish.default)
+    for node in list(gm.graph.nodes):
+        if node.target is not torch.ops.aten.add.Tensor or not node.users:
+            continue
+        if not all(user.target in unary for user in node.users):
+            continue
+        a, b = node.args[:2]
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
+            continue
+        if a.target is torch.ops.aten.conv2d.default and b.target is not torch.ops.aten.conv2d.default:
+            index, accum = 1, b
+        elif b.target is torch.ops.aten.conv2d.default and a.target is not torch.ops.aten.conv2d.default:
+            index, accum = 0, a
+        else:
+            continue
+        with gm.graph.inserting_before(node):
+            copy_ = gm.graph.call_function(torch.ops.aten.clone.default, (accum,))
+        copy_.meta = dict(accum.meta)
+        node.update_arg(index, copy_)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
 def _is_conv_subclass(path: str) -> bool:
     module, _, name = path.rpartition(".")
     cls = getattr(sys.modules.get(module), name, None)
@@ -57,6 +88,15 @@ def quantize_pt2e_x86(
     """Static INT8 of an eval-mode model (best: the deploy form) for x86 CPUs; returns the compiled model
     (float32 in, float32 out), already compiled for ``example``'s shape. ``calibration``: input batches whose
     activation ranges set the quantisation scales (real images for accuracy; any inputs for a speed test)."""
+    converted = quantized_graph_x86(model, example, calibration)
+    return compile_with_freezing(converted, example, "int8", {"freezing": True})
+
+
+def quantized_graph_x86(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+) -> torch.fx.GraphModule:
+    """The calibrated quantize/dequantize graph :func:`quantize_pt2e_x86` compiles (before Inductor's lowering
+    folds each ``dequantize -> conv [-> add] [-> activation] -> quantize`` chain into one int8 oneDNN kernel)."""
     require("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # also registers Inductor passes
@@ -64,7 +104,9 @@ def quantize_pt2e_x86(
     if model.training:
         raise ValueError("quantize_pt2e_x86 expects an eval-mode model (call model.eval() first)")
     model = set_cpu_kernels(copy.deepcopy(model), False)  # the eager fast path's caches are of no use here
-    captured = _conv_subclasses_as_conv2d(torch.export.export(model, (example,)).module())
+    captured = _unalias_conv_add_accumulators(
+        _conv_subclasses_as_conv2d(torch.export.export(model, (example,)).module())
+    )
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     quantizer.set_module_type_qconfig(nn.Linear, None)  # see the module docstring
@@ -76,8 +118,7 @@ def quantize_pt2e_x86(
             seen += 1
     if not seen:
         raise ValueError("quantize_pt2e_x86 needs at least one calibration batch")
-    converted = convert_pt2e(prepared)
-    return compile_with_freezing(converted, example, "int8", {"freezing": True})
+    return convert_pt2e(prepared)
 
 
 def pt2e_report(

@@ -145,7 +145,7 @@ def load_model(
         if not isinstance(net, EfficientFormerBase):
             raise TypeError(f"checkpoints load into EfficientFormer models only, got {type(net).__name__}")
         try:
-            load_checkpoint(net, state, strict=True)
+            load_checkpoint(net, obj, strict=True)  # obj: what it records is checked too (its activation)
         except CheckpointError as err:
             raise CheckpointError(f"{desc}: {err}") from None
         source = desc

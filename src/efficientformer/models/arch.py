@@ -20,6 +20,7 @@ An architecture file is YAML (``.yaml``/``.yml``) or JSON (``.json``) holding on
       - [2, 3]
     num_vit: 1                        # V1 only: Meta3D blocks at the end of stage 4
     drop_path_rate: 0.0
+    act: relu                         # optional: gelu (default, as published), relu or hardswish for every GELU
     search: {...}                     # optional provenance (space, table, latency, MES); never read back
 
 The published models are points of this format: :func:`spec_to_arch` of any of the seven, written and read back,
@@ -39,6 +40,7 @@ from ..utils.io import atomic_write_text
 from .base import EfficientFormerBase, ModelSpec
 from .efficientformer import EfficientFormer
 from .efficientformer_v2 import EfficientFormerV2
+from .layers import ACTIVATIONS
 
 FORMAT_NAME = "efficientformer-arch"
 FORMAT_VERSION = 1
@@ -67,6 +69,8 @@ def spec_to_arch(spec: ModelSpec, extra: dict[str, Any] | None = None) -> dict[s
     else:
         arch["num_vit"] = int(spec.num_vit)
     arch["drop_path_rate"] = float(spec.drop_path_rate)
+    if spec.act != "gelu":  # written only when it differs, so the published models' files stay as they were
+        arch["act"] = spec.act
     if extra:
         arch.update(extra)
     return arch
@@ -107,11 +111,14 @@ def arch_to_spec(arch: dict[str, Any]) -> ModelSpec:
     drop_path = float(arch.get("drop_path_rate", 0.0))
     if not 0.0 <= drop_path < 1.0:
         raise ArchError(f"'drop_path_rate' must be in [0, 1), got {drop_path}")
+    act = arch.get("act", "gelu")
+    if act not in ACTIVATIONS:
+        raise ArchError(f"'act' must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
     if family == "v1":
         num_vit = arch.get("num_vit")
         if isinstance(num_vit, bool) or not isinstance(num_vit, int) or not 0 <= num_vit <= depths[3]:
             raise ArchError(f"'num_vit' must be an integer in 0..{depths[3]} (stage-4 depth), got {num_vit!r}")
-        return ModelSpec(name, "v1", widths, depths, num_vit=num_vit, drop_path_rate=drop_path)
+        return ModelSpec(name, "v1", widths, depths, num_vit=num_vit, drop_path_rate=drop_path, act=act)
     ratios = arch.get("mlp_ratios")
     if not isinstance(ratios, list | tuple) or len(ratios) != 4:
         raise ArchError("'mlp_ratios' must be four lists (one expansion ratio per block of each stage)")
@@ -148,6 +155,7 @@ def arch_to_spec(arch: dict[str, Any]) -> ModelSpec:
         drop_path_rate=drop_path,
         mlp_ratios=tuple(mlp_ratios),
         attention=tuple(flags),
+        act=act,
     )
 
 
@@ -190,13 +198,17 @@ def is_arch_path(name: object) -> bool:
     return isinstance(name, str | Path) and Path(name).suffix.lower() in (".yaml", ".yml", ".json")
 
 
+def arch_spec(arch: dict[str, Any] | ModelSpec | str | Path) -> ModelSpec:
+    """The spec of an architecture given as a spec, a mapping or a file."""
+    if isinstance(arch, ModelSpec):
+        return arch
+    return arch_to_spec(load_arch(arch) if isinstance(arch, str | Path) else arch)
+
+
 def build_from_arch(arch: dict[str, Any] | ModelSpec | str | Path, **kwargs: Any) -> EfficientFormerBase:
     """Build the network an architecture describes; ``kwargs`` are those of ``create_model`` (``num_classes``,
     ``img_size``, ``distillation``, ``drop_path_rate``, ``features_only``, ``out_indices``, ...)."""
-    if isinstance(arch, ModelSpec):
-        spec = arch
-    else:
-        spec = arch_to_spec(load_arch(arch) if isinstance(arch, str | Path) else arch)
+    spec = arch_spec(arch)
     cls: type[EfficientFormerBase] = EfficientFormer if spec.family == "v1" else EfficientFormerV2
     return cls(spec, **kwargs)
 

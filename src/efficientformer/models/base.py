@@ -24,6 +24,8 @@ class ModelSpec:
     # V2: per-block attention flags for all four stages (searched models); empty means the published rule,
     # the last ``num_vit`` blocks of stages 3 and 4.
     attention: tuple[tuple[bool, ...], ...] = field(default=())
+    # The activation in place of every GELU (one of ``layers.ACTIVATIONS``); V1's ReLU stem stays ReLU.
+    act: str = "gelu"
 
     def has_attention(self, stage: int, block: int) -> bool:
         """Whether block ``block`` of stage ``stage`` (both 0-based) carries an attention mixer (V2)."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import EfficientFormerBase, ModelSpec
 from .layers import resample_bias_table
-from .registry import VARIANTS
+from .registry import VARIANTS, UnknownModelError, resolve_name, split_activation
 
 StateDict = dict[str, torch.Tensor]
 
@@ -124,6 +124,12 @@ def check_finite(state: Mapping[str, torch.Tensor], desc: str) -> None:
 
 def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tuple[StateDict, str | None, str]:
     """Return ``(state_dict, container_key, description)`` for a path or an in-memory checkpoint."""
+    obj, desc = _read_object(source)
+    return (*_state_of(obj, desc, use_ema), desc)
+
+
+def _read_object(source: str | Path | Mapping) -> tuple[Mapping, str]:
+    """The checkpoint's top-level mapping (weights and, for our training checkpoints, what they record)."""
     if isinstance(source, Mapping):
         obj, desc = source, "state dict"
     else:
@@ -140,6 +146,10 @@ def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tupl
             obj = torch_load_weights(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{desc} holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary")
+    return obj, desc
+
+
+def _state_of(obj: Mapping, desc: str, use_ema: bool) -> tuple[StateDict, str | None]:
     container = None
     order = ("model_ema", *CONTAINER_KEYS) if use_ema else CONTAINER_KEYS
     for key in order:
@@ -152,7 +162,20 @@ def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tupl
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
     check_finite(state, desc)
-    return state, container, desc
+    return state, container
+
+
+def recorded_activation(obj: Mapping) -> tuple[str, str] | None:
+    """``(model name, activation)`` a training checkpoint of ours records (``model_name``); None for other files
+    (weights alone carry no activation: it has no weights)."""
+    name = obj.get("model_name")
+    if not isinstance(name, str):
+        return None
+    try:
+        model_name, _ = resolve_name(name)
+    except UnknownModelError:  # an architecture file or a name from elsewhere: nothing to compare
+        return None
+    return model_name, split_activation(model_name)[1]
 
 
 # -- layout detection --------------------------------------------------------------------------------------------
@@ -391,6 +414,7 @@ def load_checkpoint(
     *,
     strict: bool = True,
     use_ema: bool = False,
+    change_activation: bool | None = None,
 ) -> LoadReport:
     """Load weights of any supported layout into ``model`` and return what was done.
 
@@ -399,12 +423,27 @@ def load_checkpoint(
     heads merged (their mean is exactly what the distilled model outputs in eval), and a one-head checkpoint going
     into a two-head model is copied to both heads. With ``strict=False`` heads of another class count are dropped
     (for fine-tuning) and missing or unexpected keys are reported instead of raised.
+
+    A training checkpoint of ours records the model it trained (``model_name``), and with it the activation
+    (``efficientformerv2_s0_relu``: ReLU in place of GELU). Weights of one activation in a model of another fit
+    key for key but compute another function, so that is refused unless ``change_activation`` (default: allowed
+    exactly when ``strict=False``, i.e. when fine-tuning from the checkpoint).
     """
     if not isinstance(model, EfficientFormerBase):
         raise TypeError(f"load_checkpoint expects an EfficientFormer model, got {type(model).__name__}")
-    state, container, desc = read_checkpoint(source, use_ema=use_ema)
+    raw, desc = _read_object(source)
+    state, container = _state_of(raw, desc, use_ema)
     layout = detect_layout(state)
     report = LoadReport(source=desc, layout=layout, container=container)
+    recorded = recorded_activation(raw)
+    if recorded is not None and recorded[1] != model.spec.act:
+        trained, act = recorded
+        if not (not strict if change_activation is None else change_activation):
+            raise CheckpointError(
+                f"this checkpoint was trained as {trained} ({act} activations), the model uses {model.spec.act}; "
+                f"build {trained} instead (--model {trained}), or fine-tune from it (finetune=<checkpoint>)"
+            )
+        report.notes.append(f"activation changed: trained with {act} ({trained}), this model uses {model.spec.act}")
 
     if layout == "efficientformer":
         found = infer_variant(state, "efficientformer")
@@ -412,7 +451,7 @@ def load_checkpoint(
         official = {"timm": timm_to_official, "mmpretrain": mmpretrain_to_official}.get(layout, dict)(state)
         found = infer_variant(official, "official")
     report.variant = found
-    if found is not None and found != model.spec.name:
+    if found is not None and found != split_activation(model.spec.name)[0]:
         raise CheckpointError(
             f"this checkpoint is {found}, the model is {model.spec.name}; build {found} instead (--model {found})"
         )

@@ -11,7 +11,18 @@ import torch
 from torch import nn
 
 from .base import EfficientFormerBase, ModelSpec
-from .layers import ConvMlp, ConvNorm, DropPath, Grid, LayerScale, RelPosBias, Stem, drop_path_rates, init_linear
+from .layers import (
+    ACTIVATIONS,
+    ConvMlp,
+    ConvNorm,
+    DropPath,
+    Grid,
+    LayerScale,
+    RelPosBias,
+    Stem,
+    drop_path_rates,
+    init_linear,
+)
 
 #: name -> (widths, depths, Meta3D blocks in stage 4). Drop path is 0 in the official training code.
 V1_VARIANTS: dict[str, ModelSpec] = {
@@ -36,11 +47,11 @@ class PoolMixer(nn.Module):
 
 
 class Meta4D(nn.Module):
-    def __init__(self, dim: int, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.mixer = PoolMixer()
         self.ls1 = LayerScale(dim, LAYER_SCALE_INIT)
-        self.mlp = ConvMlp(dim, dim * MLP_RATIO)
+        self.mlp = ConvMlp(dim, dim * MLP_RATIO, act_layer=act_layer)
         self.ls2 = LayerScale(dim, LAYER_SCALE_INIT)
         self.drop_path = DropPath(drop_path)
 
@@ -75,10 +86,10 @@ class Attention(nn.Module):
 
 
 class LinearMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
@@ -87,13 +98,13 @@ class LinearMlp(nn.Module):
 
 
 class Meta3D(nn.Module):
-    def __init__(self, dim: int, grid: Grid, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, grid: Grid, drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, grid)
         self.ls1 = LayerScale(dim, LAYER_SCALE_INIT, channels_first=False)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = LinearMlp(dim, dim * MLP_RATIO)
+        self.mlp = LinearMlp(dim, dim * MLP_RATIO, act_layer=act_layer)
         self.ls2 = LayerScale(dim, LAYER_SCALE_INIT, channels_first=False)
         self.drop_path = DropPath(drop_path)
 
@@ -106,13 +117,24 @@ class Stage(nn.Module):
     """Optional stride-2 ConvNorm downsample, Meta4D blocks, then (last stage only) Meta3D blocks on tokens."""
 
     def __init__(
-        self, in_dim: int, dim: int, depth: int, num_vit: int, grid: Grid, dpr: list[float], downsample: bool
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_vit: int,
+        grid: Grid,
+        dpr: list[float],
+        downsample: bool,
+        act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.downsample = ConvNorm(in_dim, dim, 3, 2, 1) if downsample else nn.Identity()
         self.num_4d = depth - num_vit
         self.blocks = nn.ModuleList(
-            [Meta4D(dim, dpr[i]) if i < self.num_4d else Meta3D(dim, grid, dpr[i]) for i in range(depth)]
+            [
+                Meta4D(dim, dpr[i], act_layer) if i < self.num_4d else Meta3D(dim, grid, dpr[i], act_layer)
+                for i in range(depth)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +156,8 @@ class EfficientFormer(EfficientFormerBase):
         rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
         dpr = drop_path_rates(spec.depths, rate)
         grid = (self.img_size[0] // 32, self.img_size[1] // 32)
-        self.stem = Stem(self.in_chans, spec.widths[0], nn.ReLU)
+        act_layer = ACTIVATIONS[spec.act]
+        self.stem = Stem(self.in_chans, spec.widths[0], nn.ReLU)  # ReLU as published, whatever spec.act says
         self.stages = nn.ModuleList(
             Stage(
                 spec.widths[max(i - 1, 0)],
@@ -144,6 +167,7 @@ class EfficientFormer(EfficientFormerBase):
                 grid,
                 dpr[i],
                 downsample=i > 0,
+                act_layer=act_layer,
             )
             for i in range(4)
         )

@@ -13,6 +13,7 @@ from torch import nn
 
 from .base import EfficientFormerBase, ModelSpec
 from .layers import (
+    ACTIVATIONS,
     ConvMlp,
     ConvNorm,
     DropPath,
@@ -83,7 +84,14 @@ class Attention2d(nn.Module):
     """
 
     def __init__(
-        self, dim: int, grid: Grid, stride: int = 1, key_dim: int = 32, num_heads: int = 8, attn_ratio: int = 4
+        self,
+        dim: int,
+        grid: Grid,
+        stride: int = 1,
+        key_dim: int = 32,
+        num_heads: int = 8,
+        attn_ratio: int = 4,
+        act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -99,7 +107,7 @@ class Attention2d(nn.Module):
         self.v_local = ConvNorm(inner, inner, 3, 1, 1, groups=inner)
         self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1)
         self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.proj = ConvNorm(inner, dim)
         self.pos_bias = RelPosBias(num_heads, attn_grid)
 
@@ -125,7 +133,14 @@ class AttentionDownsample(nn.Module):
     """Attention whose queries live on the stride-2 grid: local (depthwise s2 conv) plus strided-subsample query."""
 
     def __init__(
-        self, dim: int, out_dim: int, grid: Grid, key_dim: int = 16, num_heads: int = 8, attn_ratio: int = 4
+        self,
+        dim: int,
+        out_dim: int,
+        grid: Grid,
+        key_dim: int = 16,
+        num_heads: int = 8,
+        attn_ratio: int = 4,
+        act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -138,7 +153,7 @@ class AttentionDownsample(nn.Module):
         self.k = ConvNorm(dim, num_heads * key_dim)
         self.v = ConvNorm(dim, inner)
         self.v_local = ConvNorm(inner, inner, 3, 2, 1, groups=inner)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.proj = ConvNorm(inner, out_dim)
         self.pos_bias = RelPosBias(num_heads, grid, query_stride=2)
 
@@ -161,10 +176,10 @@ class AttentionDownsample(nn.Module):
 class DualDownsample(nn.Module):
     """Stride-2 ConvNorm plus attention downsampling, summed."""
 
-    def __init__(self, dim: int, out_dim: int, grid: Grid) -> None:
+    def __init__(self, dim: int, out_dim: int, grid: Grid, act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.conv = ConvNorm(dim, out_dim, 3, 2, 1)
-        self.attn = AttentionDownsample(dim, out_dim, grid)
+        self.attn = AttentionDownsample(dim, out_dim, grid, act_layer=act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attn(x) + self.conv(x)
@@ -173,11 +188,18 @@ class DualDownsample(nn.Module):
 class Block(nn.Module):
     """FFN block (``attn=None``) or attention + FFN block; no pre-norms, BN lives inside the convs."""
 
-    def __init__(self, dim: int, mlp_ratio: float, attn: nn.Module | None = None, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        attn: nn.Module | None = None,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+    ) -> None:
         super().__init__()
         self.attn = attn
         self.ls1 = LayerScale(dim, LAYER_SCALE_INIT) if attn is not None else None
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), mid_conv=True)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), mid_conv=True, act_layer=act_layer)
         self.ls2 = LayerScale(dim, LAYER_SCALE_INIT)
         self.drop_path = DropPath(drop_path)
 
@@ -205,7 +227,8 @@ class EfficientFormerV2(EfficientFormerBase):
         h, w = self.img_size
         grids = [(ceil_div(h, 2 ** (i + 2)), ceil_div(w, 2 ** (i + 2))) for i in range(4)]
         widths = spec.widths
-        self.stem = Stem(self.in_chans, widths[0], nn.GELU)
+        act_layer = ACTIVATIONS[spec.act]
+        self.stem = Stem(self.in_chans, widths[0], act_layer)
         stages = []
         for i in range(4):
             if i == 0:
@@ -213,12 +236,16 @@ class EfficientFormerV2(EfficientFormerBase):
             elif i < 3:
                 downsample = ConvNorm(widths[i - 1], widths[i], 3, 2, 1)
             else:
-                downsample = DualDownsample(widths[i - 1], widths[i], grids[2])
+                downsample = DualDownsample(widths[i - 1], widths[i], grids[2], act_layer)
             blocks = []
             for j in range(spec.depths[i]):
                 global_block = spec.has_attention(i, j)
-                attn = Attention2d(widths[i], grids[i], stride=2 if i == 2 else 1) if global_block else None
-                blocks.append(Block(widths[i], spec.mlp_ratios[i][j], attn, dpr[i][j]))
+                attn = (
+                    Attention2d(widths[i], grids[i], stride=2 if i == 2 else 1, act_layer=act_layer)
+                    if global_block
+                    else None
+                )
+                blocks.append(Block(widths[i], spec.mlp_ratios[i][j], attn, dpr[i][j], act_layer))
             stages.append(Stage(downsample, blocks))
         self.stages = nn.ModuleList(stages)
         self._build_head(nn.BatchNorm2d(self.num_features))

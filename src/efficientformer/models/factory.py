@@ -12,13 +12,12 @@ from typing import Any
 
 from torch import nn
 
-from .arch import build_from_arch, is_arch_path
+from .arch import arch_spec, build_from_arch, is_arch_path
 from .base import EfficientFormerBase
 from .checkpoint import load_checkpoint
-from .efficientformer import EfficientFormer
-from .efficientformer_v2 import EfficientFormerV2
 from .hub import pretrained_path
-from .registry import VARIANTS, resolve_name
+from .layers import check_activation
+from .registry import get_spec, resolve_name, with_activation
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -87,6 +86,7 @@ def create_model(
     checkpoint: str | Path | dict | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    act: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build an EfficientFormer model by name.
@@ -103,8 +103,15 @@ def create_model(
     A searched architecture builds the same way: ``name`` may be an architecture file (``.yaml``/``.yml``/
     ``.json``, as ``efficientformer search`` writes), or ``arch=`` may hold the file or its mapping (``name`` is
     then free text, e.g. ``"efficientformerv2_custom"``); such models have no published weights.
+
+    ``act`` (``"gelu"``, ``"relu"`` or ``"hardswish"``; None: what the name or architecture says, GELU for the
+    published names) replaces every GELU; the result is named ``<variant>_<act>`` (``efficientformerv2_s0_relu``
+    builds the same model). ReLU and Hardswish fold into INT8 convolutions; the weights are those of the GELU
+    model (same keys), which need fine-tuning to recover the accuracy (see ``benchmarks/int8_activation.md``).
     """
     args = check_model_args(num_classes, img_size, distillation, drop_path_rate, features_only, out_indices)
+    if act is not None:
+        check_activation(act)
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     if pretrained and checkpoint is not None:
@@ -112,14 +119,24 @@ def create_model(
     if arch is not None or is_arch_path(name):
         if pretrained:
             raise ValueError("a searched architecture has no published weights; pass checkpoint=... instead")
-        model: EfficientFormerBase = build_from_arch(arch if arch is not None else name, **args, **kwargs)
+        spec = arch_spec(arch if arch is not None else name)
     else:
         model_name, tag = resolve_name(name)
-        spec = VARIANTS[model_name]
-        cls: type[EfficientFormerBase] = EfficientFormer if spec.family == "v1" else EfficientFormerV2
-        model = cls(spec, **args, **kwargs)
+        spec = get_spec(model_name)
+    if act is not None and act != spec.act:
+        if spec.act != "gelu":
+            raise ValueError(f"{spec.name} already uses {spec.act}; pass act={spec.act!r} or build the GELU model")
+        spec = with_activation(spec, act)
+    if pretrained and spec.act != "gelu":
+        raise ValueError(
+            f"{spec.name} has no published weights; build it with checkpoint=<weights of the GELU model> "
+            "(they fit) and fine-tune"
+        )
+    model: EfficientFormerBase = build_from_arch(spec, **args, **kwargs)
     if pretrained:
         checkpoint = pretrained_path(model_name, tag)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000)
+        # non-strict only to drop heads of another class count: the model named here must match the activation
+        # a training checkpoint records
+        load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000, change_activation=False)
     return model

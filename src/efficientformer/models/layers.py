@@ -13,6 +13,19 @@ from torch import nn
 
 Grid = tuple[int, int]
 
+#: The activation every GELU of a model can be swapped for (``create_model(name, act=...)``, or the name suffix
+#: ``efficientformerv2_s0_relu``). GELU is the published one; ReLU and Hardswish are the ones INT8 backends fold
+#: into the quantised convolution (PT2E's x86 quantizer, oneDNN post-ops), where a GELU runs in float between a
+#: dequantize and a quantize. Activations have no weights, so any variant loads the GELU model's state dict.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "hardswish": nn.Hardswish}
+
+
+def check_activation(name: object) -> str:
+    """``name`` if it is one of :data:`ACTIVATIONS`, else a one-line ``ValueError`` listing them."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return name
+
 
 def to_grid(size: int | tuple[int, int] | list[int]) -> Grid:
     """Normalise an ``int`` or ``(h, w)`` pair to a ``(h, w)`` tuple."""
@@ -178,15 +191,17 @@ def init_conv_trunc_normal(conv: nn.Conv2d) -> None:
 
 
 class ConvMlp(nn.Module):
-    """1x1 ConvNorm -> GELU -> [depthwise 3x3 ConvNorm -> GELU] -> 1x1 ConvNorm.
+    """1x1 ConvNorm -> act -> [depthwise 3x3 ConvNorm -> act] -> 1x1 ConvNorm (act: GELU as published).
 
     V1's Meta4D MLP has no middle conv; V2's FFN has it (``mid_conv=True``).
     """
 
-    def __init__(self, dim: int, hidden: int, mid_conv: bool = False, drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, hidden: int, mid_conv: bool = False, drop: float = 0.0, act_layer: type[nn.Module] = nn.GELU
+    ) -> None:
         super().__init__()
         self.fc1 = ConvNorm(dim, hidden, 1)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.mid = ConvNorm(hidden, hidden, 3, 1, 1, groups=hidden) if mid_conv else None
         self.drop = nn.Dropout(drop)
         self.fc2 = ConvNorm(hidden, dim, 1)

@@ -26,7 +26,7 @@ from ..models.factory import create_model
 from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
-EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2"}
 #: How a model with another activation is named on every command line (models.registry.with_activation).
 ACT_HELP = (
     "; append _relu or _hardswish (efficientformerv2_s0_relu) for the variant with that activation in place of "
@@ -162,11 +162,17 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_profile)
 
-    p = subparsers.add_parser("export", help="export to ONNX / TorchScript / Core ML / ExecuTorch with a parity check")
+    p = subparsers.add_parser(
+        "export", help="export to ONNX / TorchScript / Core ML / ExecuTorch / AOTInductor with a parity check"
+    )
     p.add_argument("--model", required=True, help="model name" + ACT_HELP)
     p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random init)")
-    p.add_argument("--format", required=True, choices=["onnx", "coreml", "executorch", "torchscript"])
-    p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte) or .mlpackage directory")
+    p.add_argument(
+        "--format", required=True, choices=list(EXTENSIONS),
+        help="pt2: an AOTInductor package (compiled ahead of time for this CPU, fixed batch; the benchmark's "
+        "inductor-aot backend)",
+    )  # fmt: skip
+    p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte, .pt2) or .mlpackage directory")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default 224)")
     p.add_argument("--batch", default=None, help="'dynamic' (default; ExecuTorch: 1) or a fixed batch size N")
     p.add_argument("--fp16", action="store_true", help="Core ML: float16 compute precision")
@@ -262,5 +268,5 @@ def register(subparsers) -> None:
 
 def _export_entry(args: argparse.Namespace) -> int:
     if args.batch is None:
-        args.batch = "1" if args.format == "executorch" else "dynamic"
+        args.batch = "1" if args.format in ("executorch", "pt2") else "dynamic"
     return cmd_export(args)

@@ -91,6 +91,14 @@ def _inputs(batch: int, img: tuple[int, int], seed: int, in_chans: int = 3) -> t
     return torch.randn(batch, in_chans, *img, generator=g)
 
 
+def _fixed_shape(model: nn.Module, img_size, batch: str | int, why: str) -> tuple[tuple[int, int], int]:
+    """(image size, batch) for a format that is compiled for one input shape; ``why`` opens the error line."""
+    img, fixed = _img_of(model, img_size), parse_batch(batch)
+    if fixed is None:
+        raise ValueError(f"{why}; pass --batch N (e.g. --batch 1)")
+    return img, fixed
+
+
 def _check(diff: float, tolerance: float, fmt: str) -> None:
     if not diff <= tolerance:  # also catches NaN
         raise ExportParityError(f"{fmt} export disagrees with PyTorch: max |diff| {diff:.3g} > tolerance {tolerance:g}")
@@ -390,10 +398,7 @@ def export_executorch(
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
-    img = _img_of(model, img_size)
-    fixed = parse_batch(batch)
-    if fixed is None:
-        raise ValueError("ExecuTorch's XNNPACK programs have a fixed batch; pass --batch N (e.g. --batch 1)")
+    img, fixed = _fixed_shape(model, img_size, batch, "ExecuTorch's XNNPACK programs have a fixed batch")
     path = check_output_path(path)
     model = model.eval()
     example = _inputs(fixed, img, 0, getattr(model, "in_chans", 3))
@@ -425,10 +430,7 @@ def export_pt2(
     """An AOTInductor ``.pt2`` package (fixed batch and size): the model compiled ahead of time by Inductor with
     freezing, prepacked oneDNN convolutions on x86 (the benchmark's ``inductor-aot`` backend), loadable without
     the model code by ``torch._inductor.aoti_load_package``; loaded back and compared on fresh inputs."""
-    img = _img_of(model, img_size)
-    fixed = parse_batch(batch)
-    if fixed is None:
-        raise ValueError("AOTInductor packages are compiled for one input shape; pass --batch N (e.g. --batch 1)")
+    img, fixed = _fixed_shape(model, img_size, batch, "AOTInductor packages are compiled for one input shape")
     path = check_output_path(path)
     model = model.eval()
     chans = getattr(model, "in_chans", 3)

@@ -65,6 +65,11 @@ def test_real_parser_accepts_the_flag():
         (["zoo", "*s0", "--runs", "0"], "--runs must be at least 1, got 0"),
         (["zoo", "*s0", "--img-size", "100"], "multiples of 32"),
         (["predict", "x.png", "--model", "efficientformerv2_s0", "--max-pixels", "0"], "--max-pixels must be"),
+        (
+            ["eval", "--model", "efficientformerv2_s0", "--checkpoint", "c.pth", "--data", ".", "--max-pixels", "0"],
+            "--max-pixels must be",
+        ),
+        (["train", "--max-pixels", "0"], "max_pixels"),
     ],
 )
 def test_bad_options_are_one_line(argv, needle, capsys, monkeypatch):

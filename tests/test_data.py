@@ -143,3 +143,17 @@ def test_unlistable_class_subfolder_is_named(tmp_path, monkeypatch):
     with pytest.warns(SkippedImageWarning, match="more: cannot list folder"):
         train, _ = build_datasets(root, eval_transform(32), eval_transform(32))
     assert len(train.scan_problems) == 1 and not any("more" in p for p, _ in train.samples)
+
+
+def test_max_pixels_reaches_both_splits(tmp_path):
+    """``max_pixels`` (config key / ``--max-pixels``) is the limit of the train and val readers: over it, skipped."""
+    from efficientformer.data.folder import SkippedImageWarning
+
+    root = _write_folder(tmp_path / "d", size=40)  # 1600-pixel images
+    train, val = build_datasets(root, eval_transform(32), eval_transform(32), max_pixels=1599)
+    for split in (train, val):
+        with pytest.warns(SkippedImageWarning, match="over the limit of 1,599"):
+            images, _, skipped = collate_skip([split[i] for i in range(len(split))])
+        assert images is None and skipped == len(split)
+    train, val = build_datasets(root, eval_transform(32), eval_transform(32), max_pixels=1600)
+    assert collate_skip([val[i] for i in range(len(val))])[2] == 0

@@ -10,6 +10,7 @@ from torch import nn
 from efficientformer import create_model, list_models
 from efficientformer.deploy import DeployedEfficientFormer, deploy, load_deployed, save_deployed
 from efficientformer.deploy.modules import FusedConv2d
+from efficientformer.models.arch import build_from_arch
 
 
 def randomise(model):
@@ -82,6 +83,46 @@ def test_save_load_round_trip(tmp_path):
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             assert torch.equal(loaded(x), fused(x))
+
+
+SEARCHED = {
+    "v2": {"family": "v2", "name": "efficientformerv2_searched", "widths": [16, 24, 40, 56], "depths": [1, 2, 3, 2],
+           "mlp_ratios": [[4], [3, 4], [2, 4, 3], [4, 2]], "attention": [[], [], [2], [1]], "act": "relu"},
+    "v1": {"family": "v1", "name": "efficientformer_searched", "widths": [16, 24, 40, 56], "depths": [1, 1, 2, 2],
+           "num_vit": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["v2", "v1"])
+def test_searched_model_saves_and_loads(tmp_path, family):
+    """A searched architecture has no registered name: the deploy file carries its architecture."""
+    arch = {"format": "efficientformer-arch", "version": 1, **SEARCHED[family]}
+    model = randomise(build_from_arch(arch, num_classes=7, img_size=64))
+    fused = deploy(model, 64)
+    loaded = load_deployed(save_deployed(fused, tmp_path / "searched.safetensors"))
+    assert loaded.spec == fused.spec and loaded.spec.name == SEARCHED[family]["name"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fused(x))
+
+
+def test_deploy_file_without_arch_loads_by_name(tmp_path):
+    """Files written before the architecture was recorded name a registered model; they still load."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    fused = deploy(randomise(create_model("efficientformerv2_s0", img_size=64)))
+    path = save_deployed(fused, tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "arch"}
+    save_file(load_file(str(path)), str(tmp_path / "by_name.safetensors"), metadata=meta)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_deployed(tmp_path / "by_name.safetensors")(x), fused(x))
+    meta["model"] = "efficientformerv2_searched"
+    save_file(load_file(str(path)), str(tmp_path / "unknown.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="unknown model 'efficientformerv2_searched'"):
+        load_deployed(tmp_path / "unknown.safetensors")
 
 
 def test_errors(tmp_path):

@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     e.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     e.add_argument("--device", default="auto")
+    e.add_argument("--max-pixels", type=int, default=None, help="skip images over this many pixels (bomb guard)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_eval)
 
@@ -121,6 +122,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.data, img_size=args.img_size, resize=args.resize,
         batch_size=args.batch_size, workers=args.workers, use_ema=args.ema, amp=args.amp, device=args.device,
+        max_pixels=args.max_pixels,
     )  # fmt: skip
     if result is None:  # non-zero rank of a distributed eval
         return 0

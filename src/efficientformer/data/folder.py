@@ -96,16 +96,17 @@ def collate_skip(batch):
     return images, targets, skipped
 
 
-def build_datasets(root: str | Path, train_tf: Callable, eval_tf: Callable):
-    """Return ``(train_set, val_set)`` after checking the layout; one-line errors name the problem."""
+def build_datasets(root: str | Path, train_tf: Callable, eval_tf: Callable, *, max_pixels: int | None = None):
+    """Return ``(train_set, val_set)`` after checking the layout; one-line errors name the problem. Images over
+    ``max_pixels`` pixels are skipped like any unreadable image (default: the reader's limit)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root} (expected {root}/train/<class>/... and {root}/val/)")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root} has no {split}/ folder; expected {root}/train/<class>/ and {root}/val/")
-    train_set = TolerantImageFolder(root / "train", train_tf)
-    val_set = TolerantImageFolder(root / "val", eval_tf)
+    train_set = TolerantImageFolder(root / "train", train_tf, max_pixels=max_pixels)
+    val_set = TolerantImageFolder(root / "val", eval_tf, max_pixels=max_pixels)
     if train_set.classes != val_set.classes:
         only_train = sorted(set(train_set.classes) - set(val_set.classes))
         only_val = sorted(set(val_set.classes) - set(train_set.classes))

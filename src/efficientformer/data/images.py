@@ -27,10 +27,11 @@ Conversions, decided once here so that every entry point agrees:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +115,29 @@ def read_rgb(
     for images over ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`) and for aspect ratios over
     ``max_aspect`` (``None``: no limit).
     """
+    with _opened_checked(path, max_pixels, max_aspect) as img:
+        img.load()  # decode now, inside the checked block: truncated data fails here, not later
+        return to_rgb(img)
+
+
+def probe_image(
+    path: str | os.PathLike, *, max_pixels: int | None = None, max_aspect: float | None = MAX_ASPECT
+) -> tuple[int, int]:
+    """Cheap up-front check of an image file without decoding its pixels: it exists, is an image Pillow can
+    identify, passes the size and aspect limits, and its structure checks out (``Image.verify``: for PNG the CRC
+    of every chunk, so a truncated PNG is caught). Returns ``(width, height)`` as stored (before EXIF rotation);
+    raises :class:`ImageLoadError` for the same files :func:`read_rgb` refuses."""
+    with _opened_checked(path, max_pixels, max_aspect) as img:
+        size = img.size
+        img.verify()
+        return size
+
+
+@contextlib.contextmanager
+def _opened_checked(path: str | os.PathLike, max_pixels: int | None, max_aspect: float | None) -> Iterator[Image.Image]:
+    """The one open-and-check of an image file, shared by :func:`read_rgb` and :func:`probe_image`: the file
+    exists and is not empty, its header passes the pixel and aspect limits, and any failure of Pillow inside the
+    ``with`` block (decoding, verifying) becomes an :class:`ImageLoadError` naming the file."""
     name = str(path)
     p = Path(path)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
@@ -123,6 +147,8 @@ def read_rgb(
         raise ImageLoadError(name, "no such file")
     if p.is_dir():
         raise ImageLoadError(name, "is a folder, not an image file")
+    if not p.is_file():
+        raise ImageLoadError(name, "is not a regular file")
     try:
         size = p.stat().st_size
     except OSError as err:
@@ -137,8 +163,7 @@ def read_rgb(
             with _open_with_limit(p, limit) as img:
                 _check_pixels(name, img.size, limit)
                 _check_aspect(name, img.size, max_aspect)
-                img.load()  # decode now, inside the try: truncated data fails here, not later
-                return to_rgb(img)
+                yield img
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -149,37 +174,6 @@ def read_rgb(
         raise ImageLoadError(name, f"corrupt or truncated image ({_first_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - decoders raise many types (SyntaxError, struct.error, ...) on bad data
         raise ImageLoadError(name, f"corrupt image ({type(err).__name__}: {_first_line(err)})") from None
-
-
-def probe_image(
-    path: str | os.PathLike, *, max_pixels: int | None = None, max_aspect: float | None = MAX_ASPECT
-) -> tuple[int, int]:
-    """Cheap up-front check of an image file without decoding its pixels: it exists, is an image Pillow can
-    identify, passes the size and aspect limits, and its structure checks out (``Image.verify``: for PNG the CRC
-    of every chunk, so a truncated PNG is caught). Returns ``(width, height)`` as stored (before EXIF rotation);
-    raises :class:`ImageLoadError`."""
-    name = str(path)
-    p = Path(path)
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-    if not p.is_file():
-        raise ImageLoadError(name, "no such file" if not p.exists() else "is not a regular file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open_with_limit(p, limit) as img:
-                _check_pixels(name, img.size, limit)
-                _check_aspect(name, img.size, max_aspect)
-                size = img.size
-                img.verify()
-                return size
-    except ImageLoadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(name, f"refused as a possible decompression bomb ({_first_line(err)})") from None
-    except Image.UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image file, or an image format Pillow cannot decode") from None
-    except Exception as err:  # noqa: BLE001 - decoders raise many types on bad data
-        raise ImageLoadError(name, f"corrupt or truncated image ({_first_line(err)})") from None
 
 
 #: The earlier name of :func:`read_rgb`.

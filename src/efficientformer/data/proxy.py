@@ -16,16 +16,14 @@ ImageNet-style folder (``train/<class>/*.png``) that every command reads like Im
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..utils.optional import require
-from .digits import CLASS_NAMES, default_cache_dir
+from .cache import digit_scans, written_once
+from .digits import CLASS_NAMES
 
 SPLIT_SEED = 0
 RENDER_SEED = 1
@@ -50,8 +48,6 @@ def render(
     digit: np.ndarray, photos: list[np.ndarray], rng: np.random.Generator, size: int
 ) -> np.ndarray:  # (size, size, 3) uint8
     """One proxy image of an 8x8 digit scan (values 0..16)."""
-    from PIL import Image
-
     # the digit: scaled, rotated, placed
     side = int(round(size * rng.uniform(0.6, 0.9)))
     glyph = Image.fromarray((digit * (255.0 / 16.0)).clip(0, 255).astype(np.uint8), mode="L")
@@ -89,47 +85,29 @@ def render(
 def prepare_proxy(cache_dir: str | Path | None = None, size: int = 64, train_renders: int = 4,
                   eval_renders: int = 2) -> Path:  # fmt: skip
     """Write the proxy folder (once) and return its root, which holds ``train/``, ``search/`` and ``val/``."""
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / f"proxy-v{VERSION}-{size}px-r{train_renders}x{eval_renders}"
-    if (target / "DONE").is_file():
-        return target
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise ImportError("the proxy dataset needs scikit-learn: pip install scikit-learn") from None
-    from PIL import Image
+    name = f"proxy-v{VERSION}-{size}px-r{train_renders}x{eval_renders}"
+    return written_once(name, cache_dir, lambda folder: _write_proxy(folder, size, train_renders, eval_renders))
 
+
+def _write_proxy(folder: Path, size: int, train_renders: int, eval_renders: int) -> dict[str, object]:
     photos = _photos()
-    digits = load_digits()
-    images, labels = digits.images, digits.target
+    images, labels = digit_scans()
     split_rng = np.random.default_rng(SPLIT_SEED)
     render_rng = np.random.default_rng(RENDER_SEED)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".proxy-", dir=root))
     counts = {s: 0 for s in FRACTIONS}
-    try:
-        for cls in range(10):
-            idx = np.flatnonzero(labels == cls)
-            split_rng.shuffle(idx)
-            n_search = round(len(idx) * FRACTIONS["search"])
-            n_val = round(len(idx) * FRACTIONS["val"])
-            parts = {"val": idx[:n_val], "search": idx[n_val : n_val + n_search], "train": idx[n_val + n_search :]}
-            for split, part in parts.items():
-                folder = tmp / split / CLASS_NAMES[cls]
-                folder.mkdir(parents=True, exist_ok=True)
-                renders = train_renders if split == "train" else eval_renders
-                for i in part:
-                    for r in range(renders):
-                        pixels = render(images[i], photos, render_rng, size)
-                        Image.fromarray(pixels).save(folder / f"{int(i):04d}_{r}.png")
-                        counts[split] += 1
-        info = {"source": "sklearn digits on scikit-image photos", "size": size, "version": VERSION,
-                "images": counts, "photos": list(PHOTOS)}  # fmt: skip
-        (tmp / "DONE").write_text(json.dumps(info))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    for cls in range(10):
+        idx = np.flatnonzero(labels == cls)
+        split_rng.shuffle(idx)
+        n_search = round(len(idx) * FRACTIONS["search"])
+        n_val = round(len(idx) * FRACTIONS["val"])
+        parts = {"val": idx[:n_val], "search": idx[n_val : n_val + n_search], "train": idx[n_val + n_search :]}
+        for split, part in parts.items():
+            out = folder / split / CLASS_NAMES[cls]
+            out.mkdir(parents=True, exist_ok=True)
+            renders = train_renders if split == "train" else eval_renders
+            for i in part:
+                for r in range(renders):
+                    Image.fromarray(render(images[i], photos, render_rng, size)).save(out / f"{int(i):04d}_{r}.png")
+                    counts[split] += 1
+    return {"source": "sklearn digits on scikit-image photos", "size": size, "version": VERSION,
+            "images": counts, "photos": list(PHOTOS)}  # fmt: skip

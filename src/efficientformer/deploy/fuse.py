@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.arch import ArchError, arch_to_spec, spec_to_arch
 from ..models.base import EfficientFormerBase, ModelSpec
 from ..models.layers import ConvNorm, Grid, to_grid
 from ..models.registry import UnknownModelError, get_spec
@@ -311,7 +312,9 @@ def deploy(
 
 
 def save_deployed(model: DeployedEfficientFormer, path: str | Path) -> Path:
-    """Write a deployed model as safetensors; the metadata header names the model, resolution and class count."""
+    """Write a deployed model as safetensors. The metadata header names the model, its resolution and class count,
+    and holds its architecture (:func:`~efficientformer.models.arch.spec_to_arch`), so a searched model, which has
+    no registered name, loads back too."""
     from safetensors.torch import save
 
     if not isinstance(model, DeployedEfficientFormer):
@@ -325,6 +328,7 @@ def save_deployed(model: DeployedEfficientFormer, path: str | Path) -> Path:
         "num_classes": str(model.num_classes),
         "in_chans": str(model.in_chans),
         "norm_eps": repr(model.norm_eps),
+        "arch": json.dumps(spec_to_arch(model.spec)),
     }
     data = save(tensors, metadata=meta)
     return atomic_write_bytes(path, lambda f: f.write(data))
@@ -354,11 +358,7 @@ def load_deployed(
             f"{path} is deploy format version {meta.get('format_version')!r}, this library reads version "
             f"{FORMAT_VERSION}; deploy the original checkpoint again and save it with save_deployed"
         )
-    name = meta.get("model", "")
-    try:
-        spec = get_spec(name)  # a published variant, or one with another activation (efficientformerv2_s0_relu)
-    except UnknownModelError:
-        raise ValueError(f"{path} names an unknown model {name!r}") from None
+    spec = _deployed_spec(path, meta)
     model = DeployedEfficientFormer(
         spec, tuple(json.loads(meta["img_size"])), int(meta["num_classes"]), int(meta.get("in_chans", 3))
     )
@@ -366,3 +366,18 @@ def load_deployed(
     state = load_file(str(path), device="cpu")
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval().requires_grad_(False).use_cpu_kernels(cpu_kernels)
+
+
+def _deployed_spec(path: Path, meta: dict[str, str]) -> ModelSpec:
+    """The spec a deploy file describes: its recorded architecture, else (files written before it was recorded)
+    the registered model it names."""
+    if "arch" in meta:
+        try:
+            return arch_to_spec(json.loads(meta["arch"]))
+        except (ArchError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} holds an unreadable architecture ({err}); save the model again") from None
+    name = meta.get("model", "")
+    try:
+        return get_spec(name)  # a published variant, or one with another activation (efficientformerv2_s0_relu)
+    except UnknownModelError:
+        raise ValueError(f"{path} names an unknown model {name!r}") from None

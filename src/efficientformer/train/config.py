@@ -30,6 +30,9 @@ class TrainConfig:
     data: str | None = param(None, help="ImageNet-style folder with train/ and val/; None = the bundled digits dataset")
     cache_dir: str | None = param(None, help="where the bundled dataset is written (default ~/.cache/efficientformer)")
     digits_size: int = param(64, ge=8, help="side of the PNGs written for the bundled digits dataset")
+    max_pixels: int | None = param(
+        None, ge=1, help="skip training/eval images over this many pixels (decompression-bomb guard); None: 178956970"
+    )
     workers: int = param(8, ge=0)
     batch_size: int = param(128, ge=1, help="per process")
     eval_batch_size: int | None = param(None, ge=1, help="default 1.5 x batch_size, as published")

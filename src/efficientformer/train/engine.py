@@ -135,7 +135,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if info.is_main:
         check_writable_dir(out)  # before any work: a file in the way or a read-only folder is one line now
 
-    train_set, val_set = build_datasets(data_root, train_transform(cfg), eval_transform(cfg.img_size, cfg.eval_resize))
+    train_set, val_set = build_datasets(
+        data_root, train_transform(cfg), eval_transform(cfg.img_size, cfg.eval_resize), max_pixels=cfg.max_pixels
+    )
     class_names = list(train_set.classes)
     num_classes = len(class_names)
     sampler = TrainSampler(len(train_set), info.rank, info.world, seed=cfg.seed,

@@ -27,13 +27,16 @@ def checkpoint_class_names(path: str | Path) -> list[str] | None:
 def evaluate_checkpoint(
     model_name: str, checkpoint: str | Path, data: str | Path, *, img_size: int = 224, resize: int | None = None,
     batch_size: int = 64, workers: int = 2, use_ema: bool = False, amp: str = "none", device: str = "auto",
+    max_pixels: int | None = None,
 ) -> dict | None:  # fmt: skip
     """Top-1/top-5/loss of ``checkpoint`` on an ImageNet-style folder; under torchrun each process scores a share
     and rank 0 returns the result (other ranks return None)."""
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
     root = Path(data).expanduser()
     folder = root / "val" if (root / "val").is_dir() else root
     with distributed.process_group(device) as info:
-        dataset = TolerantImageFolder(folder, eval_transform(img_size, resize))
+        dataset = TolerantImageFolder(folder, eval_transform(img_size, resize), max_pixels=max_pixels)
         names = checkpoint_class_names(checkpoint)
         if names is not None and names != list(dataset.classes):
             raise ValueError(

@@ -115,7 +115,7 @@ def test_benchmark_reports_ceiling_gflops_and_ratios():
     assert "of ceiling" in to_markdown(result)
 
 
-def test_quantize_cli_pt2e_reports_agreement_and_speed(tmp_path, capsys):
+def test_quantize_cli_pt2e_writes_a_package_and_reports_agreement_and_speed(tmp_path, capsys):
     import json
 
     import numpy as np
@@ -131,11 +131,22 @@ def test_quantize_cli_pt2e_reports_agreement_and_speed(tmp_path, capsys):
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
     args = ["quantize", "--backend", "pt2e", "--model", "efficientformerv2_s0", "--img-size", "32",
             "--calib-dir", str(tmp_path / "calib"), "--eval-dir", str(tmp_path / "eval"), "--runs", "2",
-            "--json", str(tmp_path / "r.json")]  # fmt: skip
+            "--output-dir", str(tmp_path / "out"), "--json", str(tmp_path / "r.json")]  # fmt: skip
     assert run_cli(args) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["calibration_images"] == 3 and report["eval_images"] == 3
     assert 0.0 <= report["top1_agreement"] <= 1.0 and report["speedup_vs_inductor_fp32"] > 0
+    package = tmp_path / "out" / "efficientformerv2_s0.int8.pt2"
+    assert report["package"] == str(package) and sorted(p.name for p in package.parent.iterdir()) == [package.name]
+    # the package runs without the model code, in int8 (its kernels are oneDNN's quantised convolutions)
+    assert "qconv" in package_kernels(package)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out, ref = (
+            torch._inductor.aoti_load_package(str(package))(x),
+            deploy(create_model("efficientformerv2_s0", img_size=32).eval())(x),
+        )
+    assert out.shape == ref.shape == (1, 1000) and torch.isfinite(out).all()
     capsys.readouterr()
     assert run_cli(["quantize", "--backend", "pt2e", "--onnx", "x.onnx", "--calib-dir", str(tmp_path / "calib")]) != 0
     assert "--backend pt2e quantises a PyTorch model" in capsys.readouterr().err

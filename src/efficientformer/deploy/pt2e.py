@@ -24,7 +24,7 @@ from torch import nn
 from ..utils.optional import require
 from ..utils.timing import time_interleaved
 from .fuse import deploy
-from .inductor import FrozenInductorModel, compile_frozen, compile_with_freezing
+from .inductor import AOTInductorModel, FrozenInductorModel, compile_aot, compile_with_freezing, package_aot
 from .modules import set_cpu_kernels
 from .quantize import list_images, load_image
 
@@ -92,6 +92,15 @@ def quantize_pt2e_x86(
     return compile_with_freezing(converted, example, "int8", {"freezing": True})
 
 
+def package_pt2e_x86(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor], package_path: str | Path | None
+) -> AOTInductorModel:
+    """:func:`quantize_pt2e_x86` ahead of time: the INT8 program as an AOTInductor ``.pt2`` package (written
+    atomically to ``package_path``; a temporary file when None), loaded back. It runs without the model code:
+    ``torch._inductor.aoti_load_package(path)(x)`` with ``x`` of ``example``'s shape, float32 in and out."""
+    return package_aot(quantized_graph_x86(model, example, calibration), example, "int8", package_path)
+
+
 def quantized_graph_x86(
     model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
 ) -> torch.fx.GraphModule:
@@ -129,10 +138,12 @@ def pt2e_report(
     threads: int = 1,
     runs: int = 30,
     max_calib: int = 64,
+    package_path: str | Path | None = None,
 ) -> dict:
-    """`efficientformer quantize --backend pt2e`: quantise the deploy form of ``model`` with calibration images,
-    then report top-1 agreement with fp32 on held-out images and latency against Inductor fp32 (same runtime,
-    timed interleaved). The quantised program is compiled in this process and not written to disk."""
+    """`efficientformer quantize --backend pt2e`: quantise the deploy form of ``model`` with calibration images
+    into an AOTInductor package (``package_path``; see :func:`package_pt2e_x86`), then report, for the package as
+    loaded back, top-1 agreement with fp32 on held-out images and latency against the fp32 deploy form compiled
+    the same way (AOTInductor with freezing; same runtime, timed interleaved)."""
 
     torch.set_num_threads(threads)
     fused = deploy(model.eval())
@@ -140,10 +151,12 @@ def pt2e_report(
     calib_files = list_images(calib_dir)[:max_calib]
     calib = [torch.from_numpy(load_image(f, size)).unsqueeze(0) for f in calib_files]
     example = calib[0]
-    int8 = quantize_pt2e_x86(fused, example, calib)
-    fp32 = compile_frozen(fused, example)
-    report: dict = {"backend": "pt2e-int8 (x86 Inductor quantizer)", "img_size": img_size, "threads": threads,
-                    "calibration_images": len(calib)}  # fmt: skip
+    int8 = package_pt2e_x86(fused, example, calib, package_path)
+    fp32 = compile_aot(fused, example)
+    report: dict = {"backend": "pt2e-int8 (x86 Inductor quantizer, AOTInductor)", "img_size": img_size,
+                    "threads": threads, "calibration_images": len(calib)}  # fmt: skip
+    if package_path is not None:
+        report["package"] = str(package_path)
     if eval_dir is not None:
         files = list_images(eval_dir)
         agree = 0

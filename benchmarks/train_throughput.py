@@ -50,7 +50,7 @@ def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
 def default_flags(device: str) -> frozenset[str]:
     """The flags ``efficientformer train`` resolves from the default config on ``device``."""
     cfg = TrainConfig()
-    amp = resolve_amp(cfg.amp, torch.device(device))
+    amp = resolve_amp(cfg.amp, torch.device(device), log=print)
     flags = {"bf16"} if amp == "bf16" else {"fp16"} if amp == "fp16" else set()
     if resolve_channels_last(cfg.channels_last, torch.device(device)):
         flags.add("cl")

@@ -24,8 +24,9 @@ from efficientformer.train.distill import DistillationLoss, build_teacher
 from efficientformer.utils.io import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
+# amp pinned: runs compared for exactness must not each measure their own precision (amp=auto has its own test)
 TINY = dict(model="efficientformerv2_s0", img_size=32, batch_size=8, workers=0, threads=1, epochs=1, mixup=0.0,
-            cutmix=0.0, auto_augment=None, color_jitter=None, reprob=0.0, hflip=0.0, repeated_aug=False,
+            amp="none", cutmix=0.0, auto_augment=None, color_jitter=None, reprob=0.0, hflip=0.0, repeated_aug=False,
             distillation="none", teacher=None, warmup_epochs=0, lr=2e-3, ema_decay=0.9, progress=False)  # fmt: skip
 
 
@@ -432,14 +433,25 @@ def test_finetune_from_other_class_count(tmp_path, capsys):
 
 
 def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
-    """amp=auto: bf16 autocast on CUDA GPUs with bf16, fp32 on CPUs (even with AMX: see resolve_amp);
+    """amp=auto: bf16 autocast on CUDA GPUs with bf16; on CPUs bf16 only with native bf16 and a measured gain
+    (the probe is replaced here, both ways), fp32 otherwise; a resumed run keeps the recorded precision.
     channels_last=None: on for CPU and CUDA; explicit values are kept. A training run uses (and its checkpoint
     records) the resolved precision, and its evaluation stays fp32 (eval_amp=none) so the reported top-1 is what
     `eval` of the checkpoint gives, also when training ran under bf16 autocast."""
     from efficientformer.runtime import loop
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert loop.resolve_amp("auto", cpu) == "none" and loop.resolve_channels_last(None, cpu) is True
+    assert loop.resolve_channels_last(None, cpu) is True
+    assert loop.cpu_bf16_speedup(rounds=2) > 0  # the real probe runs (its value depends on the machine)
+    lines = []
+    for native, speedup, expected in ((True, 1.9, "bf16"), (True, 1.1, "none"), (False, 1.9, "none")):
+        monkeypatch.setattr(loop, "bf16_support", lambda native=native: (native, "test"))
+        monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda speedup=speedup: speedup)
+        assert loop.resolve_amp("auto", cpu, log=lines.append) == expected
+        assert loop.resolve_amp("auto", cpu, recorded="none") == "none"  # a resumed run keeps its precision
+        assert loop.resolve_amp("auto", cpu, recorded="bf16") == "bf16"
+    assert lines == ["amp=auto: bf16 measured 1.90x fp32 on this CPU (needs 1.25x) -> bf16",
+                     "amp=auto: bf16 measured 1.10x fp32 on this CPU (needs 1.25x) -> none"]  # fmt: skip
     for supported, expected in ((True, "bf16"), (False, "none")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
         assert loop.resolve_amp("auto", cuda) == expected
@@ -458,6 +470,8 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     seen = []
     real_autocast = loop.autocast
     monkeypatch.setattr(loop, "autocast", lambda device, amp: seen.append(amp) or real_autocast(device, amp))
+    monkeypatch.setattr(loop, "bf16_support", lambda: (True, "test"))
+    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.0)  # auto measures no gain: fp32
     for amp, expected in (("auto", "none"), ("bf16", "bf16")):
         seen.clear()
         out = tmp_path / amp
@@ -472,3 +486,14 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
         result = evaluate_checkpoint("efficientformerv2_s0", out / "last.pth", data, img_size=32,
                                      resize=cfg.eval_resize, workers=0, device="cpu")  # fmt: skip
         assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-9)
+    # auto chose bf16 when the run started; the resumed run keeps it although the probe now measures no gain
+    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.9)
+    base = {**DIGITS_RECIPE, "epochs": 1, "max_steps": 2, "ema": False, "workers": 0, "output": str(tmp_path / "r"),
+            "cache_dir": str(tmp_path / "cache"), "progress": False}  # fmt: skip
+    train(build_config(None, base))
+    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.0)
+    seen.clear()
+    train(build_config(None, {**base, "epochs": 2}))
+    assert seen and set(seen) == {"bf16"}
+    ckpt = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
+    assert ckpt["progress"]["epoch"] == 2 and ckpt["precision"]["amp"] == "bf16"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +25,8 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from ..utils.io import check_writable_dir, remove_stale_temporaries
+from ..utils.machine import bf16_support
+from ..utils.timing import time_interleaved
 from .checkpoint import gather_rng_states, load_state, read_checkpoint, restore_rng, save_checkpoint
 from .distributed import (
     DistInfo,
@@ -96,20 +99,71 @@ class Plan:
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 
 
-def resolve_amp(amp: str, device: torch.device) -> Literal["none", "bf16", "fp16"]:
-    """``auto``: bf16 autocast on CUDA GPUs that support it (no loss scaling needed), fp32 elsewhere. Not bf16 on
-    CPUs, even with AMX: on the project's 2-core AMX machine oneDNN's bf16 weight gradient of a 1x1 convolution
-    took 3 ms at 1 thread but 3-420 ms at 2 threads from run to run (benchmarks/bf16_conv_backward.py), and the
-    same flag made V2-S0's training step 1.33x faster in one session and 2.3x slower in another
-    (benchmarks/README.md, goal 5); ``amp=bf16`` asks for it explicitly. ``none``, ``bf16`` and ``fp16`` are taken
-    as they are."""
+#: ``amp=auto`` on a CPU picks bf16 only when the probe measures at least this speed-up over fp32
+CPU_BF16_MIN_SPEEDUP = 1.25
+
+
+def resolve_amp(
+    amp: str, device: torch.device, recorded: str | None = None, log: Callable[[str], None] | None = None
+) -> Literal["none", "bf16", "fp16"]:
+    """The autocast precision of a run; ``none``, ``bf16`` and ``fp16`` are taken as they are.
+
+    ``auto``: bf16 on CUDA GPUs that support it (no loss scaling needed). On a CPU with native bf16 (AVX512-BF16
+    or AMX-BF16), bf16 when :func:`cpu_bf16_speedup` measures it at least :data:`CPU_BF16_MIN_SPEEDUP` times
+    faster than fp32 here and now: on the project's AMX machine the same flag made V2-S0's training step 1.34x
+    faster on one day and 2.3x slower on another (benchmarks/README.md, goal 5), so it is measured, not assumed.
+    fp32 elsewhere. ``recorded``: the precision a resumed run was started with, kept so the resumed run computes
+    what the straight run would have. Under DDP every rank takes rank 0's choice. ``log`` gets the measurement."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":
         return amp  # type: ignore[return-value]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "none"
+    if recorded in ("none", "bf16", "fp16"):
+        return recorded  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    if device.type != "cpu" or not bf16_support()[0]:
+        return "none"
+    speedup = all_gather_objects(cpu_bf16_speedup())[0]  # rank 0's measurement for every rank
+    choice = "bf16" if speedup >= CPU_BF16_MIN_SPEEDUP else "none"
+    if log is not None:
+        log(f"amp=auto: bf16 measured {speedup:.2f}x fp32 on this CPU (needs {CPU_BF16_MIN_SPEEDUP}x) -> {choice}")
+    return choice  # type: ignore[return-value]
+
+
+def cpu_bf16_speedup(rounds: int = 9) -> float:
+    """fp32 time / bf16-autocast time of a training step of one 1x1 convolution (V2-S0's first MLP reduction,
+    128 -> 32 channels, channels-last, batch 8 at 28x28; forward and both gradients), timed interleaved at the
+    current thread count; about 50 ms. It is the kernel whose bf16 weight gradient was erratic (3 to 420 ms)."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(128, 32, 1).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 128, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def step(dtype: torch.dtype | None) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16) if dtype else contextlib.nullcontext():
+                out = conv(x)
+            out.float().sum().backward()
+            conv.zero_grad(set_to_none=True)
+            x.grad = None
+
+        return run
+
+    times = time_interleaved({"fp32": step(None), "bf16": step(torch.bfloat16)}, warmup=3, runs=rounds)
+    return statistics.median(times["fp32"]) / max(statistics.median(times["bf16"]), 1e-9)
+
+
+def recorded_precision(output: str | Path) -> str | None:
+    """The ``amp`` recorded in ``<output>/last.pth`` (the run a resume continues), or None (no such checkpoint, or
+    one that cannot be read: the loop's resume reports that in one line)."""
+    path = Path(output) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    try:
+        return (read_checkpoint(path).get("precision") or {}).get("amp")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:

@@ -84,8 +84,9 @@ class TrainConfig:
     # -- hardware ------------------------------------------------------------------------------------------------
     device: str = param("auto", help="auto | cpu | cuda | cuda:N")
     amp: str = param(
-        "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 on CUDA GPUs that support it, else fp32) "
-        "| none (fp32, as published) | bf16 | fp16"
+        "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 on CUDA GPUs that support it and on CPUs "
+        "with native bf16 where a start-up probe measures it >= 1.25x fp32; else fp32; a resumed run keeps its "
+        "precision) | none (fp32, as published) | bf16 | fp16"
     )  # fmt: skip
     eval_amp: str = param("none", choices=("none", "bf16", "fp16"), help="evaluation autocast (none: fp32, as `eval`)")
     sync_bn: bool = param(True, help="only applied on multi-GPU CUDA runs")

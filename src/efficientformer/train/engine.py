@@ -26,7 +26,16 @@ from ..models import create_model, load_checkpoint
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, seed_all
 from ..runtime.distributed import DistInfo, all_reduce_sum
-from ..runtime.loop import NonFiniteLossError, Plan, Step, autocast, fit, resolve_amp, resolve_channels_last
+from ..runtime.loop import (
+    NonFiniteLossError,
+    Plan,
+    Step,
+    autocast,
+    fit,
+    recorded_precision,
+    resolve_amp,
+    resolve_channels_last,
+)
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
@@ -166,7 +175,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if cfg.finetune:
         _log(info, f"fine-tuning from {load_checkpoint(model, cfg.finetune, strict=False, use_ema=False)}")
     model.to(device)
-    amp = resolve_amp(cfg.amp, device)
+    recorded = recorded_precision(out) if cfg.resume else None  # a resumed run keeps the precision it started with
+    amp = resolve_amp(cfg.amp, device, recorded=recorded, log=lambda line: _log(info, line))
     channels_last = resolve_channels_last(cfg.channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from train_throughput import make_step, parse_combo  # benchmarks/: the one training step of the benchmarks
+
+# benchmarks/: the one training step of the benchmarks
+from train_throughput import default_flags, make_step, parse_combo
 
 from efficientformer.deploy import deploy
 from efficientformer.models import create_model
@@ -151,7 +153,8 @@ def main() -> None:
             continue
         for impl, combo in TRAINING:
             model = timm_model(name, img) if impl == "timm" else create_model(name, img_size=img, distillation=False)
-            flags = parse_combo(combo, "cuda")
+            flags = (default_flags(name, "cuda", args.train_batch, img) if combo == "default"
+                     else parse_combo(combo))  # fmt: skip
             dtype = "bf16" if "bf16" in flags else "fp16" if "fp16" in flags else "fp32"
             cl, comp = "cl" in flags, "compile" in flags
             try:

@@ -24,9 +24,9 @@ import statistics
 
 import torch
 
-from efficientformer.runtime.loop import resolve_amp, resolve_channels_last
 from efficientformer.runtime.optim import build_optimizer
 from efficientformer.train.config import TrainConfig
+from efficientformer.train.engine import resolve_precision
 from efficientformer.utils.machine import pin_allocator
 from efficientformer.utils.timing import time_interleaved
 
@@ -47,21 +47,24 @@ def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
     return model
 
 
-def default_flags(device: str) -> frozenset[str]:
-    """The flags ``efficientformer train`` resolves from the default config on ``device``."""
-    cfg = TrainConfig()
-    amp = resolve_amp(cfg.amp, torch.device(device), log=print)
+def default_flags(name: str, device: str, batch: int, img_size: int) -> frozenset[str]:
+    """The flags ``efficientformer train`` resolves from the default config on ``device`` for model ``name``
+    (amp=auto's CPU probe times the model, as the trainer does)."""
+    cfg = TrainConfig(model=name, batch_size=batch, img_size=img_size)
+    model = build("ours", name, img_size).to(device)
+    amp, channels_last = resolve_precision(cfg, model, torch.device(device), log=print)
     flags = {"bf16"} if amp == "bf16" else {"fp16"} if amp == "fp16" else set()
-    if resolve_channels_last(cfg.channels_last, torch.device(device)):
+    if channels_last:
         flags.add("cl")
     if cfg.compile:
         flags.add("compile")
     return frozenset(flags | {"toolkit-optimizer"})
 
 
-def parse_combo(text: str, device: str) -> frozenset[str]:
+def parse_combo(text: str) -> frozenset[str]:
+    """A ``+``-joined combo's flags (``default`` is resolved per model by :func:`default_flags`)."""
     if text == "default":
-        return default_flags(device)
+        return frozenset({"default"})
     flags = frozenset(f for f in text.split("+") if f and f != "eager")
     unknown = flags - set(FLAGS)
     if unknown:
@@ -120,7 +123,7 @@ def main() -> None:
         print(pin_allocator())
     if args.threads:
         torch.set_num_threads(args.threads)
-    combos = [(c, parse_combo(c, args.device)) for c in args.combos.split(",") if c]
+    combos = [(c, parse_combo(c)) for c in args.combos.split(",") if c]
     print(
         f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"{args.img_size}px, {args.rounds} rounds x {args.steps} steps interleaved, load {os.getloadavg()}"
@@ -130,7 +133,11 @@ def main() -> None:
         torch.manual_seed(0)
         steps = {("timm", "eager"): make_step(build("timm", name, args.img_size), args.batch, args.img_size,
                                               args.device, frozenset())}  # fmt: skip
+        shown = {}
         for label, flags in combos:
+            if label == "default":
+                flags = default_flags(name, args.device, args.batch, args.img_size)
+                shown[label] = f"default ({'+'.join(sorted(flags - {'toolkit-optimizer'})) or 'fp32'})"
             torch.manual_seed(0)
             steps[("ours", label)] = make_step(build("ours", name, args.img_size), args.batch, args.img_size,
                                                args.device, flags)  # fmt: skip
@@ -142,12 +149,7 @@ def main() -> None:
         rate = {k: args.batch * args.steps * 1e3 / statistics.median(v) for k, v in times.items()}
         base = rate[("timm", "eager")]
         for (impl, label), r in rate.items():
-            shown = (
-                f"default ({'+'.join(sorted(default_flags(args.device) - {'toolkit-optimizer'})) or 'fp32'})"
-                if label == "default"
-                else label
-            )
-            print(f"| {name} | {impl} {shown} | {r:.1f} | {r / base:.2f}x |", flush=True)
+            print(f"| {name} | {impl} {shown.get(label, label)} | {r:.1f} | {r / base:.2f}x |", flush=True)
     print(f"load average at the end: {os.getloadavg()}")
 
 

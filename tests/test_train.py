@@ -438,20 +438,28 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     channels_last=None: on for CPU and CUDA; explicit values are kept. A training run uses (and its checkpoint
     records) the resolved precision, and its evaluation stays fp32 (eval_amp=none) so the reported top-1 is what
     `eval` of the checkpoint gives, also when training ran under bf16 autocast."""
+    from efficientformer import create_model
     from efficientformer.runtime import loop
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert loop.resolve_channels_last(None, cpu) is True
-    assert loop.cpu_bf16_speedup(rounds=2) > 0  # the real probe runs (its value depends on the machine)
+    model = create_model("efficientformerv2_s0", num_classes=3, img_size=32).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32)
+    rng = torch.random.get_rng_state()
+    assert loop.cpu_bf16_speedup(model, x, rounds=1) > 0  # the real probe (its value is the machine's)
+    after = model.state_dict()  # the probe times a copy: weights, BN statistics and the random stream untouched
+    assert all(torch.equal(before[k], after[k]) for k in before) and torch.equal(torch.random.get_rng_state(), rng)
     lines = []
-    for native, speedup, expected in ((True, 1.9, "bf16"), (True, 1.1, "none"), (False, 1.9, "none")):
+    for native, speedup, expected in ((True, 1.9, "bf16"), (True, 1.05, "none"), (False, 1.9, "none")):
         monkeypatch.setattr(loop, "bf16_support", lambda native=native: (native, "test"))
-        monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda speedup=speedup: speedup)
-        assert loop.resolve_amp("auto", cpu, log=lines.append) == expected
-        assert loop.resolve_amp("auto", cpu, recorded="none") == "none"  # a resumed run keeps its precision
-        assert loop.resolve_amp("auto", cpu, recorded="bf16") == "bf16"
-    assert lines == ["amp=auto: bf16 measured 1.90x fp32 on this CPU (needs 1.25x) -> bf16",
-                     "amp=auto: bf16 measured 1.10x fp32 on this CPU (needs 1.25x) -> none"]  # fmt: skip
+        probe = lambda speedup=speedup: speedup  # noqa: E731
+        assert loop.resolve_amp("auto", cpu, probe=probe, log=lines.append) == expected
+        assert loop.resolve_amp("auto", cpu) == "none"  # no probe: fp32
+        assert loop.resolve_amp("auto", cpu, recorded="none", probe=probe) == "none"  # a resumed run keeps its own
+        assert loop.resolve_amp("auto", cpu, recorded="bf16", probe=probe) == "bf16"
+    measured = [line.split("measured ")[1] for line in lines]
+    assert measured == ["1.90x fp32 on this CPU (needs 1.1x) -> bf16", "1.05x fp32 on this CPU (needs 1.1x) -> none"]
     for supported, expected in ((True, "bf16"), (False, "none")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
         assert loop.resolve_amp("auto", cuda) == expected
@@ -463,6 +471,7 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
         build_config(None, {"amp": "fp8"})
 
     pytest.importorskip("sklearn")
+    from efficientformer.train import engine
     from efficientformer.train.engine import train
     from efficientformer.train.evaluate import evaluate_checkpoint
     from efficientformer.train.recipes import DIGITS_RECIPE
@@ -471,7 +480,7 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     real_autocast = loop.autocast
     monkeypatch.setattr(loop, "autocast", lambda device, amp: seen.append(amp) or real_autocast(device, amp))
     monkeypatch.setattr(loop, "bf16_support", lambda: (True, "test"))
-    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.0)  # auto measures no gain: fp32
+    monkeypatch.setattr(engine, "cpu_bf16_speedup", lambda model, x: 1.0)  # auto measures no gain: fp32
     for amp, expected in (("auto", "none"), ("bf16", "bf16")):
         seen.clear()
         out = tmp_path / amp
@@ -487,11 +496,11 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
                                      resize=cfg.eval_resize, workers=0, device="cpu")  # fmt: skip
         assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-9)
     # auto chose bf16 when the run started; the resumed run keeps it although the probe now measures no gain
-    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.9)
+    monkeypatch.setattr(engine, "cpu_bf16_speedup", lambda model, x: 1.9)
     base = {**DIGITS_RECIPE, "epochs": 1, "max_steps": 2, "ema": False, "workers": 0, "output": str(tmp_path / "r"),
             "cache_dir": str(tmp_path / "cache"), "progress": False}  # fmt: skip
     train(build_config(None, base))
-    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.0)
+    monkeypatch.setattr(engine, "cpu_bf16_speedup", lambda model, x: 1.0)
     seen.clear()
     train(build_config(None, {**base, "epochs": 2}))
     assert seen and set(seen) == {"bf16"}

@@ -12,6 +12,7 @@ could store the damaged weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import statistics
 import time
@@ -100,20 +101,25 @@ AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 
 
 #: ``amp=auto`` on a CPU picks bf16 only when the probe measures at least this speed-up over fp32
-CPU_BF16_MIN_SPEEDUP = 1.25
+CPU_BF16_MIN_SPEEDUP = 1.1
 
 
 def resolve_amp(
-    amp: str, device: torch.device, recorded: str | None = None, log: Callable[[str], None] | None = None
+    amp: str,
+    device: torch.device,
+    recorded: str | None = None,
+    probe: Callable[[], float] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Literal["none", "bf16", "fp16"]:
     """The autocast precision of a run; ``none``, ``bf16`` and ``fp16`` are taken as they are.
 
     ``auto``: bf16 on CUDA GPUs that support it (no loss scaling needed). On a CPU with native bf16 (AVX512-BF16
-    or AMX-BF16), bf16 when :func:`cpu_bf16_speedup` measures it at least :data:`CPU_BF16_MIN_SPEEDUP` times
-    faster than fp32 here and now: on the project's AMX machine the same flag made V2-S0's training step 1.34x
-    faster on one day and 2.3x slower on another (benchmarks/README.md, goal 5), so it is measured, not assumed.
-    fp32 elsewhere. ``recorded``: the precision a resumed run was started with, kept so the resumed run computes
-    what the straight run would have. Under DDP every rank takes rank 0's choice. ``log`` gets the measurement."""
+    or AMX-BF16), bf16 when ``probe()`` (e.g. :func:`cpu_bf16_speedup` of the model) measures it at least
+    :data:`CPU_BF16_MIN_SPEEDUP` times faster than fp32 here and now: on the project's AMX machine the same flag
+    made V2-S0's training step 1.34x faster on one day and 2.3x slower on another (benchmarks/README.md, goal 5),
+    so it is measured, not assumed; without a probe, fp32. fp32 elsewhere. ``recorded``: the precision a resumed
+    run was started with, kept so the resumed run computes what the straight run would have. Under DDP every rank
+    takes rank 0's measurement. ``log`` gets the measurement."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":
@@ -122,35 +128,37 @@ def resolve_amp(
         return recorded  # type: ignore[return-value]
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    if device.type != "cpu" or not bf16_support()[0]:
+    if device.type != "cpu" or probe is None or not bf16_support()[0]:
         return "none"
-    speedup = all_gather_objects(cpu_bf16_speedup())[0]  # rank 0's measurement for every rank
+    speedup = all_gather_objects(probe())[0]  # rank 0's measurement for every rank
     choice = "bf16" if speedup >= CPU_BF16_MIN_SPEEDUP else "none"
     if log is not None:
-        log(f"amp=auto: bf16 measured {speedup:.2f}x fp32 on this CPU (needs {CPU_BF16_MIN_SPEEDUP}x) -> {choice}")
+        log(f"amp=auto: a training step in bf16 measured {speedup:.2f}x fp32 on this CPU (needs "
+            f"{CPU_BF16_MIN_SPEEDUP}x) -> {choice}")  # fmt: skip
     return choice  # type: ignore[return-value]
 
 
-def cpu_bf16_speedup(rounds: int = 9) -> float:
-    """fp32 time / bf16-autocast time of a training step of one 1x1 convolution (V2-S0's first MLP reduction,
-    128 -> 32 channels, channels-last, batch 8 at 28x28; forward and both gradients), timed interleaved at the
-    current thread count; about 50 ms. It is the kernel whose bf16 weight gradient was erratic (3 to 420 ms)."""
-    gen = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(128, 32, 1).to(memory_format=torch.channels_last)
-    x = torch.randn(8, 128, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
+def cpu_bf16_speedup(model: nn.Module, example: torch.Tensor, rounds: int = 3) -> float:
+    """fp32 time / bf16-autocast time of a forward and backward pass of a copy of ``model`` (train mode, as it is:
+    layout included) on ``example``, timed interleaved at the current thread count after one warm-up call each.
+    The copy keeps the run's model, its BatchNorm statistics and the random streams untouched."""
+    probe = copy.deepcopy(model).train()
+    rng = torch.random.get_rng_state()
 
     def step(dtype: torch.dtype | None) -> Callable[[], None]:
         def run() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16) if dtype else contextlib.nullcontext():
-                out = conv(x)
-            out.float().sum().backward()
-            conv.zero_grad(set_to_none=True)
-            x.grad = None
+            with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
+                out = probe(example)
+            out = out[0] if isinstance(out, tuple | list) else out
+            out.float().mean().backward()
+            probe.zero_grad(set_to_none=True)
 
         return run
 
-    times = time_interleaved({"fp32": step(None), "bf16": step(torch.bfloat16)}, warmup=3, runs=rounds)
+    try:
+        times = time_interleaved({"fp32": step(None), "bf16": step(torch.bfloat16)}, warmup=1, runs=rounds)
+    finally:
+        torch.random.set_rng_state(rng)  # drop-path draws in the probe must not shift the run's stream
     return statistics.median(times["fp32"]) / max(statistics.median(times["bf16"]), 1e-9)
 
 

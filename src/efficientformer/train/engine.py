@@ -8,6 +8,7 @@ per-epoch cosine scheduler stepped after each epoch. The loop, checkpoints, DDP 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from ..runtime.loop import (
     Plan,
     Step,
     autocast,
+    cpu_bf16_speedup,
     fit,
     recorded_precision,
     resolve_amp,
@@ -134,6 +136,29 @@ def _log(info: DistInfo, msg: str) -> None:
         print(msg, flush=True)
 
 
+def resolve_precision(
+    cfg: TrainConfig,
+    model: nn.Module,
+    device: torch.device,
+    *,
+    recorded: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[str, bool]:
+    """``(amp, channels_last)`` as ``train`` runs ``cfg`` on ``device``; channels-last is applied to ``model`` when
+    on. amp=auto's CPU probe times this model at the run's resolution and layout on a fixed random batch of up to
+    16 images (see :func:`~efficientformer.runtime.loop.resolve_amp`)."""
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    def probe() -> float:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(min(cfg.batch_size, 16), 3, cfg.img_size, cfg.img_size, generator=gen)
+        return cpu_bf16_speedup(model, x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+
+    return resolve_amp(cfg.amp, device, recorded=recorded, probe=probe, log=log), channels_last
+
+
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     device = info.device
     if cfg.threads:
@@ -176,10 +201,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         _log(info, f"fine-tuning from {load_checkpoint(model, cfg.finetune, strict=False, use_ema=False)}")
     model.to(device)
     recorded = recorded_precision(out) if cfg.resume else None  # a resumed run keeps the precision it started with
-    amp = resolve_amp(cfg.amp, device, recorded=recorded, log=lambda line: _log(info, line))
-    channels_last = resolve_channels_last(cfg.channels_last, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    amp, channels_last = resolve_precision(cfg, model, device, recorded=recorded, log=lambda line: _log(info, line))
     if info.enabled and device.type == "cuda" and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA; CPU/gloo runs keep plain BN
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None

@@ -6,7 +6,8 @@ of the same model, all timed interleaved in one run (issue #13, goal 5).
     python benchmarks/train_throughput.py --device cuda --batch 256 --combos eager,compile,compile+cl+bf16
 
 One step = forward, cross-entropy, backward, AdamW step, in train mode (single head on both sides). A combo is
-``+``-joined flags: ``eager`` (none), ``cl`` (channels_last model and input), ``bf16`` (autocast to bfloat16),
+``+``-joined flags: ``eager`` (none), ``cl`` (channels_last model and input), ``clgrad`` (BatchNorm gradients kept
+channels-last: ``runtime.loop.keep_channels_last_gradients``), ``bf16`` (autocast to bfloat16),
 ``fp16`` (autocast to float16, GPU), ``compile`` (torch.compile of the model), ``fused`` (torch's fused AdamW),
 or ``default``: what ``efficientformer train`` does with the default config on this machine (precision and
 layout from ``TrainConfig()`` resolved by the runtime, the optimiser from ``runtime.optim.build_optimizer``).
@@ -24,13 +25,14 @@ import statistics
 
 import torch
 
+from efficientformer.runtime.loop import keep_channels_last_gradients
 from efficientformer.runtime.optim import build_optimizer
 from efficientformer.train.config import TrainConfig
 from efficientformer.train.engine import resolve_precision
 from efficientformer.utils.machine import pin_allocator
 from efficientformer.utils.timing import time_interleaved
 
-FLAGS = ("cl", "bf16", "fp16", "compile", "fused")
+FLAGS = ("cl", "clgrad", "bf16", "fp16", "compile", "fused")
 
 
 def build(impl: str, name: str, img_size: int) -> torch.nn.Module:
@@ -56,6 +58,8 @@ def default_flags(name: str, device: str, batch: int, img_size: int) -> frozense
     flags = {"bf16"} if amp == "bf16" else {"fp16"} if amp == "fp16" else set()
     if channels_last:
         flags.add("cl")
+        if not cfg.compile:
+            flags.add("clgrad")
     if cfg.compile:
         flags.add("compile")
     return frozenset(flags | {"toolkit-optimizer"})
@@ -79,6 +83,8 @@ def make_step(model, batch: int, img_size: int, device: str, flags: frozenset[st
     y = torch.randint(0, 1000, (batch,), device=device)
     if "cl" in flags:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if "clgrad" in flags:  # the trainer's: BatchNorm gradients kept channels-last
+        keep_channels_last_gradients(model)
     if "toolkit-optimizer" in flags:  # the trainer's: timm's factory over our no-decay groups
         cfg = TrainConfig()
         opt = build_optimizer(model, cfg.opt, 1e-3, cfg.weight_decay, cfg.opt_eps)

@@ -506,3 +506,43 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     assert seen and set(seen) == {"bf16"}
     ckpt = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
     assert ckpt["progress"]["epoch"] == 2 and ckpt["precision"]["amp"] == "bf16"
+
+
+def test_batchnorm_gradients_stay_channels_last():
+    """V2's attention reshapes its q/k/v BatchNorm outputs, whose gradients then arrive NCHW (a 3-6x slower BatchNorm
+    backward on CPU); the runtime's hook hands every BatchNorm a channels-last gradient, with the same values."""
+    from efficientformer import create_model
+    from efficientformer.runtime.loop import keep_channels_last_gradients
+
+    torch.manual_seed(0)
+    model = create_model("efficientformerv2_s0", num_classes=5, img_size=64, distillation=False, drop_path_rate=0.0)
+    model = model.train().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    layouts = []  # per BatchNorm in backward: (input channels-last, gradient its backward gets channels-last)
+
+    def watch(module, args, out):  # a tensor hook runs after those registered before it: it sees what BN gets
+        cl = args[0].is_contiguous(memory_format=torch.channels_last)
+        out.register_hook(lambda g: layouts.append((cl, g.is_contiguous(memory_format=torch.channels_last))))
+
+    def grads():
+        layouts.clear()
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    watchers = [m.register_forward_hook(watch) for m in bns]
+    plain = grads()
+    mixed = sum(inp and not grad for inp, grad in layouts)
+    assert mixed >= 10  # without the hook: channels-last inputs with NCHW gradients (q/k/v of every attention block)
+    for h in watchers:
+        h.remove()
+    handles = keep_channels_last_gradients(model)
+    watchers = [m.register_forward_hook(watch) for m in bns]
+    kept = grads()
+    assert len(layouts) == len(bns) and not any(inp and not grad for inp, grad in layouts)
+    assert all(torch.allclose(plain[n], kept[n], rtol=1e-4, atol=1e-6) for n in plain)
+    for h in handles:
+        h.remove()
+    grads()
+    assert sum(inp and not grad for inp, grad in layouts) == mixed

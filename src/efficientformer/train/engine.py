@@ -34,6 +34,7 @@ from ..runtime.loop import (
     autocast,
     cpu_bf16_speedup,
     fit,
+    keep_channels_last_gradients,
     recorded_precision,
     resolve_amp,
     resolve_channels_last,
@@ -145,11 +146,14 @@ def resolve_precision(
     log: Callable[[str], None] | None = None,
 ) -> tuple[str, bool]:
     """``(amp, channels_last)`` as ``train`` runs ``cfg`` on ``device``; channels-last is applied to ``model`` when
-    on. amp=auto's CPU probe times this model at the run's resolution and layout on a fixed random batch of up to
-    16 images (see :func:`~efficientformer.runtime.loop.resolve_amp`)."""
+    on (with its BatchNorm gradients kept channels-last in eager mode: :func:`keep_channels_last_gradients`).
+    amp=auto's CPU probe times this model at the run's resolution and layout on a fixed random batch of up to 16
+    images (see :func:`~efficientformer.runtime.loop.resolve_amp`)."""
     channels_last = resolve_channels_last(cfg.channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+        if not cfg.compile:  # Inductor plans the layouts of a compiled step itself
+            keep_channels_last_gradients(model)
 
     def probe() -> float:
         gen = torch.Generator().manual_seed(0)

@@ -9,9 +9,10 @@ from typing import Any
 
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
+from ..data.images import DEFAULT_MAX_PIXELS
 from ..runtime import config as runtime_config
 from ..runtime.config import param
-from ..runtime.loop import AMP_CHOICES
+from ..runtime.loop import AMP_CHOICES, CPU_BF16_MIN_SPEEDUP
 from ..runtime.schedule import EPOCH_SCHEDULES
 
 
@@ -31,7 +32,7 @@ class TrainConfig:
     cache_dir: str | None = param(None, help="where the bundled dataset is written (default ~/.cache/efficientformer)")
     digits_size: int = param(64, ge=8, help="side of the PNGs written for the bundled digits dataset")
     max_pixels: int | None = param(
-        None, ge=1, help="skip training/eval images over this many pixels (decompression-bomb guard); None: 178956970"
+        None, ge=1, help=f"skip training/eval images over this many pixels (bomb guard); None: {DEFAULT_MAX_PIXELS:,}"
     )
     workers: int = param(8, ge=0)
     batch_size: int = param(128, ge=1, help="per process")
@@ -85,8 +86,8 @@ class TrainConfig:
     device: str = param("auto", help="auto | cpu | cuda | cuda:N")
     amp: str = param(
         "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 on CUDA GPUs that support it and on CPUs "
-        "with native bf16 where a start-up probe measures it >= 1.25x fp32; else fp32; a resumed run keeps its "
-        "precision) | none (fp32, as published) | bf16 | fp16"
+        f"with native bf16 where a start-up probe measures it >= {CPU_BF16_MIN_SPEEDUP}x fp32; else fp32; a resumed "
+        "run keeps its precision) | none (fp32, as published) | bf16 | fp16"
     )  # fmt: skip
     eval_amp: str = param("none", choices=("none", "bf16", "fp16"), help="evaluation autocast (none: fp32, as `eval`)")
     sync_bn: bool = param(True, help="only applied on multi-GPU CUDA runs")

@@ -204,7 +204,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if cfg.finetune:
         _log(info, f"fine-tuning from {load_checkpoint(model, cfg.finetune, strict=False, use_ema=False)}")
     model.to(device)
-    recorded = recorded_precision(out) if cfg.resume else None  # a resumed run keeps the precision it started with
+    # a resumed run keeps the precision it started with (only auto can resolve differently from run to run)
+    recorded = recorded_precision(out) if cfg.resume and cfg.amp == "auto" else None
     amp, channels_last = resolve_precision(cfg, model, device, recorded=recorded, log=lambda line: _log(info, line))
     if info.enabled and device.type == "cuda" and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA; CPU/gloo runs keep plain BN

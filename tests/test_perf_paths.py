@@ -150,3 +150,9 @@ def test_quantize_cli_pt2e_writes_a_package_and_reports_agreement_and_speed(tmp_
     capsys.readouterr()
     assert run_cli(["quantize", "--backend", "pt2e", "--onnx", "x.onnx", "--calib-dir", str(tmp_path / "calib")]) != 0
     assert "--backend pt2e quantises a PyTorch model" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("in the way")  # an --output-dir that cannot be a folder: one line, before work
+    bad = ["quantize", "--backend", "pt2e", "--model", "efficientformerv2_s0", "--img-size", "32",
+           "--calib-dir", str(tmp_path / "calib"), "--output-dir", str(tmp_path / "a_file")]  # fmt: skip
+    assert run_cli(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "choose another --output-dir" in err

@@ -98,7 +98,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not args.model or args.onnx:
             raise ValueError("--backend pt2e quantises a PyTorch model: pass --model NAME, not --onnx")
         model = _build(args.model, args.checkpoint, args.img_size)
-        package = check_output_path(out_dir / f"{model.spec.name}.int8.pt2")  # before the work, not after it
+        package = check_output_path(out_dir / f"{model.spec.name}.int8.pt2", flag="--output-dir")  # before the work
         report = pt2e_report(model, args.calib_dir, args.eval_dir, args.img_size, threads=args.threads,
                              runs=args.runs, package_path=package)  # fmt: skip
         print(json.dumps(report, indent=2))

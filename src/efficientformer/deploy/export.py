@@ -249,14 +249,14 @@ def imagenet_labels(num_classes: int) -> list[str]:
     return resolve_class_names(num_classes)
 
 
-def check_output_path(path: str | Path, directory: bool = False) -> Path:
+def check_output_path(path: str | Path, directory: bool = False, flag: str = "--output") -> Path:
     """Fail in a moment, not after the export's work, when ``path`` cannot be written: its folder cannot be
     created or written to, or it names a folder where a file is due (or a file where a ``.mlpackage`` folder is).
-    Returns the path; one-line ``ValueError`` otherwise."""
+    Returns the path; one-line ``ValueError`` naming the option ``flag`` to change otherwise."""
     path = Path(path).expanduser()
     if path.exists() and path.is_dir() != directory:
         kind = "a folder" if path.is_dir() else "a file"
-        raise ValueError(f"--output {path} is {kind}; give a path for the new {'folder' if directory else 'file'}")
+        raise ValueError(f"{flag} {path} is {kind}; give a path for the new {'folder' if directory else 'file'}")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ def check_output_path(path: str | Path, directory: bool = False) -> Path:
         os.unlink(probe)
     except OSError as err:
         raise ValueError(
-            f"cannot write the export to {parent} ({err.strerror or err}); choose another --output"
+            f"cannot write the export to {parent} ({err.strerror or err}); choose another {flag}"
         ) from None
     return path
 

@@ -156,3 +156,17 @@ def test_messages_give_cli_advice_not_python_calls(s0_state):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(create_model("efficientformerv2_s0", num_classes=10), s0_state)
     assert "strict=False" not in str(info.value)
+
+
+def test_float_weights_stored_as_integers_are_refused(tmp_path, s0_state):
+    """int64 tensors of the right shapes load without complaint in PyTorch and evaluate to NaN; refuse them."""
+    ints = {k: (v.round().to(torch.int64) if v.is_floating_point() else v) for k, v in s0_state.items()}
+    path = tmp_path / "ints.safetensors"
+    save_file(ints, str(path))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(create_model("efficientformerv2_s0"), path)
+    msg = str(info.value)
+    assert "floating-point parameter(s) as int64" in msg and "re-save" in msg and "\n" not in msg
+    one = dict(s0_state, **{"head.weight": s0_state["head.weight"].to(torch.int32)})  # one bad tensor is enough
+    with pytest.raises(CheckpointError, match=r"1 floating-point parameter\(s\) as int32 \(head.weight\)"):
+        load_checkpoint(create_model("efficientformerv2_s0"), one)

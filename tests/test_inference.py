@@ -381,3 +381,23 @@ def test_uint8_float64_and_channels_last_tensors(model):
     assert "\n" not in str(info.value)
     with pytest.raises(ImageLoadError, match=r"\[0, 1\]"):  # an already-normalised batch is not an image
         inference_model(model, torch.randn(1, 3, 64, 64, dtype=torch.float64), img_size=SIZE, device="cpu")
+
+
+def test_inference_uses_the_models_own_resolution(tmp_path):
+    """A model built (or trained) at 96 or 64 px is fed 96 or 64 px crops, not the published 224."""
+    from efficientformer.inference.api import load_model, preprocessing_for
+
+    net = create_model(NAME, num_classes=3, img_size=96).eval()
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    inference_model(net, np.zeros((120, 150, 3), np.uint8), device="cpu")
+    assert seen == [(96, 96)]
+    assert preprocessing_for(net, img_size=128).img_size == 128  # the caller's word wins
+
+    path = tmp_path / "best.pth"  # as training at 64 px writes it: the name alone rebuilds it at 64
+    trained = create_model(NAME, num_classes=3, img_size=64)
+    atomic_torch_save({"model": trained.state_dict(), "class_names": list("abc")}, path)
+    loaded = load_model(NAME, checkpoint=path, device="cpu")
+    prep = preprocessing_for(loaded.model)
+    assert loaded.model.img_size == (64, 64) and (prep.img_size, prep.resize_to) == (64, 73)
+    assert loaded.class_names == ["a", "b", "c"]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..data.images import ImageLoadError, as_rgb_image, find_images
 from ..data.transforms import PIL_INTERPOLATIONS, EvalTransform
-from ..inference.api import Predictor, load_model
+from ..inference.api import Predictor, load_model, preprocessing_for
 from ..models.cards import format_card, model_card
 
 
@@ -32,20 +32,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "JSON lines or CSV; unreadable images are reported on stderr and skipped (exit status 1).",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
-    p.add_argument("--model", required=True, help="model name, e.g. efficientformerv2_s0 (see `efficientformer zoo`)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model name, e.g. efficientformerv2_s0 (see `efficientformer zoo`), or hf-hub:ORG/REPO",
+    )
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="weights file in any supported layout (ours, official, timm, mmpretrain)")
-    weights.add_argument("--pretrained", action="store_true", help="published ImageNet weights (downloaded, cached)")
-    p.add_argument("--cache-dir", help="pretrained-weights cache (default $EFFICIENTFORMER_CACHE or ~/.cache/...)")
+    weights.add_argument(
+        "--pretrained", action="store_true", help="published weights, or the hf-hub: repository's (via the Hub cache)"
+    )
+    p.add_argument(
+        "--cache-dir", help="Hugging Face cache to read and fill (default: the shared one, $HF_HUB_CACHE or $HF_HOME)"
+    )
     p.add_argument("--topk", type=int, default=5, help="classes listed per image (default 5)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout: file,rank,label,class,score")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224, help="centre-crop size, a multiple of 32 (default 224)")
-    p.add_argument("--resize", type=int, default=None, help="short side before the crop (default: int(img-size/0.875))")
-    p.add_argument("--interpolation", choices=sorted(PIL_INTERPOLATIONS), default="bicubic")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="centre-crop size, a multiple of 32 (default: the model's own)"
+    )
+    p.add_argument(
+        "--resize", type=int, default=None, help="short side before the crop (default: int(img-size / model's crop))"
+    )
+    p.add_argument(
+        "--interpolation", choices=sorted(PIL_INTERPOLATIONS), default=None, help="default: the model's own (bicubic)"
+    )
     p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression-bomb guard)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_predict)
@@ -65,7 +79,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
-    preprocess = EvalTransform(img_size=args.img_size, resize=args.resize, interpolation=args.interpolation)
+    if args.img_size is not None:  # a bad size fails before any model is built
+        EvalTransform(img_size=args.img_size, resize=args.resize)
     files, problems = find_images(args.paths)
     for line in problems:  # a folder that cannot be listed: its images are missing, say so and fail at the end
         print(f"error: {line}", file=sys.stderr)
@@ -76,6 +91,7 @@ def run_predict(args: argparse.Namespace) -> int:
     loaded = load_model(
         args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, device=args.device, cache=args.cache_dir
     )
+    preprocess = preprocessing_for(loaded.model, args.img_size, args.resize, args.interpolation)
     predictor = Predictor(loaded, preprocess, topk=args.topk)
     writer = _Writer(sys.stdout, "json" if args.json else "csv" if args.csv else "table")
 

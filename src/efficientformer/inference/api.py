@@ -25,10 +25,10 @@ from torch import nn
 from ..data.classes import resolve_class_names
 from ..data.images import as_rgb_image
 from ..data.transforms import EvalTransform
-from ..models import create_model, load_checkpoint, resolve_name
+from ..models import create_model, load_checkpoint, model_preprocessing, resolve_name
 from ..models.base import EfficientFormerBase
-from ..models.checkpoint import CheckpointError, read_checkpoint, torch_load_weights
-from ..models.hub import pretrained_path
+from ..models.checkpoint import CheckpointError, read_checkpoint, stored_img_size, torch_load_weights
+from ..models.hub import is_hub_name, pretrained_path
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
 #: then mmpretrain).
@@ -112,11 +112,19 @@ def load_model(
 ) -> LoadedModel:
     """Build (or take) a model, load its weights and work out its class names.
 
-    Class names, first match wins: ``class_names``; the checkpoint's ``class_names``; ImageNet-1k for 1000 outputs;
-    ``class_0`` ... otherwise. A checkpoint of another class count builds a model of that count.
+    ``model`` may be ``hf-hub:ORG/REPO``: the repository's config builds it, ``pretrained=True`` loads its
+    weights from the shared Hub cache (``cache``, another cache folder, applies to the published weights).
+
+    Class names, first match wins: ``class_names``; the checkpoint's ``class_names``; the model's own
+    (``pretrained_cfg["label_names"]``, e.g. from a Hub config); ImageNet-1k for 1000 outputs; ``class_0`` ...
+    otherwise. A checkpoint of another class count builds a model of that count, at the resolution its
+    attention-bias tables were stored for.
     """
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    if isinstance(model, str) and is_hub_name(model):
+        net = create_model(model, pretrained=pretrained)
+        model, pretrained = net, False
     if isinstance(model, nn.Module):
         net, model_name = model, getattr(getattr(model, "spec", None), "name", None)
         tag = None
@@ -141,7 +149,7 @@ def load_model(
         if net is None:
             if n_ckpt is None:
                 raise CheckpointError(f"{desc} has no classifier head (a backbone checkpoint?); it cannot classify")
-            net = create_model(model_name, num_classes=n_ckpt)
+            net = create_model(model_name, num_classes=n_ckpt, img_size=_stored_img_size(state))
         if not isinstance(net, EfficientFormerBase):
             raise TypeError(f"checkpoints load into EfficientFormer models only, got {type(net).__name__}")
         try:
@@ -153,10 +161,46 @@ def load_model(
         net = create_model(model_name)
 
     num_classes = _num_outputs(net)
-    names = resolve_class_names(num_classes, class_names if class_names is not None else ckpt_names)
+    own_names = model_preprocessing(net).class_names if isinstance(net, EfficientFormerBase) else None
+    if own_names is not None and len(own_names) != num_classes:
+        own_names = None
+    given = class_names if class_names is not None else ckpt_names if ckpt_names is not None else own_names
+    names = resolve_class_names(num_classes, given)
     if device is None and isinstance(model, nn.Module):
         return LoadedModel(net, names, source)  # a module the caller built stays where they put it
     return LoadedModel(net.to(resolve_device(device)), names, source)
+
+
+def _stored_img_size(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The resolution a checkpoint was made for (None: unknown; the model's default then)."""
+    try:
+        return stored_img_size(state)
+    except CheckpointError:
+        return None  # not a layout we can read: load_checkpoint says why, in its own words
+
+
+def preprocessing_for(
+    model: nn.Module,
+    img_size: int | None = None,
+    resize: int | None = None,
+    interpolation: str | None = None,
+) -> EvalTransform:
+    """The evaluation preprocessing of ``model``: its own resolution, crop fraction, interpolation and mean/std
+    (see :func:`efficientformer.models.model_preprocessing`), each overridden by an argument that is not None."""
+    if isinstance(model, EfficientFormerBase):
+        own = model_preprocessing(model)
+        side, crop_pct, interp, mean, std = own.img_size, own.crop_pct, own.interpolation, own.mean, own.std
+    else:  # a module of another kind: the published protocol
+        base = EvalTransform()
+        side, crop_pct, interp, mean, std = base.img_size, base.crop_pct, base.interpolation, base.mean, base.std
+    return EvalTransform(
+        img_size=side if img_size is None else img_size,
+        resize=resize,
+        interpolation=interp if interpolation is None else interpolation,
+        mean=mean,
+        std=std,
+        crop_pct=crop_pct,
+    )
 
 
 def _num_outputs(net: nn.Module) -> int:
@@ -178,7 +222,7 @@ class Predictor:
             raise ValueError(f"topk must be a positive integer, got {topk!r}")
         self.model = loaded.model
         self.class_names = loaded.class_names
-        self.preprocess = preprocess or EvalTransform()
+        self.preprocess = preprocess or preprocessing_for(loaded.model)
         self.topk = min(topk, len(self.class_names))
         self.device = next(iter(self.model.parameters())).device
 
@@ -233,9 +277,9 @@ def inference_model(
     topk: int = 5,
     device: str | torch.device | None = None,
     batch_size: int = 32,
-    img_size: int = 224,
+    img_size: int | None = None,
     resize: int | None = None,
-    interpolation: str = "bicubic",
+    interpolation: str | None = None,
     class_names: Sequence[str] | None = None,
     max_pixels: int | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
@@ -247,15 +291,17 @@ def inference_model(
     ``checkpoint`` (any layout ``load_checkpoint`` reads) or ``pretrained=True`` (hub weights, see
     :mod:`efficientformer.models.hub`) load weights; names come from ``class_names``, else the checkpoint, else
     ImageNet.
-    Preprocessing is the published evaluation (resize 256, centre crop 224, bicubic, ImageNet mean/std);
-    ``img_size``, ``resize`` and ``interpolation`` override it. Bad inputs raise
+    Preprocessing is the model's own (:func:`preprocessing_for`: the resolution it was built or trained for, its
+    crop fraction, interpolation and mean/std; for a published model at 224 that is the published evaluation,
+    resize 256, centre crop 224, bicubic, ImageNet mean/std); ``img_size``, ``resize`` and ``interpolation``
+    override it. Bad inputs raise
     :class:`~efficientformer.data.images.ImageLoadError` (a ``ValueError``) naming the input.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     items, single = _as_list(images)
-    preprocess = EvalTransform(img_size=img_size, resize=resize, interpolation=interpolation)
     loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, class_names=class_names, device=device)
+    preprocess = preprocessing_for(loaded.model, img_size, resize, interpolation)
     predictor = Predictor(loaded, preprocess, topk=topk)
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):  # decode per batch: memory stays bounded for long lists

@@ -2,7 +2,7 @@ from .base import EfficientFormerBase, ModelSpec
 from .checkpoint import LoadReport, load_checkpoint
 from .efficientformer import EfficientFormer
 from .efficientformer_v2 import EfficientFormerV2
-from .factory import create_model
+from .factory import ModelPreprocessing, create_model, model_preprocessing
 from .facts import FACTS, ModelFacts
 from .registry import ALIASES, VARIANTS, UnknownModelError, list_models, resolve_name
 
@@ -15,10 +15,12 @@ __all__ = [
     "FACTS",
     "ModelFacts",
     "LoadReport",
+    "ModelPreprocessing",
     "ModelSpec",
     "UnknownModelError",
     "create_model",
     "list_models",
     "load_checkpoint",
+    "model_preprocessing",
     "resolve_name",
 ]

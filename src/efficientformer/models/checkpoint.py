@@ -1,8 +1,10 @@
 """Reading checkpoints in every published EfficientFormer layout.
 
 Layouts: ``efficientformer`` (ours), ``official`` (snap-research; weights at the top level or under ``model``,
-``state_dict`` or ``model_ema``), ``timm`` (hub layout, V1 and V2) and ``mmpretrain`` (V1 ``backbone.*`` /
-``head.*``). Foreign layouts are first renamed to the official key names, then to ours, so each layout needs
+``state_dict`` or ``model_ema``), ``timm`` (hub layout, V1 and V2), ``mmpretrain`` (V1 ``backbone.*`` /
+``head.*``) and ``transformers`` (V1 ``EfficientFormerForImageClassification[WithTeacher]`` / ``EfficientFormerModel``,
+which transformers removed for v5; a folder with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``
+reads too). Foreign layouts are first renamed to the official key names, then to ours, so each layout needs
 only one small table. Files are read with ``torch.load(weights_only=True)`` or safetensors: nothing is unpickled
 as code.
 """
@@ -134,6 +136,8 @@ def _read_object(source: str | Path | Mapping) -> tuple[Mapping, str]:
         obj, desc = source, "state dict"
     else:
         path = Path(source).expanduser()
+        if path.is_dir():  # a saved or downloaded model folder (ours, timm's or transformers' save_pretrained)
+            path = weights_in_folder(path)
         desc = str(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
@@ -147,6 +151,29 @@ def _read_object(source: str | Path | Mapping) -> tuple[Mapping, str]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{desc} holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary")
     return obj, desc
+
+
+#: Weights files of a model folder, in the order they are looked for (safetensors first: nothing to unpickle).
+FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_in_folder(folder: Path) -> Path:
+    """The weights file of a model folder (``save_pretrained`` output of this toolkit, timm or transformers)."""
+    for name in FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder} is a folder without weights: expected {' or '.join(FOLDER_WEIGHTS)} in it")
+
+
+def check_dtypes(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], desc: str) -> None:
+    """Refuse floating-point parameters stored as integers: they load (PyTorch casts them) and evaluate to NaN."""
+    bad = [k for k, v in state.items() if k in target and target[k].is_floating_point() and not v.is_floating_point()]
+    if bad:
+        kinds = sorted({str(state[k].dtype).replace("torch.", "") for k in bad})
+        raise CheckpointError(
+            f"{desc} stores {len(bad)} floating-point parameter(s) as {'/'.join(kinds)} ({_short_list(bad, 3)}); "
+            "the file is damaged or was written wrongly: re-save the weights as floats"
+        )
 
 
 def _state_of(obj: Mapping, desc: str, use_ema: bool) -> tuple[StateDict, str | None]:
@@ -181,6 +208,8 @@ def recorded_activation(obj: Mapping) -> tuple[str, str] | None:
 # -- layout detection --------------------------------------------------------------------------------------------
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     keys = list(state)
+    if any(".meta4D_layers." in k for k in keys):
+        return "transformers"
     if any(k.startswith("backbone.") for k in keys):
         return "mmpretrain"
     if any(k.startswith(("network.", "patch_embed.")) for k in keys):
@@ -254,6 +283,46 @@ def timm_to_official(state: StateDict) -> StateDict:
     if v2:  # official V2 layer scales are (C, 1, 1)
         out = {k: (v.reshape(-1, 1, 1) if re.search(r"layer_scale_\d$", k) else v) for k, v in out.items()}
     return out
+
+
+# transformers -> official: the same flat stage order (intermediate_stages.N is network.N), new leaf names
+_TRANSFORMERS_V1 = [
+    (r"^efficientformer\.", ""),
+    (r"^patch_embed\.convolution1\.", "patch_embed.0."),
+    (r"^patch_embed\.batchnorm_before\.", "patch_embed.1."),
+    (r"^patch_embed\.convolution2\.", "patch_embed.3."),
+    (r"^patch_embed\.batchnorm_after\.", "patch_embed.4."),
+    (r"^encoder\.intermediate_stages\.(\d)\.projection\.", r"network.\1.proj."),
+    (r"^encoder\.intermediate_stages\.(\d)\.norm\.", r"network.\1.norm."),
+    (r"^encoder\.intermediate_stages\.(\d)\.meta4D_layers\.blocks\.", r"network.\1."),
+    (r"^encoder\.last_stage\.meta4D_layers\.blocks\.", "network.6."),
+    (r"\.mlp\.convolution1\.", ".mlp.fc1."),
+    (r"\.mlp\.convolution2\.", ".mlp.fc2."),
+    (r"\.mlp\.batchnorm_before\.", ".mlp.norm1."),
+    (r"\.mlp\.batchnorm_after\.", ".mlp.norm2."),
+    (r"\.mlp\.linear_in\.", ".mlp.fc1."),
+    (r"\.mlp\.linear_out\.", ".mlp.fc2."),
+    (r"\.token_mixer\.projection\.", ".token_mixer.proj."),
+    (r"\.layernorm(\d)\.", r".norm\1."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+    (r"^distillation_classifier\.", "dist_head."),
+]
+
+
+def transformers_to_official(state: StateDict) -> StateDict:
+    """transformers' EfficientFormer keys to the official ones. The official last stage keeps a parameter-free
+    ``Flat`` between its 4D and 3D blocks, so 3D block J is official block ``n4d + 1 + J``."""
+    n4d = len({m[1] for k in state if (m := re.search(r"last_stage\.meta4D_layers\.blocks\.(\d+)\.", k))})
+
+    def last_3d(key: str) -> str:
+        return re.sub(
+            r"^(?:efficientformer\.)?encoder\.last_stage\.meta3D_layers\.blocks\.(\d+)\.",
+            lambda m: f"network.6.{n4d + 1 + int(m[1])}.",
+            key,
+        )
+
+    return _rename({last_3d(k): v for k, v in state.items()}, _TRANSFORMERS_V1)
 
 
 def mmpretrain_to_official(state: StateDict) -> StateDict:
@@ -396,6 +465,34 @@ def infer_variant(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
     return None
 
 
+def to_official(state: StateDict, layout: str) -> StateDict:
+    """A foreign layout's keys renamed to the official ones (ours and official come back as they are)."""
+    convert = {"timm": timm_to_official, "mmpretrain": mmpretrain_to_official, "transformers": transformers_to_official}
+    return convert.get(layout, dict)(state)
+
+
+def variant_of(state: Mapping[str, torch.Tensor], layout: str | None = None) -> str | None:
+    """The registered variant whose widths and depths a state dict of any supported layout has (None: another)."""
+    layout = layout or detect_layout(state)
+    if layout == "efficientformer":
+        return infer_variant(state, "efficientformer")
+    return infer_variant(to_official(dict(state), layout), "official")
+
+
+def stored_img_size(state: Mapping[str, torch.Tensor], layout: str | None = None) -> int | None:
+    """The input side a checkpoint's attention-bias tables were made for: the last stage works at 1/32 of it (both
+    families), and its tables are one entry per grid offset. None when the weights have no such table."""
+    layout = layout or detect_layout(state)
+    variant = variant_of(state, layout)
+    if variant is None:
+        return None
+    ours = convert_state_dict(dict(state), layout, VARIANTS[variant])
+    for key, value in ours.items():
+        if re.fullmatch(r"stages\.3\.blocks\.\d+\.attn\.pos_bias\.table", key) and value.ndim == 3:
+            return int(value.shape[-1]) * 32
+    return None
+
+
 # -- loading -----------------------------------------------------------------------------------------------------
 def convert_state_dict(state: StateDict, layout: str, spec: ModelSpec) -> StateDict:
     """Rename a state dict of any supported layout to this toolkit's key names for ``spec``."""
@@ -403,6 +500,8 @@ def convert_state_dict(state: StateDict, layout: str, spec: ModelSpec) -> StateD
         return dict(state)
     if layout == "timm":
         state = timm_to_official(state)
+    elif layout == "transformers":
+        state = transformers_to_official(state)
     elif layout == "mmpretrain":
         state = mmpretrain_to_official(state)
     return official_to_ours(state, spec)
@@ -445,11 +544,7 @@ def load_checkpoint(
             )
         report.notes.append(f"activation changed: trained with {act} ({trained}), this model uses {model.spec.act}")
 
-    if layout == "efficientformer":
-        found = infer_variant(state, "efficientformer")
-    else:
-        official = {"timm": timm_to_official, "mmpretrain": mmpretrain_to_official}.get(layout, dict)(state)
-        found = infer_variant(official, "official")
+    found = variant_of(state, layout)
     report.variant = found
     if found is not None and found != split_activation(model.spec.name)[0]:
         raise CheckpointError(
@@ -459,6 +554,7 @@ def load_checkpoint(
     converted = convert_state_dict(state, layout, model.spec)
     report.renamed = sum(1 for k in converted if k not in state)
     target = model.state_dict()
+    check_dtypes(converted, target, desc)
 
     if model.features_only:
         for key in [k for k in converted if k.split(".")[0] in ("norm", "head", "head_dist")]:

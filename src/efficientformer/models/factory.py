@@ -7,6 +7,8 @@ bad value fails at once instead of deep inside the network or at the first train
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,14 @@ from torch import nn
 
 from .arch import arch_spec, build_from_arch, is_arch_path
 from .base import EfficientFormerBase
-from .checkpoint import load_checkpoint
-from .hub import pretrained_path
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, variant_of
+from .facts import EVAL_CROP_PCT, EVAL_INTERPOLATION, FACTS, HUB_LICENCE, IMAGENET_MEAN, IMAGENET_STD
+from .hub import hub_id, hub_model, hub_weights, is_hub_name, pretrained_path
 from .layers import check_activation
 from .registry import get_spec, resolve_name, with_activation
+
+#: What ``create_model`` builds when neither the caller nor a Hub config says otherwise.
+DEFAULT_NUM_CLASSES, DEFAULT_IMG_SIZE, DEFAULT_DISTILLATION = 1000, 224, True
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -78,9 +84,9 @@ def create_model(
     name: str,
     *,
     arch: dict | str | Path | None = None,
-    num_classes: int = 1000,
-    img_size: int | tuple[int, int] = 224,
-    distillation: bool = True,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    distillation: bool | None = None,
     drop_path_rate: float | None = None,
     pretrained: bool = False,
     checkpoint: str | Path | dict | None = None,
@@ -91,11 +97,16 @@ def create_model(
 ) -> nn.Module:
     """Build an EfficientFormer model by name.
 
-    ``name`` is one of :func:`list_models`, a tagged name (``efficientformerv2_s0.snap_dist_in1k``) or an
-    mmpretrain name (``efficientformer-l1_3rdparty_8xb128_in1k``). ``num_classes`` is an integer >= 0; **0 builds
-    the network without a classifier**: ``forward`` then returns the pooled features (``num_features`` wide).
-    ``img_size`` (sides multiples of 32) sets the grid the attention-bias tables are stored for; the model still runs
-    at any input whose sides are multiples of 32. ``drop_path_rate`` is in [0, 1) (None: the variant's default).
+    ``name`` is one of :func:`list_models`, a tagged name (``efficientformerv2_s0.snap_dist_in1k``), an
+    mmpretrain name (``efficientformer-l1_3rdparty_8xb128_in1k``) or a Hugging Face Hub repository
+    (``hf-hub:ORG/REPO[@revision]``, in our, timm's or transformers' layout: its ``config.json`` says the variant,
+    class count, resolution and preprocessing; ``pretrained=True`` loads its weights). ``num_classes`` (default
+    1000, or the Hub config's) is an integer >= 0; **0 builds the network without a classifier**: ``forward`` then
+    returns the pooled features (``num_features`` wide). ``img_size`` (default 224, or the Hub config's; sides
+    multiples of 32) sets the grid the attention-bias tables are stored for; the model still runs at any input
+    whose sides are multiples of 32. ``distillation`` defaults to True (or the Hub config's). ``drop_path_rate`` is
+    in [0, 1) (None: the variant's default). The model's preprocessing (resolution, crop, mean/std, class names)
+    is on ``model.pretrained_cfg``; :func:`model_preprocessing` reads it.
     ``checkpoint`` (a path or a state dict in any supported layout) or ``pretrained=True`` loads weights through
     :func:`efficientformer.load_checkpoint`; with another class count the heads are dropped, with another
     resolution the bias tables are resampled.
@@ -109,6 +120,17 @@ def create_model(
     builds the same model). ReLU and Hardswish fold into INT8 convolutions; the weights are those of the GELU
     model (same keys), which need fine-tuning to recover the accuracy (see ``benchmarks/int8_activation.md``).
     """
+    if is_hub_name(name):
+        if arch is not None:
+            raise ValueError("a Hub repository says its own architecture; pass either hf-hub:... or arch=, not both")
+        return _create_from_hub(
+            name, num_classes=num_classes, img_size=img_size, distillation=distillation, pretrained=pretrained,
+            checkpoint=checkpoint, act=act, drop_path_rate=drop_path_rate, features_only=features_only,
+            out_indices=out_indices, **kwargs,
+        )  # fmt: skip
+    num_classes = DEFAULT_NUM_CLASSES if num_classes is None else num_classes
+    img_size = DEFAULT_IMG_SIZE if img_size is None else img_size
+    distillation = DEFAULT_DISTILLATION if distillation is None else distillation
     args = check_model_args(num_classes, img_size, distillation, drop_path_rate, features_only, out_indices)
     if act is not None:
         check_activation(act)
@@ -133,10 +155,110 @@ def create_model(
             "(they fit) and fine-tune"
         )
     model: EfficientFormerBase = build_from_arch(spec, **args, **kwargs)
+    model.pretrained_cfg = default_pretrained_cfg(model)
     if pretrained:
         checkpoint = pretrained_path(model_name, tag)
+        model.pretrained_cfg.update(hf_hub_id=hub_id(model_name, tag), license=HUB_LICENCE)
     if checkpoint is not None:
         # non-strict only to drop heads of another class count: the model named here must match the activation
         # a training checkpoint records
         load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000, change_activation=False)
     return model
+
+
+def _create_from_hub(
+    name: str,
+    *,
+    num_classes: int | None,
+    img_size: int | tuple[int, int] | None,
+    distillation: bool | None,
+    pretrained: bool,
+    checkpoint: str | Path | dict | None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``create_model("hf-hub:ORG/REPO")``: the repository's config says what to build (the caller's arguments
+    win); ``pretrained=True`` loads its weights, with heads dropped when the caller asks for another class count."""
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    repo = hub_model(name)
+    if repo.layout == "weights":  # no config.json: the weights' shapes say the variant
+        state, _, _ = read_checkpoint(hub_weights(repo))
+        repo.model_name = variant_of(state)
+        if repo.model_name is None:
+            raise CheckpointError(f"{repo.source} has no config.json and its weights are no published variant")
+    build = dict(repo.build_args)
+    for key, value in (("num_classes", num_classes), ("img_size", img_size), ("distillation", distillation)):
+        if value is not None:
+            build[key] = value
+    target = str(repo.arch_file) if repo.arch_file is not None else repo.model_name
+    model = create_model(target, **build, **kwargs)
+    same_head = build.get("num_classes", DEFAULT_NUM_CLASSES) == repo.build_args.get("num_classes", build.get(
+        "num_classes", DEFAULT_NUM_CLASSES))  # fmt: skip
+    cfg = dict(model.pretrained_cfg)
+    cfg.update({k: v for k, v in repo.pretrained_cfg.items() if k in PREPROCESSING_KEYS or k == "license"})
+    if same_head and repo.pretrained_cfg.get("label_names"):
+        cfg["label_names"] = list(repo.pretrained_cfg["label_names"])
+    cfg.update(hf_hub_id=repo.source[len("hf-hub:") :], source="hf-hub", layout=repo.layout)
+    if not cfg.get("input_size") or tuple(cfg["input_size"][1:]) != tuple(_grid(model.img_size)):
+        cfg["input_size"] = (3, *_grid(model.img_size))
+    model.pretrained_cfg = cfg
+    weights = hub_weights(repo) if pretrained else checkpoint
+    if weights is not None:
+        load_checkpoint(model, weights, strict=same_head, change_activation=False)
+    return model
+
+
+# -- the model's own preprocessing -------------------------------------------------------------------------------
+#: Fields of ``model.pretrained_cfg`` that say how an image becomes the model's input (timm's names).
+PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+def _grid(img_size: Any) -> tuple[int, int]:
+    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+def default_pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """The published evaluation at the resolution the model was built for, timm's key names."""
+    height, width = _grid(getattr(model, "img_size", 224))
+    spec = getattr(model, "spec", None)
+    name = getattr(spec, "name", None)
+    facts = FACTS.get(name) if name else None
+    return {
+        "architecture": name,
+        "input_size": (3, height, width),
+        "crop_pct": facts.eval_crop_pct if facts else EVAL_CROP_PCT,
+        "interpolation": facts.eval_interpolation if facts else EVAL_INTERPOLATION,
+        "mean": tuple(IMAGENET_MEAN),
+        "std": tuple(IMAGENET_STD),
+        "num_classes": int(getattr(model, "num_classes", 0) or 0),
+        "label_names": None,
+    }
+
+
+@dataclass(frozen=True)
+class ModelPreprocessing:
+    """How images become this model's input, and what its outputs are called (None: not recorded)."""
+
+    img_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] | None
+
+
+def model_preprocessing(model: nn.Module) -> ModelPreprocessing:
+    """The model's own preprocessing: its ``pretrained_cfg`` (set by :func:`create_model` from the build
+    arguments, the Hub config or the published protocol), else the published evaluation at ``model.img_size``.
+    A non-square model is fed square crops of its shorter side."""
+    cfg = {**default_pretrained_cfg(model), **(getattr(model, "pretrained_cfg", None) or {})}
+    side = min(int(v) for v in cfg["input_size"][1:])
+    names = cfg.get("label_names")
+    return ModelPreprocessing(
+        img_size=side,
+        crop_pct=float(cfg["crop_pct"]),
+        interpolation=str(cfg["interpolation"]),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        class_names=list(names) if isinstance(names, Sequence) and not isinstance(names, str) and names else None,
+    )

@@ -1,63 +1,75 @@
-"""Pretrained ImageNet-1k weights: where they come from, where they are cached, and how they are verified.
+"""Weights from the Hugging Face Hub, through ``huggingface_hub`` (the same cache as timm and transformers).
 
-Source. ``create_model(name, pretrained=True)`` and ``--pretrained`` fetch the hub copies in timm's layout,
-``https://huggingface.co/timm/<name>.snap_dist_in1k/resolve/main/model.safetensors``, which exist for all seven
-models (timm converted the official weights; V1-L1 is the 1000-epoch checkpoint, V2 the 450-epoch ones). The
-official releases are Google-Drive files (``efficientformer_l{1,3,7}_300d.pth``, ``eformer_{s0,s1,s2,l}_450.pth``,
-listed in :data:`OFFICIAL_RELEASES`); Drive serves them behind a confirmation page, so they are not downloaded
-automatically, but a downloaded copy can be used directly (see "Local files" below): ``load_checkpoint`` reads the
-official layout.
+Every download goes through :func:`huggingface_hub.hf_hub_download`, so a file timm or transformers already fetched
+is not fetched again, and the Hub client's behaviour applies: resumable downloads, ETag revalidation,
+``HF_HUB_OFFLINE=1`` (only the cache is read), ``HF_ENDPOINT`` (a mirror), ``HF_HUB_CACHE`` / ``HF_HOME`` (where the
+cache lives) and tokens (``hf auth login`` or ``HF_TOKEN``) for private or gated repositories.
 
-Cache. ``$EFFICIENTFORMER_CACHE`` (default ``~/.cache/efficientformer``), one file per model and tag:
-``<cache>/<name>.<tag>.safetensors``. Downloads go to a temporary file in the cache folder and are renamed into
-place only when complete, so an interrupted download never leaves a file that looks valid.
+Published weights. ``create_model(name, pretrained=True)`` and ``--pretrained`` read
+``timm/<name>.snap_dist_in1k/model.safetensors``, which exists for all seven models (timm converted the official
+weights; V1-L1 is the 1000-epoch checkpoint, V2 the 450-epoch ones). The official releases are Google-Drive files
+(:data:`OFFICIAL_RELEASES`); Drive serves them behind a confirmation page, so they are not downloaded automatically,
+but a downloaded copy loads directly (``checkpoint=`` / ``--checkpoint``, or ``EFFICIENTFORMER_WEIGHTS_<NAME>``).
 
-Integrity (SHA-256), stated plainly: this toolkit was written without network access to the hub, so **no hash of
-the published files has been verified by us** and :data:`KNOWN_SHA256` is empty (``None`` for every model). We do
-not ship hashes we have not checked. Instead:
+Any repository. ``create_model("hf-hub:ORG/REPO[@revision]", pretrained=True)`` reads the repository's
+``config.json`` and weights (``model.safetensors``, else ``pytorch_model.bin``) in our layout, timm's layout (a
+``config.json`` with ``architecture``) or transformers' EfficientFormer layout (``model_type: efficientformer``);
+see :func:`hub_model`.
 
-* if a known hash exists for a file it is enforced on every load (a mismatch is refused);
-* otherwise the SHA-256 of the file is recorded in a ``.sha256`` sidecar when it is first downloaded (or first
-  found in the cache) and every later load checks the file against it (trust on first use). This catches a file
-  that was corrupted or replaced after the first use; it cannot prove that the first download was authentic. HTTPS
-  to huggingface.co is what vouches for that.
+Integrity (SHA-256). For files stored with Git LFS (every weights file on the Hub) the cache names the file's blob
+by its SHA-256, as the Hub declared it; each load hashes the file and refuses one that does not match (a cache file
+corrupted or replaced after download). Where :data:`KNOWN_SHA256` holds a hash verified by us, it is enforced too.
+It is empty (``None`` for every model) on purpose: this toolkit was written without network access to the Hub, and
+we do not ship hashes we have not checked.
 
-A file that fails its check is refused, never loaded; the error says to delete it (and its sidecar) and fetch it
-again.
-
-Local files. ``EFFICIENTFORMER_WEIGHTS_<NAME>`` (the model name upper-cased, e.g.
-``EFFICIENTFORMER_WEIGHTS_EFFICIENTFORMERV2_S0``) points at a weights file of any layout ``load_checkpoint`` reads,
-e.g. an official ``eformer_s0_450.pth``; it is used as given (the user chose it) and no hash is applied. In Python
-and on the command line, ``checkpoint=`` / ``--checkpoint`` does the same for one call.
-
-Offline. ``EFFICIENTFORMER_OFFLINE=1`` forbids downloads. Then, or when the network is unreachable, the error is one
-line naming the URL to fetch and the exact path to save it under.
+Migration from 0.1: the toolkit's own cache (``$EFFICIENTFORMER_CACHE``/``<name>.<tag>.safetensors`` with
+``.sha256`` sidecars) and its ``urllib`` downloader are gone, and so is ``EFFICIENTFORMER_OFFLINE`` (use
+``HF_HUB_OFFLINE=1``). Old cache files are not read; delete ``~/.cache/efficientformer/*.safetensors``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tqdm import tqdm
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
-from ..utils.io import atomic_write_text
-from .facts import FACTS, HUB_TAG, HUB_URL, CheckpointSource
+from .facts import FACTS, HUB_TAG, CheckpointSource
+from .registry import VARIANTS
 
 DEFAULT_TAG = HUB_TAG
-CACHE_ENV = "EFFICIENTFORMER_CACHE"
-OFFLINE_ENV = "EFFICIENTFORMER_OFFLINE"
 WEIGHTS_ENV_PREFIX = "EFFICIENTFORMER_WEIGHTS_"
+#: The Hub client's own switch; read here at call time as well (the client reads it once, at import).
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+#: ``create_model("hf-hub:ORG/REPO")``: the prefix timm uses for the same thing.
+HUB_PREFIX = "hf-hub:"
+#: Weights files looked for in a repository, in order (safetensors first: nothing to unpickle).
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_FILE = "config.json"
+#: The architecture file of a searched model, beside its weights (what ``efficientformer search`` writes).
+ARCH_FILE = "architecture.yaml"
+#: transformers' preprocessing file (crop, resize, mean/std).
+PREPROCESSOR_FILE = "preprocessor_config.json"
 
-#: Models with hub weights: every row of the facts table.
+#: Models with published weights: every row of the facts table.
 MODEL_NAMES = tuple(FACTS)
 
-#: SHA-256 of each hub file, enforced when not None (from the facts table). All None on purpose: see above.
+#: SHA-256 of each published file, enforced when not None (from the facts table). All None on purpose: see above.
 KNOWN_SHA256: dict[str, str | None] = {name: f.hub_sha256 for name, f in FACTS.items()}
 
 #: The earlier name of :class:`~efficientformer.models.facts.CheckpointSource`.
@@ -68,35 +80,36 @@ OFFICIAL_RELEASES: dict[str, tuple[CheckpointSource, ...]] = {name: f.official f
 
 
 class HubError(ValueError):
-    """Pretrained weights that cannot be found, fetched or trusted. The message is one actionable line."""
+    """Weights that cannot be found, fetched or trusted. The message is one actionable line."""
 
 
-# -- names and paths ---------------------------------------------------------------------------------------------
+# -- names -------------------------------------------------------------------------------------------------------
 def hub_id(model_name: str, tag: str | None = None) -> str:
+    """The Hub repository of a published model's weights (timm's copy)."""
     return f"timm/{model_name}.{tag or DEFAULT_TAG}"
 
 
 def hub_url(model_name: str, tag: str | None = None) -> str:
+    """Where the published weights file is served (``$HF_ENDPOINT`` when set)."""
     _check_name(model_name, tag)
-    return HUB_URL.format(name=model_name, tag=tag or DEFAULT_TAG)
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """``override``, else ``$EFFICIENTFORMER_CACHE``, else ``~/.cache/efficientformer``."""
-    if override is not None:
-        return Path(override).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "efficientformer"
-
-
-def cached_file(model_name: str, tag: str | None = None, cache: str | os.PathLike | None = None) -> Path:
-    """Where the weights of ``model_name.tag`` live in the cache (whether or not they are there yet)."""
-    _check_name(model_name, tag)
-    return cache_dir(cache) / f"{model_name}.{tag or DEFAULT_TAG}.safetensors"
+    return f"{constants.ENDPOINT}/{hub_id(model_name, tag)}/resolve/main/{WEIGHTS_FILES[0]}"
 
 
 def weights_env_var(model_name: str) -> str:
     return WEIGHTS_ENV_PREFIX + model_name.upper().replace("-", "_").replace(".", "_")
+
+
+def is_hub_name(name: object) -> bool:
+    return isinstance(name, str) and name.strip().startswith(HUB_PREFIX)
+
+
+def parse_hub_name(name: str) -> tuple[str, str | None]:
+    """``"hf-hub:ORG/REPO@rev"`` -> ``("ORG/REPO", "rev")``; a one-line error for anything else."""
+    body = name.strip()[len(HUB_PREFIX) :] if is_hub_name(name) else name.strip()
+    repo_id, _, revision = body.partition("@")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise HubError(f"{name!r} is not a Hub model name; write hf-hub:ORG/REPO (optionally @revision)")
+    return repo_id, revision or None
 
 
 def _check_name(model_name: str, tag: str | None) -> None:
@@ -104,6 +117,12 @@ def _check_name(model_name: str, tag: str | None) -> None:
         raise HubError(f"no pretrained weights for {model_name!r}; models with weights: {', '.join(MODEL_NAMES)}")
     if tag not in (None, DEFAULT_TAG):
         raise HubError(f"unknown pretrained tag {tag!r} for {model_name}; the only tag is {DEFAULT_TAG!r}")
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the Hub client read it at import, or as the environment says now."""
+    now = os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(constants.HF_HUB_OFFLINE) or now
 
 
 # -- hashing -----------------------------------------------------------------------------------------------------
@@ -115,84 +134,79 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def verify_file(path: Path, known: str | None = None, what: str = "") -> str:
+    """Check a cached Hub file against ``known`` (if given) and against its LFS blob name; return its SHA-256.
 
-
-def verify_file(path: Path, model_name: str, url: str) -> str:
-    """Check ``path`` against the known hash, else against its sidecar (writing one if absent); return the hash."""
+    The Hub cache stores an LFS file as ``blobs/<sha256>`` (the hash the Hub declared) with the snapshot path a
+    link to it; a file whose content no longer hashes to that name was corrupted or replaced after download."""
     actual = sha256_file(path)
-    known = KNOWN_SHA256.get(model_name)
-    side = sidecar(path)
-    fix = f"delete {path} and {side.name} and run again to download it afresh (or fetch {url} by hand)"
-    if known:
-        if actual != known.lower():
-            raise HubError(
-                f"{path} is corrupted or not the published file: SHA-256 {actual[:16]}... != {known[:16]}...; {fix}"
-            )
-    elif side.exists():
-        recorded = side.read_text(encoding="utf-8").split()[0].strip().lower() if side.stat().st_size else ""
-        if actual != recorded:
-            raise HubError(
-                f"{path} changed since it was first used: SHA-256 {actual[:16]}... != recorded "
-                f"{recorded[:16] or '?'}...; {fix}"
-            )
-    if not side.exists():
-        # Trust on first use: remember what we saw so later corruption or replacement is caught.
-        atomic_write_text(side, f"{actual}  {path.name}\n")
+    blob = Path(path).resolve().name
+    fix = f"delete {Path(path).resolve()} and run again to fetch it afresh (or `hf download {what}`)"
+    if re.fullmatch(r"[0-9a-f]{64}", blob) and actual != blob:
+        raise HubError(f"{path} does not match the Hub's SHA-256 ({actual[:16]}... != {blob[:16]}...); {fix}")
+    if known and actual != known.lower():
+        raise HubError(f"{path} is not the published file: SHA-256 {actual[:16]}... != {known[:16]}...; {fix}")
     return actual
 
 
 # -- download ----------------------------------------------------------------------------------------------------
-def _fetch(url: str, dest, timeout: float = 60.0) -> None:
-    """Stream ``url`` into the open binary file ``dest``. Tests replace this function; it is the only network call."""
-    request = urllib.request.Request(url, headers={"User-Agent": "efficientformer"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - fixed https URL
-        total = int(response.headers.get("Content-Length") or 0)
-        bar_args = dict(unit="B", unit_scale=True, desc="download", file=sys.stderr, disable=not sys.stderr.isatty())
-        with tqdm(total=total or None, **bar_args) as bar:
-            while block := response.read(1 << 20):
-                dest.write(block)
-                bar.update(len(block))
+def hub_file(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache: str | os.PathLike | None = None,
+    required: bool = True,
+    local_files_only: bool | None = None,
+) -> Path | None:
+    """One file of a Hub repository, from the Hugging Face cache or downloaded into it.
 
-
-def download(model_name: str, tag: str | None, path: Path) -> Path:
-    """Download the hub file to ``path`` (temporary file, then atomic rename) and verify it."""
-    url = hub_url(model_name, tag)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    ``required=False``: None when the repository has no such file (or, offline, when the cache has none). Every
+    failure is a :class:`HubError` of one line that says what to do."""
+    local_only = offline() if local_files_only is None else local_files_only
+    where = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        with os.fdopen(fd, "wb") as f:
-            _fetch(url, f)
-            f.flush()
-            os.fsync(f.fileno())
-        known = KNOWN_SHA256.get(model_name)
-        if known and sha256_file(tmp) != known.lower():
-            raise HubError(
-                f"the file downloaded from {url} does not match its known SHA-256; it was discarded. "
-                "Try again later, or fetch it by hand and compare"
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=str(cache) if cache is not None else None,
+                local_files_only=local_only,
+                library_name="efficientformer",
             )
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise HubError(offline_message(model_name, tag, path, f"download failed: {reason}")) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    sidecar(path).unlink(missing_ok=True)  # a stale sidecar from a deleted file must not condemn the new one
-    verify_file(path, model_name, url)
-    return path
+        )
+    except GatedRepoError:
+        raise HubError(
+            f"{where} is gated: accept its terms on the Hub, then log in (`hf auth login`) or set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise HubError(
+            f"no Hub repository {where} (or it is private: log in with `hf auth login` or set HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise HubError(f"{repo_id} has no revision {revision!r}; use a branch, tag or commit of it") from None
+    except RemoteEntryNotFoundError:
+        if not required:
+            return None
+        raise HubError(f"{where} has no file {filename}") from None
+    except LocalEntryNotFoundError:
+        if not required:
+            return None
+        why = f"{OFFLINE_ENV} is set" if local_only else "the Hub could not be reached"
+        cache_dir = cache if cache is not None else constants.HF_HUB_CACHE
+        raise HubError(
+            f"{filename} of {where} is not in the Hugging Face cache ({cache_dir}) and cannot be downloaded ({why}); "
+            f"run once with network access (or `hf download {repo_id} {filename}`), or pass a local checkpoint"
+        ) from None
+    except HFValidationError as err:
+        raise HubError(f"{where}: {str(err).splitlines()[0]}") from None
+    except (HfHubHTTPError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise HubError(f"downloading {filename} of {where} failed ({reason}); try again, or set HF_ENDPOINT") from None
 
 
-def offline_message(model_name: str, tag: str | None, path: Path, why: str) -> str:
-    return (
-        f"pretrained weights for {model_name} are not cached and cannot be downloaded ({why}); "
-        f"download {hub_url(model_name, tag)} and save it as {path} "
-        f"(or set {weights_env_var(model_name)}=/path/to/weights, or pass a checkpoint file)"
-    )
-
-
-# -- the entry point the model factory calls ---------------------------------------------------------------------
+# -- the published weights ---------------------------------------------------------------------------------------
 def pretrained_path(
     model_name: str,
     tag: str | None = None,
@@ -200,12 +214,10 @@ def pretrained_path(
     cache: str | os.PathLike | None = None,
     allow_download: bool | None = None,
 ) -> Path:
-    """Path of verified pretrained weights for ``model_name`` (downloading them on first use).
+    """Path of verified published weights for ``model_name`` (from the Hugging Face cache, downloaded on first use).
 
-    Order: ``$EFFICIENTFORMER_WEIGHTS_<NAME>`` (a file used as given), then the cache (hash-checked), then a
-    download (unless ``allow_download=False`` or ``$EFFICIENTFORMER_OFFLINE`` is set). Raises :class:`HubError`
-    with one line saying what to do.
-    """
+    Order: ``$EFFICIENTFORMER_WEIGHTS_<NAME>`` (a file used as given), then :func:`hub_file` (cache, else download
+    unless ``allow_download=False`` or ``HF_HUB_OFFLINE``). ``cache``: another Hub cache folder."""
     _check_name(model_name, tag)
     override = os.environ.get(weights_env_var(model_name))
     if override:
@@ -213,12 +225,154 @@ def pretrained_path(
         if not file.is_file():
             raise HubError(f"{weights_env_var(model_name)} points at {file}, which is not a file")
         return file
-    path = cached_file(model_name, tag, cache)
-    if path.is_file():
-        verify_file(path, model_name, hub_url(model_name, tag))
-        return path
-    if allow_download is None:
-        allow_download = os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
-    if not allow_download:
-        raise HubError(offline_message(model_name, tag, path, f"downloads are disabled by {OFFLINE_ENV}"))
-    return download(model_name, tag, path)
+    repo = hub_id(model_name, tag)
+    local_only = None if allow_download is None else not allow_download
+    try:
+        path = hub_file(repo, WEIGHTS_FILES[0], cache=cache, local_files_only=local_only)
+    except HubError as err:
+        raise HubError(f"{err} (or set {weights_env_var(model_name)}=/path/to/weights)") from None
+    assert path is not None
+    verify_file(path, KNOWN_SHA256.get(model_name), f"{repo} {WEIGHTS_FILES[0]}")
+    return path
+
+
+# -- any repository: config + weights ----------------------------------------------------------------------------
+@dataclass
+class HubModel:
+    """What a Hub repository says about the model it holds (see :func:`hub_model`)."""
+
+    repo_id: str
+    revision: str | None
+    layout: str  # "efficientformer" / "timm" (a config.json with "architecture"), "transformers", or "weights"
+    model_name: str | None  # a registered name; None for a searched architecture (see arch_file)
+    build_args: dict[str, Any] = field(default_factory=dict)  # num_classes, img_size, distillation
+    pretrained_cfg: dict[str, Any] = field(default_factory=dict)  # preprocessing and label names
+    arch_file: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    weights: Path | None = None  # filled by hub_weights
+
+    @property
+    def source(self) -> str:
+        return HUB_PREFIX + self.repo_id + (f"@{self.revision}" if self.revision else "")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise HubError(f"{what} is not readable JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise HubError(f"{what} holds a {type(obj).__name__}, not a JSON object")
+    return obj
+
+
+def hub_model(name: str, *, cache: str | os.PathLike | None = None) -> HubModel:
+    """Read ``config.json`` (and, for a searched model, ``architecture.yaml``) of ``hf-hub:ORG/REPO[@rev]``.
+
+    Layouts: timm's and ours (``architecture``, ``num_classes``, ``model_args``, ``pretrained_cfg``,
+    ``label_names``), transformers' EfficientFormer (``model_type: efficientformer``: ``hidden_sizes``, ``depths``,
+    ``id2label``, ``architectures``); a repository with weights only is resolved from the weights' shapes by the
+    caller (``layout="weights"``)."""
+    repo_id, revision = parse_hub_name(name)
+    cfg_path = hub_file(repo_id, CONFIG_FILE, revision=revision, cache=cache, required=False)
+    if cfg_path is None:
+        return HubModel(repo_id, revision, "weights", None)
+    config = _read_json(cfg_path, f"{HUB_PREFIX}{repo_id}/{CONFIG_FILE}")
+    if config.get("model_type") == "efficientformer" or "hidden_sizes" in config:
+        model = _from_transformers_config(repo_id, revision, config)
+        pre = hub_file(repo_id, PREPROCESSOR_FILE, revision=revision, cache=cache, required=False)
+        if pre is not None:
+            model.pretrained_cfg.update(transformers_preprocessing(_read_json(pre, PREPROCESSOR_FILE)))
+        return model
+    arch = config.get("architecture")
+    if not isinstance(arch, str):
+        raise HubError(
+            f"{HUB_PREFIX}{repo_id}/{CONFIG_FILE} names no architecture (neither timm's 'architecture' nor "
+            "transformers' 'model_type: efficientformer'); it is not an EfficientFormer repository we can read"
+        )
+    ours = config.get("efficientformer") if isinstance(config.get("efficientformer"), Mapping) else {}
+    arch_file = None
+    if ours.get("arch_file"):
+        arch_file = hub_file(repo_id, str(ours["arch_file"]), revision=revision, cache=cache)
+    model_args = dict(config.get("model_args") or {})
+    build = {k: model_args[k] for k in ("img_size", "distillation") if k in model_args}
+    if isinstance(build.get("img_size"), list):
+        build["img_size"] = tuple(build["img_size"])
+    pcfg = dict(config.get("pretrained_cfg") or {})
+    if "num_classes" in config:
+        build["num_classes"] = int(config["num_classes"])
+    elif "num_classes" in pcfg:
+        build["num_classes"] = int(pcfg["num_classes"])
+    if "label_names" in config:
+        pcfg["label_names"] = list(config["label_names"])
+    layout = "efficientformer" if ours else "timm"
+    return HubModel(repo_id, revision, layout, None if arch_file else arch, build, pcfg, arch_file, config)
+
+
+def hub_weights(model: HubModel, *, cache: str | os.PathLike | None = None) -> Path:
+    """The repository's weights file (``model.safetensors``, else ``pytorch_model.bin``), verified; sets
+    ``model.weights``."""
+    for filename in WEIGHTS_FILES:
+        path = hub_file(model.repo_id, filename, revision=model.revision, cache=cache, required=False)
+        if path is not None:
+            verify_file(path, None, f"{model.repo_id} {filename}")
+            model.weights = path
+            return path
+    why = " in the cache (HF_HUB_OFFLINE is set)" if offline() else ""
+    raise HubError(
+        f"{model.source} has no weights file{why}: looked for {', '.join(WEIGHTS_FILES)}; "
+        "run once with network access, or pass checkpoint="
+    )
+
+
+# -- transformers' EfficientFormer (V1) --------------------------------------------------------------------------
+#: transformers' model classes and whether their checkpoints carry the distillation head.
+TRANSFORMERS_HEADS = {
+    "EfficientFormerForImageClassificationWithTeacher": True,
+    "EfficientFormerForImageClassification": False,
+    "EfficientFormerModel": False,
+}
+
+
+def _from_transformers_config(repo_id: str, revision: str | None, config: dict[str, Any]) -> HubModel:
+    widths, depths = tuple(config.get("hidden_sizes") or ()), tuple(config.get("depths") or ())
+    name = next(
+        (n for n, s in VARIANTS.items() if s.family == "v1" and s.widths == widths and s.depths == depths), None
+    )
+    if name is None:
+        raise HubError(
+            f"{HUB_PREFIX}{repo_id}: transformers EfficientFormer with hidden_sizes {list(widths)} and depths "
+            f"{list(depths)} is none of the published sizes (L1, L3, L7)"
+        )
+    id2label = config.get("id2label") or {}
+    labels = [id2label[k] for k in sorted(id2label, key=lambda k: int(k))] if id2label else []
+    num_classes = int(config.get("num_labels") or len(labels) or 1000)
+    archs = config.get("architectures") or []
+    build: dict[str, Any] = {"num_classes": num_classes, "img_size": int(config.get("image_size") or 224)}
+    if archs:
+        build["distillation"] = any(TRANSFORMERS_HEADS.get(a, False) for a in archs)
+    pcfg: dict[str, Any] = {}
+    if labels and not all(re.fullmatch(r"LABEL_\d+", lab) for lab in labels):
+        pcfg["label_names"] = labels
+    return HubModel(repo_id, revision, "transformers", name, build, pcfg, None, config)
+
+
+def transformers_preprocessing(pre: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``EfficientFormerImageProcessor`` config as a pretrained cfg: crop size, crop fraction, mean/std."""
+    out: dict[str, Any] = {}
+    crop = pre.get("crop_size")
+    crop_side = crop.get("height") if isinstance(crop, Mapping) else crop
+    size = pre.get("size")
+    short = size.get("shortest_edge") if isinstance(size, Mapping) else size
+    if isinstance(crop_side, int):
+        out["input_size"] = (3, crop_side, crop_side)
+        if isinstance(short, int) and short >= crop_side:
+            out["crop_pct"] = crop_side / short
+    if pre.get("image_mean"):
+        out["mean"] = tuple(pre["image_mean"])
+    if pre.get("image_std"):
+        out["std"] = tuple(pre["image_std"])
+    resample = pre.get("resample")
+    if resample in (2, 3):  # PIL codes: 2 bilinear, 3 bicubic
+        out["interpolation"] = "bicubic" if resample == 3 else "bilinear"
+    return out

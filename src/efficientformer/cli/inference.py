@@ -8,7 +8,6 @@ unreadable checkpoint, no images found).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from ..data.images import ImageLoadError, as_rgb_image, find_images
 from ..data.transforms import PIL_INTERPOLATIONS, EvalTransform
 from ..inference.api import Predictor, load_model, preprocessing_for
 from ..models.cards import format_card, model_card
+from ..utils.io import SafeCsvWriter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -140,7 +140,7 @@ class _Writer:
     def __init__(self, out: TextIO, kind: str) -> None:
         self.out, self.kind = out, kind
         self.header_done = False
-        self.csv = csv.writer(out, lineterminator="\n") if kind == "csv" else None
+        self.csv = SafeCsvWriter(out, lineterminator="\n") if kind == "csv" else None
 
     def write(self, file: str, result: dict[str, Any]) -> None:
         if self.kind == "json":

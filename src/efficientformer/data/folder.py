@@ -114,4 +114,15 @@ def build_datasets(root: str | Path, train_tf: Callable, eval_tf: Callable, *, m
             f"train/ and val/ have different class folders (only in train: {only_train[:5]}, only in val: "
             f"{only_val[:5]}); both must hold the same class subfolders"
         )
+    if len(train_set.classes) == 1:
+        warnings.warn(
+            f"{root / 'train'} has one class ({train_set.classes[0]!r}): every prediction is that class, so "
+            "accuracy will be 100% and mean nothing; add one subfolder per class",
+            OneClassWarning,
+            stacklevel=2,
+        )
     return train_set, val_set
+
+
+class OneClassWarning(UserWarning):
+    """A training set with a single class: it trains to a meaningless 100%."""

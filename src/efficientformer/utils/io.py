@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -123,3 +124,35 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def safe_torch_load(path: str | Path) -> Any:
     """Load a file this toolkit wrote; never unpickles code."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection"): = + - @, and tab and
+#: carriage return, which some programs skip before looking.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe_cell(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with = + - @ tab or CR gets a leading
+    apostrophe (OWASP's advice; spreadsheets hide it and show the text). Numbers, and text that is a plain number
+    such as ``-0.5``, are left as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_PREFIXES):
+        return value
+    try:
+        float(value)
+        return value  # "-0.5", "+1e3": a number, not a formula
+    except ValueError:
+        return "'" + value
+
+
+class SafeCsvWriter:
+    """``csv.writer`` whose every cell goes through :func:`csv_safe_cell`: THE way this toolkit writes CSV."""
+
+    def __init__(self, out: Any, **kwargs: Any) -> None:
+        self._writer = csv.writer(out, **kwargs)
+
+    def writerow(self, row: Any) -> Any:
+        return self._writer.writerow([csv_safe_cell(v) for v in row])
+
+    def writerows(self, rows: Any) -> None:
+        for row in rows:
+            self.writerow(row)

@@ -12,6 +12,9 @@ from .models import (
     create_model,
     list_models,
     load_checkpoint,
+    model_preprocessing,
+    push_to_hub,
+    save_pretrained,
 )
 from .models.checkpoint import CheckpointError
 
@@ -32,4 +35,7 @@ __all__ = [
     "save_deployed",
     "list_models",
     "load_checkpoint",
+    "model_preprocessing",
+    "push_to_hub",
+    "save_pretrained",
 ]

@@ -4,6 +4,7 @@ from .efficientformer import EfficientFormer
 from .efficientformer_v2 import EfficientFormerV2
 from .factory import ModelPreprocessing, create_model, model_preprocessing
 from .facts import FACTS, ModelFacts
+from .hub import HubError, push_to_hub, save_pretrained
 from .registry import ALIASES, VARIANTS, UnknownModelError, list_models, resolve_name
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "EfficientFormerBase",
     "EfficientFormerV2",
     "FACTS",
+    "HubError",
     "ModelFacts",
     "LoadReport",
     "ModelPreprocessing",
@@ -22,5 +24,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "model_preprocessing",
+    "push_to_hub",
     "resolve_name",
+    "save_pretrained",
 ]

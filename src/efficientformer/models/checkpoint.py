@@ -325,6 +325,67 @@ def transformers_to_official(state: StateDict) -> StateDict:
     return _rename({last_3d(k): v for k, v in state.items()}, _TRANSFORMERS_V1)
 
 
+# ours -> timm, for writing weights timm loads (save_pretrained); checked against the timm -> ours direction
+_OURS_TO_TIMM_COMMON = [
+    (r"\.ls(\d)\.scale$", r".ls\1.gamma"),
+    (r"\.blocks\.(\d+)\.attn\.", r".blocks.\1.token_mixer."),
+    (r"\.pos_bias\.table$", ".attention_biases"),
+]
+_OURS_TO_TIMM_V1 = [
+    (r"^stem\.conv(\d)\.conv\.", r"stem.conv\1."),
+    (r"^stem\.conv(\d)\.bn\.", r"stem.norm\1."),
+    (r"\.mlp\.fc(\d)\.conv\.", r".mlp.fc\1."),
+    (r"\.mlp\.fc(\d)\.bn\.", r".mlp.norm\1."),
+    (r"\.downsample\.bn\.", ".downsample.norm."),
+]
+_OURS_TO_TIMM_V2 = [
+    (r"^stages\.([12])\.downsample\.(conv|bn)\.", r"stages.\1.downsample.conv.\2."),
+    (r"\.downsample\.attn\.q_local\.", ".downsample.attn.q.local."),
+    (r"\.downsample\.attn\.q\.(conv|bn)\.", r".downsample.attn.q.proj.\1."),
+]
+
+
+def _timm_v1_bias_idxs(side: int) -> torch.Tensor:
+    """timm's V1 ``attention_bias_idxs`` buffer (saved with its weights): |dy| * side + |dx| per token pair."""
+    grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).flatten(1)
+    rel = (grid[..., :, None] - grid[..., None, :]).abs()
+    return rel[0] * side + rel[1]
+
+
+def _after_flat(j: int, flat_idx: int) -> int:
+    return j + 1 if j >= flat_idx else j
+
+
+def ours_to_timm(state: StateDict, spec: ModelSpec) -> StateDict:
+    """Our keys to timm's (``timm.create_model(<variant>)`` loads the result strictly); the conversion is checked
+    by converting back, so a key it cannot place is an error here, not a silently missing weight in timm."""
+    v2 = spec.family == "v2"
+    rules = _OURS_TO_TIMM_COMMON + (_OURS_TO_TIMM_V2 if v2 else _OURS_TO_TIMM_V1)
+    renamed = _rename(dict(state), rules)
+    if not v2:  # timm's V1 last stage keeps the parameter-free Flat as a block: the 3D blocks come one later
+        flat_idx = spec.depths[3] - spec.num_vit
+
+        def shift(m: re.Match) -> str:
+            j = int(m[1])
+            return f"stages.3.blocks.{j + 1 if j >= flat_idx else j}."
+
+        renamed = {re.sub(r"^stages\.3\.blocks\.(\d+)\.", shift, k): v for k, v in renamed.items()}
+    out: StateDict = {}
+    for key, value in renamed.items():
+        if key.endswith(".attention_biases") and value.ndim == 3:
+            if not v2:
+                out[key.replace(".attention_biases", ".attention_bias_idxs")] = _timm_v1_bias_idxs(value.shape[-1])
+            value = value.reshape(value.shape[0], -1)
+        out[key] = value
+    back = convert_state_dict(dict(out), "timm", spec)
+    if set(back) != set(state) or any(not torch.equal(back[k].reshape(-1), state[k].reshape(-1)) for k in state):
+        lost = sorted(set(state) ^ set(back)) or [
+            k for k in state if not torch.equal(back[k].flatten(), state[k].flatten())
+        ]
+        raise CheckpointError(f"cannot write {spec.name} in timm's layout: keys {_short_list(lost)} do not map back")
+    return out
+
+
 def mmpretrain_to_official(state: StateDict) -> StateDict:
     if _is_v2(list(state)):
         raise CheckpointError("mmpretrain has no EfficientFormerV2; only its V1 layout (backbone.*/head.*) is read")

@@ -33,12 +33,13 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -48,9 +49,14 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from safetensors.torch import save as safetensors_save
 
+from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .arch import save_arch
+from .base import EfficientFormerBase
+from .checkpoint import ours_to_timm
 from .facts import FACTS, HUB_TAG, CheckpointSource
-from .registry import VARIANTS
+from .registry import VARIANTS, UnknownModelError, get_spec
 
 DEFAULT_TAG = HUB_TAG
 WEIGHTS_ENV_PREFIX = "EFFICIENTFORMER_WEIGHTS_"
@@ -294,7 +300,7 @@ def hub_model(name: str, *, cache: str | os.PathLike | None = None) -> HubModel:
     arch_file = None
     if ours.get("arch_file"):
         arch_file = hub_file(repo_id, str(ours["arch_file"]), revision=revision, cache=cache)
-    model_args = dict(config.get("model_args") or {})
+    model_args = {**{k: ours[k] for k in ("img_size", "distillation") if k in ours}, **(config.get("model_args") or {})}
     build = {k: model_args[k] for k in ("img_size", "distillation") if k in model_args}
     if isinstance(build.get("img_size"), list):
         build["img_size"] = tuple(build["img_size"])
@@ -305,7 +311,7 @@ def hub_model(name: str, *, cache: str | os.PathLike | None = None) -> HubModel:
         build["num_classes"] = int(pcfg["num_classes"])
     if "label_names" in config:
         pcfg["label_names"] = list(config["label_names"])
-    layout = "efficientformer" if ours else "timm"
+    layout = str(ours.get("layout", "efficientformer")) if ours else "timm"
     return HubModel(repo_id, revision, layout, None if arch_file else arch, build, pcfg, arch_file, config)
 
 
@@ -376,3 +382,161 @@ def transformers_preprocessing(pre: Mapping[str, Any]) -> dict[str, Any]:
     if resample in (2, 3):  # PIL codes: 2 bilinear, 3 bicubic
         out["interpolation"] = "bicubic" if resample == 3 else "bilinear"
     return out
+
+
+# -- out: a folder timm and this toolkit read, and the Hub upload ------------------------------------------------
+#: The model card's file name in a Hub repository.
+CARD_FILE = "README.md"
+
+
+def timm_compatible(model: EfficientFormerBase) -> bool:
+    """Whether ``timm.create_model(<variant>)`` builds exactly this network: a published variant (GELU) with a
+    classifier; V1 only at 224 (timm fixes its V1 attention grid at 7x7), V2 at any size."""
+    spec = model.spec
+    if VARIANTS.get(spec.name) != spec or model.features_only:
+        return False
+    return spec.family == "v2" or tuple(model.img_size) == (224, 224)
+
+
+def _registered(spec: Any) -> bool:
+    """Whether ``create_model(spec.name)`` builds this very spec (published variants and their activations)."""
+    try:
+        return get_spec(spec.name) == spec
+    except UnknownModelError:
+        return False
+
+
+def hub_config(model: EfficientFormerBase, class_names: list[str] | None = None) -> dict[str, Any]:
+    """``config.json`` for ``model``: timm's fields (``architecture``, ``num_classes``, ``model_args``,
+    ``pretrained_cfg``, ``label_names``) plus an ``efficientformer`` section that this toolkit reads."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    height, width = (int(v) for v in model.img_size)
+    compatible = timm_compatible(model)
+    ours: dict[str, Any] = {
+        "layout": "timm" if compatible else "efficientformer",
+        "timm_compatible": compatible,
+        "img_size": [height, width],
+        "distillation": model.head_dist is not None,
+        "act": model.spec.act,
+    }
+    if not _registered(model.spec):  # a searched architecture: its file travels with the weights
+        ours["arch_file"] = ARCH_FILE
+    model_args: dict[str, Any] = {}
+    if model.spec.family == "v2":  # timm's V2 takes both; its V1 has neither (224 only, always two heads)
+        model_args = {"img_size": [height, width], "distillation": model.head_dist is not None}
+    names = class_names if class_names is not None else cfg.get("label_names")
+    pretrained_cfg = {
+        "input_size": [3, height, width],
+        "crop_pct": cfg.get("crop_pct", 0.875),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "num_classes": int(model.num_classes),
+        "classifier": ["head", "head_dist"],
+        "first_conv": "stem.conv1" if model.spec.family == "v1" else "stem.conv1.conv",
+        "fixed_input_size": True,
+    }
+    if cfg.get("license"):
+        pretrained_cfg["license"] = cfg["license"]
+    out: dict[str, Any] = {
+        "architecture": model.spec.name,
+        "num_classes": int(model.num_classes),
+        "num_features": int(model.num_features),
+        "global_pool": "avg",
+        "model_args": model_args,
+        "pretrained_cfg": pretrained_cfg,
+        "efficientformer": ours,
+    }
+    if names:
+        out["label_names"] = list(names)
+    return out
+
+
+def save_pretrained(
+    model: EfficientFormerBase,
+    folder: str | os.PathLike,
+    *,
+    card: str | None = None,
+    class_names: list[str] | None = None,
+) -> Path:
+    """Write ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` and, for
+    a searched architecture, ``architecture.yaml``.
+
+    A published variant is written in timm's layout with a config timm reads, so ``timm.create_model(
+    "hf-hub:ORG/REPO", pretrained=True)`` (or ``"local-dir:FOLDER"``) builds it with the same outputs; a V1 model
+    with one head gets its head copied as ``head_dist`` (timm's V1 always has both; the mean of two equal heads is
+    the head). Anything else (searched, another activation, V1 at another size) is written in our layout.
+    ``create_model("hf-hub:...")`` and ``load_checkpoint(folder)`` read both."""
+    if not isinstance(model, EfficientFormerBase):
+        raise TypeError(f"save_pretrained expects an EfficientFormer model, got {type(model).__name__}")
+    if model.features_only:
+        raise ValueError("save_pretrained writes classifier models; build it without features_only=True")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = hub_config(model, class_names)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if config["efficientformer"]["timm_compatible"]:
+        if model.spec.family == "v1" and model.head_dist is None and "head.weight" in state:
+            state.update({f"head_dist.{p}": state[f"head.{p}"].clone() for p in ("weight", "bias")})
+        state = ours_to_timm(state, model.spec)
+    metadata = {"format": "pt", "efficientformer_layout": config["efficientformer"]["layout"]}
+    if config.get("label_names"):
+        metadata["class_names"] = json.dumps(config["label_names"])
+    payload = safetensors_save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+    atomic_write_bytes(folder / WEIGHTS_FILES[0], lambda f: f.write(payload))
+    atomic_write_json(folder / CONFIG_FILE, config)
+    if config["efficientformer"].get("arch_file"):
+        save_arch(model.spec, folder / ARCH_FILE)
+    atomic_write_text(folder / CARD_FILE, card if card is not None else basic_card(model, config))
+    return folder
+
+
+def basic_card(model: EfficientFormerBase, config: dict[str, Any]) -> str:
+    """A model card from what the model itself knows (``efficientformer push`` writes a fuller one from its run)."""
+    params = sum(p.numel() for p in model.parameters())
+    timm_line = (
+        'timm.create_model("hf-hub:<this repo>", pretrained=True)  # timm reads it too'
+        if config["efficientformer"]["timm_compatible"]
+        else "(timm cannot build this architecture; use efficientformer)"
+    )
+    return (
+        f"---\nlibrary_name: efficientformer\ntags:\n- image-classification\n- efficientformer\n---\n\n"
+        f"# {model.spec.name}\n\n{params:,} parameters, {model.num_classes} classes, input "
+        f"{model.img_size[0]}x{model.img_size[1]}.\n\n```python\nfrom efficientformer import create_model\n"
+        f'model = create_model("hf-hub:<this repo>", pretrained=True)\n{timm_line}\n```\n'
+    )
+
+
+def push_to_hub(
+    model: EfficientFormerBase | None,
+    repo_id: str,
+    *,
+    folder: str | os.PathLike | None = None,
+    card: str | None = None,
+    class_names: list[str] | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload EfficientFormer model",
+    api: Any = None,
+) -> Any:
+    """Upload ``model`` (written by :func:`save_pretrained` to a temporary folder) or an already written
+    ``folder`` to the Hub repository ``repo_id`` (created if needed) with ``HfApi.upload_folder``; returns its
+    commit info. ``api`` replaces ``huggingface_hub.HfApi(token=token)`` (tests pass a local stand-in)."""
+    parse_hub_name(repo_id)
+    if (model is None) == (folder is None):
+        raise ValueError("pass a model or a folder written by save_pretrained, not both")
+    api = api if api is not None else HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="efficientformer-push-") as tmp:
+        if folder is None:
+            folder = save_pretrained(model, Path(tmp) / "repo", card=card, class_names=class_names)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message
+            )
+        except (HfHubHTTPError, OSError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise HubError(
+                f"uploading to {repo_id} failed ({reason}); log in with `hf auth login` (a token with write access) "
+                "or set HF_TOKEN"
+            ) from None

@@ -20,7 +20,9 @@ from tqdm import tqdm
 from ..data.images import ImageLoadError, as_rgb_image, find_images
 from ..data.transforms import PIL_INTERPOLATIONS, EvalTransform
 from ..inference.api import Predictor, load_model, preprocessing_for
+from ..inference.publish import publish_run, push_run
 from ..models.cards import format_card, model_card
+from ..models.hub import parse_hub_name
 from ..utils.io import SafeCsvWriter
 
 
@@ -63,6 +65,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression-bomb guard)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_predict)
+
+    h = subparsers.add_parser(
+        "push",
+        help="publish a training, search or dense run on the Hugging Face Hub (weights, config.json, model card)",
+        description="Write RUN_DIR's model as a Hub repository (model.safetensors, a config.json timm reads for the "
+        "published variants, architecture.yaml for searched ones, a model card from the run's facts) and upload it "
+        "with huggingface_hub (log in first: `hf auth login`, or set HF_TOKEN). --dry-run writes the folder only.",
+    )
+    h.add_argument("run_dir", metavar="RUN_DIR", help="a training, search or dense run folder")
+    h.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, ORG/NAME (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repository private")
+    h.add_argument("--dry-run", metavar="FOLDER", help="write the repository folder here instead of uploading")
+    h.set_defaults(func=run_push)
 
     i = subparsers.add_parser("info", help="model card: parameters, MACs, published accuracy and latency, weights")
     i.add_argument("name", metavar="NAME", help="model name")
@@ -164,6 +179,23 @@ class _Writer:
             for rank, (lab, name, score) in enumerate(result["topk"], 1):
                 self.out.write(f"{rank:>4}  {score:7.4f}  {lab:>5}  {printable(name)}\n")
         self.header_done = True
+
+
+# -- push --------------------------------------------------------------------------------------------------------
+#: What ``push`` uploads with; tests replace it with a local stand-in (None: huggingface_hub.HfApi()).
+HUB_API = None
+
+
+def run_push(args: argparse.Namespace) -> int:
+    parse_hub_name(args.repo_id)  # a bad id fails before the run is read
+    if args.dry_run:
+        folder = publish_run(args.run_dir, args.dry_run)
+        print(f"wrote {', '.join(sorted(p.name for p in folder.iterdir()))} to {folder} (not uploaded)")
+        return 0
+    info = push_run(args.run_dir, args.repo_id, private=args.private or None, api=HUB_API)
+    url = getattr(info, "commit_url", None) or f"hf-hub:{args.repo_id}"
+    print(f"pushed {args.run_dir} to {args.repo_id}: {url}")
+    return 0
 
 
 # -- info --------------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ Published numbers carry their source and evaluation protocol, because the protoc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from .factory import create_model
@@ -117,3 +119,53 @@ def format_card(card: ModelCard) -> str:
     lines.append(f"  official code    {card.official_repo}")
     lines.append(f"                   licence: {card.official_licence}")
     return "\n".join(lines)
+
+
+def _yaml_block(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None).strip()
+
+
+def run_card(facts: dict[str, Any]) -> str:
+    """A Hub model card (``README.md`` with the Hub's YAML header) from what a run recorded: model, task, data,
+    recipe, epochs, measured accuracy and the command that measures it, parameters and MACs, the latency table's
+    machine and measured latency (search runs), and the licence of the starting weights. Missing facts are said to
+    be missing, never filled in."""
+    name, kind = facts["model"], facts.get("kind", "classification")
+    header = {
+        "library_name": "efficientformer",
+        "license": facts.get("license", "apache-2.0"),
+        "tags": ["image-classification", "efficientformer", kind],
+        "pipeline_tag": "image-classification",
+    }
+    lines = ["---", _yaml_block(header), "---", "", f"# {name}", ""]
+    lines.append(
+        facts.get("summary", f"An EfficientFormer model ({kind} run) trained with the efficientformer toolkit.")
+    )
+    lines += ["", "## Use", "", "```python", "from efficientformer import create_model, inference_model",
+              'model = create_model("hf-hub:<this repo>", pretrained=True)',
+              'print(inference_model(model, "image.jpg")["pred_class"])']  # fmt: skip
+    if facts.get("timm_compatible"):
+        lines.append('# timm reads it too: timm.create_model("hf-hub:<this repo>", pretrained=True)')
+    lines += ["```", "", "## Facts", "", "| | |", "|---|---|"]
+    rows = [
+        ("architecture", facts.get("architecture", name)),
+        ("parameters", f"{facts['params']:,}" if facts.get("params") is not None else "not recorded"),
+        (f"MACs at {facts.get('img_size', '?')} px", f"{facts['macs']:,}" if facts.get("macs") else "not recorded"),
+        ("input", facts.get("preprocessing", "not recorded")),
+        ("data", facts.get("data", "not recorded")),
+        ("classes", facts.get("classes", "not recorded")),
+        ("epochs", facts.get("epochs", "not recorded")),
+        ("measured accuracy", facts.get("accuracy", "not measured in this run")),
+        ("latency", facts.get("latency", "not measured in this run")),
+        ("starting weights and their licence", facts.get("starting_weights", "none: trained from random weights")),
+    ]
+    if facts.get("notes"):
+        rows.append(("notes", facts["notes"]))
+    lines += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]
+    if facts.get("eval_command"):
+        lines += ["", "The accuracy above is measured by:", "", "```sh", facts["eval_command"], "```"]
+    if facts.get("recipe"):
+        lines += ["", "## Recipe (the run's config)", "", "```yaml", _yaml_block(facts["recipe"]), "```"]
+    if facts.get("machine"):
+        lines += ["", "## Latency table's machine", "", "```yaml", _yaml_block(facts["machine"]), "```"]
+    return "\n".join(lines) + "\n"

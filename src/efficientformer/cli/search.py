@@ -26,6 +26,7 @@ from ..search.train import SubnetEvaluator, SupernetConfig, load_split, train_su
 from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
 from ..search.v1space import V1_PUBLISHED, V1Space
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from ..utils.recipes import resolve_config
 from .errors import UserError
 
 PROXY_SIZE = 64
@@ -136,9 +137,7 @@ def _help(p: argparse.ArgumentParser) -> int:
 def _config(path: str | None) -> dict:
     if not path:
         return {}
-    f = Path(path)
-    if not f.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
+    f = resolve_config(path)  # a path, or a shipped config by name (v2_proxy); one-line error if neither
     data = yaml.safe_load(f.read_text()) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping (space:, mes:, ...)")

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..utils.recipes import resolve_config
+
 C = TypeVar("C")
 
 
@@ -131,9 +133,7 @@ def validate(cfg: Any) -> Any:
 # -- YAML ------------------------------------------------------------------------------------------------------
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A mapping from a YAML file, read with the safe loader; one-line errors for syntax and unsafe tags."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    path = resolve_config(path)  # a path, or a shipped config by name (efficientformer_l1_300e)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.constructor.ConstructorError as err:

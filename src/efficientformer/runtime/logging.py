@@ -1,4 +1,5 @@
-"""What a run shows and keeps: a progress bar, a JSON-lines log, optional TensorBoard, and the curves plot.
+"""What a run shows and keeps: a progress bar, a JSON-lines log, optional trackers (TensorBoard, Weights & Biases,
+MLflow: :mod:`.trackers`), and the curves plot.
 
 Only the main process writes. The log is append-only; a resumed run first drops the records written after the
 checkpoint it resumes from, so ``log.jsonl`` always describes the run the checkpoints hold.
@@ -6,9 +7,11 @@ checkpoint it resumes from, so ``log.jsonl`` always describes the run the checkp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +19,21 @@ from tqdm import tqdm
 
 from ..utils.io import atomic_write_text
 from .plot import plot_curves
+from .trackers import numeric_metrics, open_trackers, parse_trackers
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool = False) -> None:
-        self.path, self.enabled, self.tb = out / "log.jsonl", enabled, None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # optional dependency
+    """``log.jsonl`` and the experiment trackers (``trackers``: the ``log`` / old ``tensorboard`` config value,
+    see :mod:`.trackers`), which receive the same records; ``config`` is what the trackers store with the run."""
 
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                print("tensorboard is not installed (pip install tensorboard); continuing without it", flush=True)
+    def __init__(
+        self, out: Path, enabled: bool, trackers: bool | str | Sequence[str] | None = False, config: Any = None
+    ) -> None:
+        self.path, self.enabled = out / "log.jsonl", enabled
+        names = parse_trackers(trackers)  # a bad name fails on every rank, before any work
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = dataclasses.asdict(config)
+        self.trackers = open_trackers(names, out, config) if enabled and names else []
 
     def truncate_after(self, iteration: int) -> None:
         """Keep only records up to ``iteration`` (the checkpoint a resumed run starts from)."""
@@ -49,16 +55,15 @@ class RunLog:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            step = int(record.get("iteration", 0))
-            prefix = record.get("kind", "train")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("time", "iteration"):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
+        if self.trackers:
+            metrics = numeric_metrics(record, str(record.get("kind", "train")))
+            for tracker in self.trackers:
+                tracker.log(metrics, int(record.get("iteration", 0)))
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> tqdm:

@@ -95,7 +95,7 @@ class Plan:
     describe: Callable[[dict], str] | None = None  # a line after each evaluation
     resume: bool = True
     progress: bool = True
-    tensorboard: bool = False
+    tensorboard: bool | str = False  # experiment trackers: True (TensorBoard) or "tensorboard,wandb,mlflow"
 
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
@@ -269,7 +269,7 @@ def fit(plan: Plan) -> _State:
     last_path, best_path = out / CHECKPOINT_NAME, out / BEST_NAME
     scaler = torch.amp.GradScaler(device.type, enabled=plan.amp == "fp16")
     state = _resume(plan, scaler, last_path) if plan.resume and last_path.is_file() else _State()
-    log = RunLog(out, info.is_main, plan.tensorboard)
+    log = RunLog(out, info.is_main, plan.tensorboard, config=plan.config)
     log.truncate_after(state.iteration)
 
     train_model = wrap_ddp(model, info, find_unused=plan.find_unused)  # broadcasts rank 0's weights

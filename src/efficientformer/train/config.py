@@ -101,6 +101,7 @@ class TrainConfig:
     log_every: int = param(50, ge=1, help="steps between loss logs (and the host synchronisation)")
     max_steps: int | None = param(None, ge=1, help="cap on training steps per epoch (smoke tests)")
     tensorboard: bool = param(False)
+    log: str | None = param(None, help="experiment trackers beside log.jsonl: tensorboard,wandb,mlflow (any of them)")
     progress: bool = param(True)
     resume: bool = param(True, help="resume from <output>/last.pth when it exists")
 

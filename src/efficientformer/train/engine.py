@@ -267,7 +267,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         metric_names=("val_top1", "val_top5", "ema_top1"),
         meta={"class_names": class_names, "model_name": cfg.model,
               "precision": {"amp": amp, "channels_last": channels_last}}, check_resume=check_resume,
-        describe=lambda m: _describe(m), resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard,
+        describe=lambda m: _describe(m), resume=cfg.resume, progress=cfg.progress,
+        tensorboard=cfg.log or cfg.tensorboard,  # the trackers (see runtime/trackers.py)
     )  # fmt: skip
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ step "train on the digits, one epoch, a shipped config by name (--config digits)
 efficientformer train --config digits epochs=1 output="$OUTSIDE/run" progress=false
 
 step "predict with the trained checkpoint (CSV)"
-IMAGE=$(find "$WORK/cache" -name '*.png' | head -1)
+IMAGE=$(find "$WORK/cache" -name '*.png' -print -quit)  # -quit: no broken pipe under pipefail
 efficientformer predict "$IMAGE" --model efficientformerv2_s0 --checkpoint "$OUTSIDE/run/last.pth" --csv --topk 2 --no-progress
 
 step "push --dry-run (the Hub repository folder of the run, no upload)"

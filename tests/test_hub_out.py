@@ -41,7 +41,7 @@ def _repo_from(folder: Path, cache: Path, repo_id: str) -> None:
 )
 def test_timm_loads_the_saved_folder_with_equal_logits(tmp_path, monkeypatch, name, kwargs, size):
     model = _randomised(name, **kwargs)
-    folder = save_pretrained(model, tmp_path / "out", class_names=["cat", "dog", "=bird"])
+    folder = model.save_pretrained(tmp_path / "out", class_names=["cat", "dog", "=bird"])  # = save_pretrained(model,
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md"}
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == name and config["efficientformer"]["timm_compatible"] is True
@@ -102,10 +102,11 @@ class StandInApi:
 def test_push_uploads_the_saved_folder(tmp_path):
     model = _randomised("efficientformerv2_s0", num_classes=3, img_size=64)
     api = StandInApi()
-    assert push_to_hub(model, "me/s0-pets", api=api, card="# my card\n", private=True) == "commit-info"
+    assert model.push_to_hub("me/s0-pets", api=api, card="# my card\n", private=True) == "commit-info"
     (create, repo, kwargs), (upload, repo2, files, _) = api.calls
     assert (create, repo, kwargs["private"], kwargs["exist_ok"]) == ("create_repo", "me/s0-pets", True, True)
     assert (upload, repo2) == ("upload_folder", "me/s0-pets")
     assert set(files) == {"model.safetensors", "config.json", "README.md"} and files["README.md"] == b"# my card\n"
     with pytest.raises(ValueError, match="hf-hub:ORG/REPO"):
         push_to_hub(model, "not a repo id", api=api)
+    assert save_pretrained is type(model).save_pretrained

@@ -7,6 +7,11 @@ from .facts import FACTS, ModelFacts
 from .hub import HubError, push_to_hub, save_pretrained
 from .registry import ALIASES, VARIANTS, UnknownModelError, list_models, resolve_name
 
+# The Hub's usual spelling, model.save_pretrained(folder) / model.push_to_hub(repo_id): the same two functions
+# (they live in hub.py, which imports base.py, so base.py cannot name them itself).
+EfficientFormerBase.save_pretrained = save_pretrained
+EfficientFormerBase.push_to_hub = push_to_hub
+
 __all__ = [
     "ALIASES",
     "VARIANTS",

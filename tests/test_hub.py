@@ -3,6 +3,7 @@
 with ``HF_HUB_OFFLINE`` set, and the one that checks what would be downloaded replaces ``hf_hub_download``."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,21 @@ def test_hf_hub_repository_in_timm_layout(tmp_path, hub_cache):
     assert fresh.num_classes == 5 and model_preprocessing(fresh).class_names is None
     tuned = create_model("hf-hub:someone/s0-pets@v1", pretrained=True, num_classes=5)  # heads dropped
     assert torch.equal(tuned.stem.conv1.conv.weight, source.stem.conv1.conv.weight)
+
+
+def test_predict_a_hub_repository_at_its_own_resolution(tmp_path, hub_cache, capsys, monkeypatch):
+    """`predict --model hf-hub:ORG/REPO --pretrained`: the repository's labels, resolution and weights."""
+    import numpy as np
+    from PIL import Image
+
+    import efficientformer.cli as cli
+
+    source, payload = _random_weights(tmp_path, num_classes=2, img_size=64)
+    config = {"architecture": NAME, "num_classes": 2, "label_names": ["cat", "dog"], "model_args": {"img_size": 64}}
+    add_repo(hub_cache, "someone/s0-two", {"config.json": json_bytes(config), "model.safetensors": payload})
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((80, 80, 3), 127, np.uint8)).save(image)
+    monkeypatch.setattr("sys.argv", ["efficientformer"])
+    assert cli.main(["predict", str(image), "--model", "hf-hub:someone/s0-two", "--pretrained", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["pred_class"] in ("cat", "dog") and "(hf-hub:someone/s0-two)" in err

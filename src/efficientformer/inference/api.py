@@ -122,9 +122,10 @@ def load_model(
     """
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    hub_source = None
     if isinstance(model, str) and is_hub_name(model):
-        net = create_model(model, pretrained=pretrained)
-        model, pretrained = net, False
+        hub_source = model.strip() if pretrained else None
+        model, pretrained = create_model(model, pretrained=pretrained), False
     if isinstance(model, nn.Module):
         net, model_name = model, getattr(getattr(model, "spec", None), "name", None)
         tag = None
@@ -139,7 +140,7 @@ def load_model(
         checkpoint = pretrained_path(model_name, tag, cache=cache)
 
     ckpt_names: list[str] | None = None
-    source = "random weights (no checkpoint)"
+    source = hub_source or "random weights (no checkpoint)"
     if checkpoint is not None:
         desc = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
         obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint_file(checkpoint)

@@ -12,7 +12,9 @@ trap 'rm -rf "$WORK"' EXIT
 step() { echo "== wheel check ($(( $(date +%s) - START )) s): $*"; }
 
 step "build the wheel"
-"$REPO/.venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w "$WORK/dist" "$REPO"
+# the project's setuptools builds it (torch's dependency, >= 77); without one, pip fetches the build backend itself
+"$REPO/.venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w "$WORK/dist" "$REPO" \
+  || "$REPO/.venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$WORK/dist" "$REPO"
 WHEEL=$(ls "$WORK"/dist/efficientformer-*.whl)
 
 python3 -m venv "$WORK/venv"

@@ -238,3 +238,21 @@ def test_inference_model_runs_in_openvino(s0_photos):
     assert max(float(np.abs(r["pred_scores"] - s["pred_scores"]).max()) for r, s in zip(a, b)) < 1e-5
     with pytest.raises(ValueError, match="runtime must be"):
         inference_model(model, photos[0], runtime="tensorrt")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_search_style_use_of_the_registry_on_blocks(tmp_path, backend):
+    """The search times single blocks (any module, any input shape) through the registry, several in one folder:
+    each runner runs its own module."""
+    pytest.importorskip(backend)
+    ctx = BackendContext(threads=1, workdir=tmp_path)  # no stem: fresh files for every prepare
+    blocks = [
+        torch.nn.Conv2d(8, 8, 3, padding=1).eval(),
+        torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1), torch.nn.GELU()),
+    ]
+    x = torch.randn(1, 8, 7, 7)
+    for block in blocks:
+        with torch.no_grad():
+            ref = block(x)
+        out = prepare_runner(backend, block, x, ctx)(x)
+        assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5

@@ -12,7 +12,10 @@ Usage (the benchmark and the search's latency tables do exactly this)::
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -83,8 +86,15 @@ class _Reader:
 
 
 def onnx_file(model: nn.Module, example: torch.Tensor, ctx: BackendContext):
-    """The ONNX export of ``model`` at ``example``'s shape in ``ctx.workdir`` (written once per stem)."""
-    path = ctx.workdir / f"{ctx.stem}.onnx"
+    """The ONNX export of ``model`` at ``example``'s shape in ``ctx.workdir`` (written once per stem; a fresh file
+    without one)."""
+    if not ctx.stem:
+        fd, name = tempfile.mkstemp(suffix=".onnx", dir=ctx.workdir)
+        os.close(fd)
+        os.unlink(name)
+        path = Path(name)
+    else:
+        path = ctx.workdir / f"{ctx.stem}.onnx"
     if not path.exists():
         write_onnx(model, example, path)
     return path

@@ -27,12 +27,14 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class BackendContext:
     """What a backend may need besides the model: threads, a scratch folder it may write into (the caller removes
-    it), calibration batches for INT8 backends, and a file stem unique to this (model, implementation, batch)."""
+    it), calibration batches for INT8 backends, and ``stem``: a name unique to this (model, implementation, batch)
+    under which backends share files (the benchmark's ONNX Runtime fp32 and INT8 rows export once); empty (the
+    default): every prepare writes fresh files."""
 
     threads: int = 1
     workdir: Path = field(default_factory=lambda: Path("."))
     calibration: list[torch.Tensor] = field(default_factory=list)
-    stem: str = "model"
+    stem: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ photos, and scikit-image's 200 LFW faces; each photo also mirrored.
         --folder ~/.cache/efficientformer/digits-32px                       # the fine-tuned digits model
 
 Each backend is prepared through the one registry (``efficientformer.deploy.backends``) from the deploy form
-(our models) or the model as it is (timm's, efficientnet-lite0), calibrated (INT8) on LFW faces 100-163, which are
-not scored; the reference is the same form in eager fp32. Reported per backend: top-1 agreement with fp32 and
+(our models) or the model as it is (timm's, efficientnet-lite0), calibrated (INT8) on two random crops of every
+photo and LFW faces 100-163 (the scored images are the photos' centre crops, their mirror images and the other
+faces); the reference is the same form in eager fp32. Reported per backend: top-1 agreement with fp32 and
 the largest logit difference (absolute and as a share of the largest fp32 logit). ``--folder ROOT`` scores
 ROOT/val and calibrates on ROOT/train instead (the digits model: real scans, trained weights).
 
@@ -62,7 +63,8 @@ PHOTOS = (
 
 
 def photo_set(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out images, calibration images), preprocessed as the model is evaluated."""
+    """(held-out images, calibration images, how many of the held-out ones are photos, not faces), preprocessed as
+    the model is evaluated."""
     import skimage.data as skdata
 
     tf = EvalTransform(img_size=size)
@@ -77,18 +79,27 @@ def photo_set(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         pil += [Image.fromarray(a) for a in load_sample_images().images]
     except ImportError:
         pass
+    # calibration: two seeded random crops (30-60% of the side) of every photo, and LFW faces 100-163; scored: the
+    # centre crops of the photos and their mirror images, and the other 136 faces
+    rng = np.random.default_rng(0)
+    calib_pil = []
+    for p in pil:
+        for _ in range(2):
+            side = int(min(p.size) * rng.uniform(0.3, 0.6))
+            x0, y0 = rng.integers(0, p.size[0] - side + 1), rng.integers(0, p.size[1] - side + 1)
+            calib_pil.append(p.crop((x0, y0, x0 + side, y0 + side)))
     pil += [p.transpose(Image.FLIP_LEFT_RIGHT) for p in pil]
     faces = [Image.fromarray((f * 255).astype(np.uint8)).convert("RGB") for f in skdata.lfw_subset()]
     held_out = pil + faces[:100] + faces[164:]
-    calib = faces[100:164]
-    return torch.stack([tf(p) for p in held_out]), torch.stack([tf(p) for p in calib])
+    calib = calib_pil + faces[100:164]
+    return torch.stack([tf(p) for p in held_out]), torch.stack([tf(p) for p in calib]), len(pil)
 
 
 def folder_set(root: Path, size: int, calib_n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     val, train = list_images(root / "val"), list_images(root / "train")
     train = train[:: max(1, len(train) // calib_n)][:calib_n]
     load = lambda files: torch.from_numpy(np.stack([load_image(f, (size, size)) for f in files]))  # noqa: E731
-    return load(val), load(train)
+    return load(val), load(train), 0
 
 
 def build(name: str, checkpoint: str | None, img: int) -> tuple[torch.nn.Module, str]:
@@ -128,11 +139,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, weights = build(args.model, args.checkpoint, args.img_size)
-    held_out, calib = (folder_set(Path(args.folder).expanduser(), args.img_size) if args.folder
-                       else photo_set(args.img_size))  # fmt: skip
+    held_out, calib, n_photos = (folder_set(Path(args.folder).expanduser(), args.img_size) if args.folder
+                                 else photo_set(args.img_size))  # fmt: skip
     with torch.inference_mode():
         ref = torch.cat([model(x[None]) for x in held_out]).numpy()
-    result = {"model": args.model, "weights": weights, "img_size": args.img_size, "images": len(held_out),
+    result = {"model": args.model, "photos": n_photos, "weights": weights, "img_size": args.img_size,
+              "images": len(held_out),
               "calibration_images": len(calib), "set": args.folder or "package photos (skimage, sklearn, LFW)",
               "fp32_distinct_top1": int(len(set(ref.argmax(1).tolist()))), "backends": {},
               "machine": {k: machine_report(args.threads)[k] for k in ("cpu_model", "isa")},
@@ -147,6 +159,8 @@ def main() -> None:
                 continue
             out = torch.cat([run(x[None]) for x in held_out]).numpy()
             result["backends"][name] = logit_agreement(ref, out)
+            if n_photos:
+                result["backends"][name]["photos_only"] = logit_agreement(ref[:n_photos], out[:n_photos])
             print(name, result["backends"][name], flush=True)
     print(json.dumps(result, indent=2))
     if args.json:

@@ -71,7 +71,11 @@ def test_noise_warning_when_the_load_average_exceeds_the_threads(monkeypatch, fa
     assert "\n" not in warning and "load average reached 3.50" in warning and "1 thread(s)" in warning
     assert warning in logged and warning in latency.to_markdown(result)
     monkeypatch.setattr(latency, "load_average", lambda: 0.9)  # below the thread count: no warning
-    assert latency.run_benchmark(cfg, log=lambda _: None)["warnings"] == []
+    cfg.clock = "cpu"  # the process's CPU time: what one thread measures on a shared machine
+    quiet = latency.run_benchmark(cfg, log=lambda _: None)
+    assert quiet["warnings"] == [] and "process CPU time" in quiet["environment"]["method"]
+    with pytest.raises(ValueError, match="--clock"):
+        latency.run_benchmark(latency.BenchConfig(["efficientformerv2_s0"], ["fake-test"], clock="gpu"))
 
 
 def test_unknown_backend_is_one_line(capsys):

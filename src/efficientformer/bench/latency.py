@@ -42,7 +42,7 @@ from ..models.facts import BASELINE_TOP1, FACTS
 from ..models.registry import list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils.machine import bf16_support, faults_per_call, gemm_probe, machine_report, pin_allocator
-from ..utils.timing import p90, time_blocks
+from ..utils.timing import BENCHMARK_CLOCKS, p90, time_blocks
 
 #: the mobile baselines a row can be compared with (timm's models, random weights: a speed comparison)
 BASELINES = ("mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv4_conv_small")
@@ -65,6 +65,7 @@ class BenchConfig:
     baseline: bool = True
     baselines: list[str] = field(default_factory=lambda: ["mobilenetv2_100"])
     repeats: int = 3  # the whole interleaved run, repeated: each ratio's spread is over the repeats
+    clock: str = "wall"  # or "cpu": the process's CPU time (one thread on a shared machine)
     channels_last: bool = False
     interleave: str = "model"
     blocks: int = 0  # 0: the groups alternate every round
@@ -180,6 +181,8 @@ def _validate(cfg: BenchConfig) -> None:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {cfg.img_size}")
     if cfg.threads < 1 or any(b < 1 for b in cfg.batch_sizes) or cfg.runs < 1 or cfg.warmup < 0:
         raise ValueError("--threads, --batch-size and --runs must be positive (and --warmup not negative)")
+    if cfg.clock not in BENCHMARK_CLOCKS:
+        raise ValueError(f"--clock must be one of {', '.join(BENCHMARK_CLOCKS)}, got {cfg.clock!r}")
     if cfg.repeats < 1:
         raise ValueError(f"--repeats must be positive, got {cfg.repeats}")
     if cfg.interleave not in INTERLEAVE:
@@ -318,7 +321,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             repeat_medians: dict = {}
             for rep in range(cfg.repeats):
                 part = time_blocks(groups, cfg.warmup if rep == 0 else min(cfg.warmup, 2), cfg.runs, blocks,
-                                   progress=True)  # fmt: skip
+                                   progress=True, clock=BENCHMARK_CLOCKS[cfg.clock])  # fmt: skip
                 loads.append(load_average())
                 for key, values in part.items():
                     times.setdefault(key, []).extend(values)
@@ -359,7 +362,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     allocator = "pinned" if cfg.pin_allocator else "not pinned"
     env["method"] = (
         f"groups by {cfg.interleave} and runtime, interleaved rounds (rotating order), groups alternating "
-        f"{alternation}; the whole run repeated {cfg.repeats}x; allocator {allocator}"
+        f"{alternation}; the whole run repeated {cfg.repeats}x; clock: "
+        f"{'wall time' if cfg.clock == 'wall' else 'process CPU time'}; allocator {allocator}"
     )
     return {
         "config": asdict(cfg),

@@ -174,6 +174,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         baselines=parse_list(args.baselines),
         repeats=args.repeats,
+        clock=args.clock,
         channels_last=args.channels_last,
         interleave=args.interleave,
         blocks=args.blocks,
@@ -279,6 +280,13 @@ def register(subparsers) -> None:
         default="mobilenetv2_100",
         help="comma-separated timm baselines timed in every backend that runs them (default mobilenetv2_100; "
         f"choose from {', '.join(BASELINES)}); random weights: a speed comparison",
+    )
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall (default): wall-clock time per call; cpu: the process's CPU time per call, which with --threads 1 "
+        "on a machine shared with other jobs counts the work, not the time spent preempted",
     )
     p.add_argument(
         "--repeats",

@@ -32,8 +32,18 @@ def time_callable(
     return out
 
 
+#: the benchmark's clocks: wall time, or the CPU time of the whole process (all its threads). With one thread
+#: on a machine shared with other jobs, CPU time counts the work and not the time spent preempted.
+BENCHMARK_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def time_interleaved(
-    fns: dict[Hashable, Callable[[], object]], warmup: int, runs: int, progress: bool = False, start: int = 0
+    fns: dict[Hashable, Callable[[], object]],
+    warmup: int,
+    runs: int,
+    progress: bool = False,
+    start: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[Hashable, list[float]]:
     """Milliseconds per call of each candidate: ``warmup`` untimed calls each, then ``runs`` rounds in which
     every candidate is called once, the starting candidate rotating from round to round (``start``: the round
@@ -51,9 +61,9 @@ def time_interleaved(
     for r in rounds:
         for i in range(len(keys)):
             key = keys[(start + r + i) % len(keys)]
-            t = time.perf_counter()
+            t = clock()
             fns[key]()
-            times[key].append((time.perf_counter() - t) * 1e3)
+            times[key].append((clock() - t) * 1e3)
     return times
 
 
@@ -63,6 +73,7 @@ def time_blocks(
     runs: int,
     blocks: int = 5,
     progress: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[Hashable, list[float]]:
     """:func:`time_interleaved` for groups that must not share a round (two runtimes whose idle worker threads
     would steal each other's cores), without timing one group minutes before the other: the ``runs`` rounds of
@@ -91,7 +102,7 @@ def time_blocks(
         for fns in groups.values():
             if not fns or not size:
                 continue
-            part = time_interleaved(fns, 0, size, start=done)
+            part = time_interleaved(fns, 0, size, start=done, clock=clock)
             for key, values in part.items():
                 out[key].extend(values)
             if bar is not None:

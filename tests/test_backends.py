@@ -40,9 +40,13 @@ def fake_backend():
 
 
 def test_a_registered_backend_appears_in_the_table_with_its_spread(fake_backend):
-    cfg = latency.BenchConfig(["efficientformerv2_s0"], ["deploy", "fake-test"], [1], repeats=2, **TINY)
+    gpu = torch.cuda.is_available()
+    backends = ["deploy", "fake-test"] + ([] if gpu else ["cuda"])
+    cfg = latency.BenchConfig(["efficientformerv2_s0"], backends, [1], repeats=2, **TINY)
     result = latency.run_benchmark(cfg, log=lambda _: None)
     rows = {r["backend"]: r for r in result["rows"]}
+    if not gpu:  # a backend that cannot run here is a note, not an error
+        assert "cuda not timed: no CUDA GPU is available" in result["notes"]
     assert set(rows) == {"deploy", "fake-test"} and fake_backend  # really called
     assert rows["fake-test"]["precision"] == "fp32" and len(rows["fake-test"]["repeat_medians_ms"]) == 2
     assert len(rows["fake-test"]["times_ms"]) == 2 * cfg.runs

@@ -40,7 +40,7 @@ def table(bench: dict, agreements: dict[str, dict], reference: str = "mobilenetv
     env = bench["environment"]
     lines = [
         f"One run: `{bench['config'].get('repeats', 1)}` repeats x {bench['config']['runs']} interleaved rounds, "
-        f"{env['threads']} threads, batch 1, {bench['config']['img_size']} px, {env['cpu_model']} "
+        f"{env['threads']} thread(s), batch 1, {bench['config']['img_size']} px, {env['cpu_model']} "
         f"({', '.join(env.get('isa', []))}); load average (1 min) sampled {env.get('loadavg_samples')}"
         + (f"; **{bench['warnings'][0]}**" if bench.get("warnings") else "")
         + ".",
@@ -60,8 +60,9 @@ def table(bench: dict, agreements: dict[str, dict], reference: str = "mobilenetv
         agree = "fp32" if best["precision"] == "fp32" else "not measured"
         a = agreements.get(model, {}).get("backends", {}).get(best["backend"])
         if a and "top1_agreement" in a:
-            agree = (f"{100 * a['top1_agreement']:.1f}% of {agreements[model]['images']} "
-                     f"({100 * a['max_logit_diff_rel']:.1f}% of the largest logit)")  # fmt: skip
+            d = agreements[model]
+            agree = (f"{100 * a['top1_agreement']:.1f}% of {d['images']} ({100 * a['max_logit_diff_rel']:.1f}% of the "
+                     f"largest logit; {d['weights']}, fp32 top-1 spans {d['fp32_distinct_top1']} classes)")  # fmt: skip
         reps = " / ".join(f"{v:.2f}" for v in best.get("repeat_medians_ms", []))
         fp32_text = f"{fp32['backend']} {fp32['median_ms']:.2f}" if fp32 else ""
         lines.append(f"| {NAMES.get(model, model)} | {_label(best)} | {best['median_ms']:.2f} | {reps} | {fp32_text} "

@@ -9,11 +9,11 @@ but an execution hint: the IR stays fp32 and the CPU plugin runs it in bf16 wher
 (AVX512-BF16 or AMX), which is why the ``openvino-bf16`` backend is skipped elsewhere.
 
 INT8: NNCF inserts FakeQuantize on the inputs of every convolution and matrix multiplication (weights per
-channel, activations per tensor); OpenVINO's CPU plugin folds each FakeQuantize into the int8 kernel that reads
-it and fuses the element-wise ops that follow a convolution (GELU, bias, residual add) into that kernel as
-post-ops. That is why GELU models pay in OpenVINO INT8 where ONNX Runtime, which runs every GELU in float between a
-DequantizeLinear and a QuantizeLinear, does not. The stem's first convolution and the classifier stay in float, as
-in ONNX Runtime INT8 (:func:`~efficientformer.deploy.quantize.float_nodes`: the two most sensitive layers).
+channel, activations per tensor, asymmetric); the first convolution and the classifier stay in float, as in ONNX
+Runtime INT8 (:func:`~efficientformer.deploy.quantize.float_nodes`: the two most sensitive layers). OpenVINO's
+CPU plugin runs 60 of V2-S0's 66 convolutions in u8 and turns each GELU between two of them into a JIT-fused
+element-wise pass (GELU and requantisation together), where ONNX Runtime runs the GELU in float between a
+DequantizeLinear and a QuantizeLinear (docs/deploy.md).
 """
 
 from __future__ import annotations

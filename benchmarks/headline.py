@@ -5,7 +5,7 @@ MobileNetV2's fastest (median and spread over the repeats), and the top-1 agreem
 backend on real photos (``agreement_photos.py`` results, where present).
 
     python benchmarks/headline.py --bench benchmarks/results/headline_cpu.json \
-        --agreement 'benchmarks/results/agree_photos_*.json' --update benchmarks/README.md
+        --agreement 'benchmarks/results/agree_*.json' --update benchmarks/README.md
 
 ``--update`` replaces the text between the ``<!-- headline:start -->`` and ``<!-- headline:end -->`` markers.
 """
@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+AGREE_START, AGREE_END = "<!-- agreement:start -->", "<!-- agreement:end -->"
 NAMES = {"efficientformerv2_s0": "V2-S0", "efficientformerv2_s1": "V2-S1", "efficientformer_l1": "L1",
          "mobilenetv2_100": "MobileNetV2 (timm)", "mobilenetv3_large_100": "MobileNetV3-Large (timm)",
          "mobilenetv4_conv_small": "MobileNetV4-Conv-Small (timm)"}  # fmt: skip
@@ -70,6 +71,31 @@ def table(bench: dict, agreements: dict[str, dict], reference: str = "mobilenetv
     return "\n".join(lines) + "\n"
 
 
+def agreement_table(files: list[dict]) -> str:
+    """Every agreement_photos.py result: per backend, top-1 agreement with fp32 and the largest logit difference
+    (share of the largest fp32 logit), all scored images and the photographs alone."""
+    lines = ["| network (weights; images; distinct fp32 top-1 classes) | backend | top-1 agreement | largest logit "
+             "diff | photos only: agreement, logit diff |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for d in files:
+        what = f"{NAMES.get(d['model'], d['model'])} ({d['weights']}; {d['images']}; {d['fp32_distinct_top1']})"
+        for name, a in d["backends"].items():
+            if "error" in a:
+                lines.append(f"| {what} | {name} | failed: {a['error']} | | |")
+                continue
+            photos = a.get("photos_only")
+            ph = f"{100 * photos['top1_agreement']:.1f}%, {100 * photos['max_logit_diff_rel']:.1f}%" if photos else ""
+            lines.append(f"| {what} | {name} | {100 * a['top1_agreement']:.1f}% | {100 * a['max_logit_diff_rel']:.1f}% "
+                         f"| {ph} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _replace(doc: str, start: str, end: str, text: str, name: str) -> str:
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{name} has no {start} ... {end} block")
+    head, rest = doc.split(start, 1)
+    return head + start + "\n" + text + end + rest.split(end, 1)[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", required=True, help="the benchmark's JSON results file")
@@ -78,19 +104,21 @@ def main() -> None:
     p.add_argument("--update", default=None, help="a Markdown file whose headline block is replaced")
     args = p.parse_args()
     bench = json.loads(Path(args.bench).read_text())
-    agreements = {}
+    agreements, files = {}, []
     for f in sorted(glob.glob(args.agreement)) if args.agreement else []:
         data = json.loads(Path(f).read_text())
-        if "folder" not in data.get("set", "") and data.get("img_size") == bench["config"]["img_size"]:
+        files.append(data)
+        if data.get("set", "").startswith("package photos") and data.get("img_size") == bench["config"]["img_size"]:
             agreements[data["model"]] = data
     text = table(bench, agreements, args.reference)
-    print(text)
+    agree = agreement_table(files)
+    print(text + "\n" + agree)
     if args.update:
         doc = Path(args.update).read_text()
-        if START not in doc or END not in doc:
-            raise SystemExit(f"{args.update} has no {START} ... {END} block")
-        head, rest = doc.split(START, 1)
-        Path(args.update).write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
+        doc = _replace(doc, START, END, text, args.update)
+        if AGREE_START in doc:
+            doc = _replace(doc, AGREE_START, AGREE_END, agree, args.update)
+        Path(args.update).write_text(doc)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def build(name: str, checkpoint: str | None, img: int) -> tuple[torch.nn.Module,
 
         kwargs["num_classes"] = checkpoint_num_classes(read_checkpoint(read_checkpoint_file(checkpoint))[0]) or 1000
     model = create_model(name, img_size=img, **kwargs).eval()
-    return deploy(model), f"trained ({checkpoint})" if checkpoint else "random weights"
+    return deploy(model), f"trained ({Path(checkpoint).name})" if checkpoint else "random weights"
 
 
 def main() -> None:

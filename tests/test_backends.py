@@ -170,6 +170,7 @@ def s0_photos():
     return model, x, ref
 
 
+@pytest.mark.slow
 def test_openvino_export_parity_and_cli(tmp_path, capsys):
     pytest.importorskip("openvino")
     assert run_cli(["export", "--model", "efficientformerv2_s0", "--format", "openvino", "--img-size", "32",

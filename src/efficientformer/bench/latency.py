@@ -1,5 +1,7 @@
-"""Latency / throughput benchmark: our models (eager, deploy, Inductor fp32/bf16, PT2E INT8, ONNX Runtime fp32 /
-INT8) against timm's implementation of the same network with the same weights and against MobileNetV2, in one run.
+"""Latency / throughput benchmark: our models in every backend of the one registry
+(:mod:`efficientformer.deploy.backends`: PyTorch eager / deploy / compiled / INT8, ONNX Runtime fp32 / INT8,
+OpenVINO fp32 / bf16 / INT8, CUDA) against timm's implementation of the same network with the same weights and
+against mobile baselines (MobileNetV2 / V3-Large / V4-Conv-Small), in one run.
 
 Method (why each step is there: benchmarks/README.md, "Measurement"):
 
@@ -12,8 +14,11 @@ Method (why each step is there: benchmarks/README.md, "Measurement"):
   rows that saw the same minutes of a shared machine;
 * a square GEMM in fp32 (and bf16 where the CPU has it natively) is timed as a group of its own: its GFLOP/s is
   the ceiling each row's achieved GFLOP/s (2 x MACs x batch / median) is divided by;
+* the whole interleaved run is repeated (``repeats``, 3 by default): each ratio is computed per repeat and given as
+  the median with its spread; the load average is sampled before, between the repeats and after, and a one-line
+  warning says when it exceeded the thread count;
 * the JSON stamps CPU model, ISA extensions, threads, library versions, the scheduler group and the load average
-  before and after, and each row's minor page faults per call.
+  samples, and each row's minor page faults per call.
 """
 
 from __future__ import annotations

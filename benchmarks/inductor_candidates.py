@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from efficientformer import create_model
-from efficientformer.bench.latency import _export_plain_onnx
 from efficientformer.deploy import deploy
+from efficientformer.deploy.export import write_onnx
 from efficientformer.deploy.inductor import compile_aot, compile_frozen, compile_with_freezing
 from efficientformer.deploy.modules import _ACTIVATIONS, FusedConv2d, set_cpu_kernels
 from efficientformer.utils.machine import pin_allocator
@@ -75,7 +75,7 @@ def build(cand: str, model: torch.nn.Module, x: torch.Tensor, threads: int, tmp:
         ort = require("onnxruntime")
         path = tmp / "model.onnx"
         if not path.exists():
-            _export_plain_onnx(model, path, x.shape[-1], 1)
+            write_onnx(model, x, path)
         if cand == "ort":
             sess = ort_session(path, threads)
         else:

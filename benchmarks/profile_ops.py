@@ -25,8 +25,8 @@ import torch
 import torch._inductor.config as inductor_config
 
 from efficientformer import create_model
-from efficientformer.bench.latency import _export_plain_onnx, _int8_from, _random_batches
 from efficientformer.deploy import deploy
+from efficientformer.deploy.backends import BackendContext, onnx_file, ort_int8_file, random_calibration
 from efficientformer.deploy.inductor import compile_frozen
 from efficientformer.deploy.pt2e import quantize_pt2e_x86
 
@@ -102,17 +102,14 @@ def main() -> None:
     for backend in args.backend.split(","):
         if backend.startswith("onnxruntime"):
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "m.onnx"
-                _export_plain_onnx(fused, path, img, 1)
-                if backend.endswith("int8"):
-                    _int8_from(path, path.with_suffix(".int8.onnx"), img)
-                    path = path.with_suffix(".int8.onnx")
+                ctx = BackendContext(args.threads, Path(tmp), random_calibration(x), "m")
+                path = (ort_int8_file if backend.endswith("int8") else onnx_file)(fused, x, ctx)
                 prof = ort_profile(path, x.numpy(), args.threads, args.runs, args.by_kind)
         else:
             if backend == "deploy":
                 model = fused
             elif backend == "pt2e-int8":
-                model = quantize_pt2e_x86(fused, x, _random_batches(1, img, 4))
+                model = quantize_pt2e_x86(fused, x, random_calibration(x, 4))
             else:
                 model = compile_frozen(fused, x, "bf16" if backend.endswith("bf16") else "fp32")
 

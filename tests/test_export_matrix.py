@@ -16,8 +16,10 @@ from efficientformer.cli.deploy import register
 from efficientformer.utils.io import atomic_torch_save
 
 IMG = 64
-FORMATS = {"onnx": "onnx", "torchscript": None, "coreml": "coremltools", "executorch": "executorch", "pt2": None}
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2"}
+FORMATS = {"onnx": "onnx", "torchscript": None, "coreml": "coremltools", "executorch": "executorch", "pt2": None,
+           "openvino": "openvino"}  # fmt: skip
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2",
+          "openvino": ".xml"}  # fmt: skip
 
 
 def run_cli(argv):

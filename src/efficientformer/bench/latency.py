@@ -1,5 +1,7 @@
-"""Latency / throughput benchmark: our models (eager, deploy, Inductor fp32/bf16, PT2E INT8, ONNX Runtime fp32 /
-INT8) against timm's implementation of the same network with the same weights and against MobileNetV2, in one run.
+"""Latency / throughput benchmark: our models in every backend of the one registry
+(:mod:`efficientformer.deploy.backends`: PyTorch eager / deploy / compiled / INT8, ONNX Runtime fp32 / INT8,
+OpenVINO fp32 / bf16 / INT8, CUDA) against timm's implementation of the same network with the same weights and
+against mobile baselines (MobileNetV2 / V3-Large / V4-Conv-Small), in one run.
 
 Method (why each step is there: benchmarks/README.md, "Measurement"):
 
@@ -12,8 +14,11 @@ Method (why each step is there: benchmarks/README.md, "Measurement"):
   rows that saw the same minutes of a shared machine;
 * a square GEMM in fp32 (and bf16 where the CPU has it natively) is timed as a group of its own: its GFLOP/s is
   the ceiling each row's achieved GFLOP/s (2 x MACs x batch / median) is divided by;
+* the whole interleaved run is repeated (``repeats``, 3 by default): each ratio is computed per repeat and given as
+  the median with its spread; the load average is sampled before, between the repeats and after, and a one-line
+  warning says when it exceeded the thread count;
 * the JSON stamps CPU model, ISA extensions, threads, library versions, the scheduler group and the load average
-  before and after, and each row's minor page faults per call.
+  samples, and each row's minor page faults per call.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -32,37 +38,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..deploy.export import write_onnx
+from ..deploy.backends import BACKENDS, BackendContext, get_backend, random_calibration
 from ..deploy.fuse import deploy
-from ..deploy.inductor import compile_aot, compile_frozen
-from ..deploy.pt2e import quantize_pt2e_x86
-from ..deploy.quantize import quantize_static_qdq
+from ..models.arch import is_arch_path
 from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
 from ..models.facts import BASELINE_TOP1, FACTS
 from ..models.registry import list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils.machine import bf16_support, faults_per_call, gemm_probe, machine_report, pin_allocator
-from ..utils.timing import ort_session, p90, time_blocks
+from ..utils.timing import BENCHMARK_CLOCKS, p90, time_blocks
 
-#: backend -> (runtime, precision, what it is); the CLI's help text is built from this table
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "eager": ("torch", "fp32", "the training-time model in eval mode (and timm's)"),
-    "deploy": ("torch", "fp32", "the folded deploy form, eager, with oneDNN fused conv kernels"),
-    "compile": ("torch", "fp32", "torch.compile of the deploy form, default options (and of timm's model)"),
-    "inductor": ("torch", "fp32", "the deploy form compiled by Inductor with freezing + weight prepacking"),
-    "inductor-cpp": ("torch", "fp32", "as inductor, with Inductor's C++ wrapper (no Python between kernels)"),
-    "inductor-aot": ("torch", "fp32", "as inductor, ahead of time (AOTInductor .pt2): no guards or Python per call"),
-    "inductor-bf16": ("torch", "bf16", "as inductor, weights and activations in bf16 (native bf16 CPUs only)"),
-    "pt2e-int8": ("torch", "int8", "PT2E static INT8 (x86 Inductor quantizer), compiled with freezing"),
-    "onnxruntime": ("onnxruntime", "fp32", "ONNX export of the deploy form (and of timm's model) in ONNX Runtime"),
-    "onnxruntime-int8": ("onnxruntime", "int8", "static QDQ INT8 of that export, as `efficientformer quantize`"),
-}
-#: backends that also get a MobileNetV2 (timm) row when the baseline is on
-BASELINE_BACKENDS = (
-    "eager", "inductor", "inductor-cpp", "inductor-aot", "inductor-bf16", "pt2e-int8", "onnxruntime",
-    "onnxruntime-int8",
-)  # fmt: skip
+#: the mobile baselines a row can be compared with (timm's models, random weights: a speed comparison)
+BASELINES = ("mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv4_conv_small")
 INTERLEAVE = ("model", "runtime")
 
 #: Published ImageNet top-1 (%) of the 300-epoch models (the papers' figure 1) and the baseline, from the facts table.
@@ -80,6 +68,9 @@ class BenchConfig:
     runs: int = 50
     timm_rows: bool = True
     baseline: bool = True
+    baselines: list[str] = field(default_factory=lambda: ["mobilenetv2_100"])
+    repeats: int = 3  # the whole interleaved run, repeated: each ratio's spread is over the repeats
+    clock: str = "wall"  # or "cpu": the process's CPU time (one thread on a shared machine)
     channels_last: bool = False
     interleave: str = "model"
     blocks: int = 0  # 0: the groups alternate every round
@@ -106,6 +97,7 @@ class BenchRow:
     faults_per_call: float | None = None  # minor page faults per call, after warm-up
     min_ms: float | None = None
     times_ms: list[float] = field(default_factory=list)  # every timed call, in order (for spread analyses)
+    repeat_medians_ms: list[float] = field(default_factory=list)  # the median of each repeat of the run
 
 
 def parse_list(text: str, kind: type = str) -> list:
@@ -119,16 +111,31 @@ def parse_list(text: str, kind: type = str) -> list:
 
 
 def resolve_models(text: str) -> list[str]:
+    """Model names (any accepted spelling), ``all``, or architecture files (``.yaml``/``.yml``/``.json``, as
+    ``efficientformer search`` writes them), comma-separated."""
     if text.strip().lower() == "all":
         return list_models()
-    return [resolve_name(n)[0] for n in parse_list(text)]
+    out = []
+    for n in parse_list(text):
+        if is_arch_path(n):
+            if not Path(n).expanduser().is_file():
+                raise FileNotFoundError(f"architecture file not found: {n}")
+            out.append(n)
+        else:
+            out.append(resolve_name(n)[0])
+    return out
+
+
+def load_average() -> float:
+    """The 1-minute load average (its own function so that a test can fake a busy machine)."""
+    return os.getloadavg()[0]
 
 
 def environment(threads: int) -> dict:
     import numpy
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for mod in ("onnxruntime", "onnx", "timm", "torchao"):
+    for mod in ("onnxruntime", "onnx", "timm", "torchao", "openvino", "nncf"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:
@@ -160,6 +167,8 @@ def _timm():
 
 def _timm_model(timm, name: str, img: int) -> nn.Module | None:
     """timm's model at ``img`` px (V2 takes ``img_size``; V1 only runs at 224), or None if it cannot run there."""
+    if is_arch_path(name):
+        return None
     kwargs = {"img_size": img} if "v2" in name else {}
     try:
         model = timm.create_model(name, pretrained=False, **kwargs).eval()
@@ -170,62 +179,24 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
     return model
 
 
-def _export_plain_onnx(model: nn.Module, path: Path, img: int, batch: int) -> None:
-    """ONNX export of any model (ours or timm's) with the exporter and settings of `efficientformer export`."""
-
-    write_onnx(model, torch.randn(batch, 3, img, img), path)
-
-
-def _random_batches(batch: int, img: int, n: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(batch, 3, img, img, generator=g) for _ in range(n)]
-
-
-def _int8_from(fp32: Path, out: Path, img: int, n_calib: int = 16) -> None:
-    """Static INT8 as `efficientformer quantize` writes it, calibrated on random inputs: a speed measurement only."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader:
-        def __init__(self) -> None:
-            self.data = [{"image": x.numpy()} for x in _random_batches(1, img, n_calib)]
-
-        def get_next(self):
-            return self.data.pop() if self.data else None
-
-    prep = out.with_suffix(".prep.onnx")
-    quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
-    quantize_static_qdq(prep, out, Reader())
-    prep.unlink(missing_ok=True)
-
-
 def _validate(cfg: BenchConfig) -> None:
     for b in cfg.backends:
-        if b not in BACKENDS:
-            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        get_backend(b)  # one line naming the choices
     if cfg.img_size % 32 or cfg.img_size < 32:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {cfg.img_size}")
     if cfg.threads < 1 or any(b < 1 for b in cfg.batch_sizes) or cfg.runs < 1 or cfg.warmup < 0:
         raise ValueError("--threads, --batch-size and --runs must be positive (and --warmup not negative)")
+    if cfg.clock not in BENCHMARK_CLOCKS:
+        raise ValueError(f"--clock must be one of {', '.join(BENCHMARK_CLOCKS)}, got {cfg.clock!r}")
+    if cfg.repeats < 1:
+        raise ValueError(f"--repeats must be positive, got {cfg.repeats}")
     if cfg.interleave not in INTERLEAVE:
         raise ValueError(f"--interleave must be one of {', '.join(INTERLEAVE)}, got {cfg.interleave!r}")
     if cfg.blocks < 0:
         raise ValueError(f"--blocks must be 0 (alternate every round) or positive, got {cfg.blocks}")
-
-
-def _call(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], object]:
-    if compiled:  # compiled graphs were traced under no_grad; inference_mode would be another guard set
-
-        def fn() -> None:
-            with torch.no_grad():
-                model(x)
-
-    else:
-
-        def fn() -> None:
-            with torch.inference_mode():
-                model(x)
-
-    return fn
+    unknown = [b for b in cfg.baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
 
 
 def _add_candidate(cands: dict, notes: list[str], log: Callable[[str], None], key: tuple,
@@ -241,13 +212,27 @@ def _add_candidate(cands: dict, notes: list[str], log: Callable[[str], None], ke
         log(notes[-1])
 
 
+def _stem(name: str) -> str:
+    return Path(name).stem if is_arch_path(name) else name
+
+
+def load_warning(loads: list[float], threads: int) -> str | None:
+    """One line when the load average exceeded the thread count at some point of the run, else None."""
+    worst = max(loads)
+    if worst <= threads:
+        return None
+    return (f"warning: load average reached {worst:.2f} during the run, above the {threads} thread(s) timed: other "
+            "work shared the cores; read ratios with their spread, not absolute times")  # fmt: skip
+
+
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """Measure every (model, implementation, backend, batch) row; returns the JSON-able result.
 
-    For each batch size, every candidate (all models, implementations and backends, the MobileNetV2 baseline
-    and the GEMM ceiling probes) is built and warmed up first, then all are timed in alternating blocks of
-    interleaved rounds (see the module docstring), so a row and the rows it is compared with were measured over
-    the same minutes of the machine's life.
+    For each batch size, every candidate (all models, implementations and backends, the baselines and the GEMM
+    ceiling probes) is built and warmed up first, then all are timed in alternating blocks of interleaved rounds
+    (see the module docstring), and that whole run is repeated ``cfg.repeats`` times: each row's median is over
+    all its calls, each ratio is given per repeat with its median and spread. The load average is sampled before,
+    between the repeats and after; above the thread count, a one-line warning goes into the result.
     """
     _validate(cfg)
     notes: list[str] = []
@@ -255,47 +240,26 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         notes.append(pin_allocator())
     torch.set_num_threads(cfg.threads)
     env = environment(cfg.threads)
-    bf16_ok, bf16_why = bf16_support()
-    backends = list(cfg.backends)
-    if "inductor-bf16" in backends and not bf16_ok:
-        backends.remove("inductor-bf16")
-        notes.append(f"inductor-bf16 not timed: {bf16_why}")
-    timm = _timm() if (cfg.timm_rows or cfg.baseline) else None
-    if timm is None and (cfg.timm_rows or cfg.baseline):
-        notes.append("timm is not installed: no timm or MobileNetV2 rows")
+    loads = [load_average()]
+    backends = []
+    for name in cfg.backends:
+        ok, why = get_backend(name).available()
+        if ok:
+            backends.append(name)
+        else:
+            notes.append(f"{name} not timed: {why}")
+    baselines = list(cfg.baselines) if cfg.baseline else []
+    timm = _timm() if (cfg.timm_rows or baselines) else None
+    if timm is None and (cfg.timm_rows or baselines):
+        notes.append("timm is not installed: no timm or baseline rows")
     tmp = Path(tempfile.mkdtemp(prefix="ef-bench-"))
     img = cfg.img_size
 
-    def ort_fn(model_name, impl, model, batch, int8: bool):
-        path = tmp / f"{model_name}-{impl}-b{batch}.onnx"
-        if not path.exists():
-            _export_plain_onnx(model, path, img, batch)
-        if int8:
-            q = path.with_suffix(".int8.onnx")
-            if not q.exists():
-                _int8_from(path, q, img)
-            path = q
-        sess = ort_session(path, cfg.threads)
-        x = torch.randn(batch, 3, img, img).numpy()
-        name = sess.get_inputs()[0].name
-        return lambda: sess.run(None, {name: x})
-
-    def torch_fn(backend: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-        """The timed call of one torch backend (compiled backends get the deploy form, or timm's model)."""
-        if backend in ("eager", "deploy"):
-            return _call(model, x, compiled=False)
-        if backend == "compile":
-            return _call(torch.compile(model), x, compiled=True)
-        if backend in ("inductor", "inductor-cpp", "inductor-bf16"):
-            dtype = "bf16" if backend.endswith("bf16") else "fp32"
-            frozen = compile_frozen(model, x, dtype, cpp_wrapper=backend == "inductor-cpp")
-            return _call(frozen, x, compiled=True)
-        if backend == "inductor-aot":
-            return _call(compile_aot(model, x), x, compiled=True)
-        if backend == "pt2e-int8":
-            calib = _random_batches(x.shape[0], img, 4)  # speed only: the accuracy check uses real images
-            return _call(quantize_pt2e_x86(model, x, calib), x, compiled=True)
-        raise AssertionError(backend)
+    def make(backend: str, model: nn.Module, stem: str, xin: torch.Tensor) -> Callable[[], object]:
+        b = get_backend(backend)
+        calib = random_calibration(xin, 16 if b.runtime != "torch" else 4) if b.calibrates else []
+        runner = b.prepare(model, xin, BackendContext(cfg.threads, tmp, calib, stem))
+        return lambda: runner(xin)
 
     rows: list[BenchRow] = []
     comparisons: list[dict] = []
@@ -317,96 +281,94 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 fused = fused.to(memory_format=torch.channels_last)
             params = sum(p.numel() for p in ours.parameters())
             built.append((name, ours, fused, foreign, params, count_macs(ours, img)))
-        baseline = None
-        if timm is not None and cfg.baseline:
-            baseline = timm.create_model("mobilenetv2_100", pretrained=False).eval()
-            base_params = sum(p.numel() for p in baseline.parameters())
-            base_macs = count_macs(baseline, img)
+        base_models = []
+        for bname in baselines if timm is not None else []:
+            bmodel = timm.create_model(bname, pretrained=False).eval()
+            base_models.append((bname, bmodel, sum(p.numel() for p in bmodel.parameters()), count_macs(bmodel, img)))
 
         for batch in cfg.batch_sizes:
             x = torch.randn(batch, 3, img, img)
             xf = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
             # key (model, impl, backend, batch) -> (callable, params, macs)
             cands: dict[tuple[str, str, str, int], tuple[Callable[[], object], int, int]] = {}
-
             add = partial(_add_candidate, cands, notes, log)
-
             for name, ours, fused, foreign, params, macs in built:
                 for backend in backends:
-                    key = (name, "ours", backend, batch)
-                    tkey = (name, "timm", backend, batch)
-                    if backend == "eager":
-                        add(key, partial(torch_fn, "eager", ours, x), params, macs)
-                        if foreign is not None:
-                            add(tkey, partial(torch_fn, "eager", foreign, x), params, macs)
-                    elif backend.startswith("onnxruntime"):
-                        int8 = backend.endswith("int8")
-                        add(key, partial(ort_fn, name, "ours", fused, batch, int8), params, macs)
-                        if foreign is not None:
-                            add(tkey, partial(ort_fn, name, "timm", foreign, batch, int8), params, macs)
-                    else:
-                        add(key, partial(torch_fn, backend, fused, xf), params, macs)
-                        if backend == "compile" and foreign is not None:
-                            add(tkey, partial(torch_fn, "compile", foreign, x), params, macs)
-            if baseline is not None:
+                    b = get_backend(backend)
+                    form, xin = (ours, x) if b.form == "eval" else (fused, xf if b.runtime == "torch" else x)
+                    add((name, "ours", backend, batch), partial(make, backend, form, f"{_stem(name)}-ours-b{batch}",
+                                                                xin), params, macs)  # fmt: skip
+                    if foreign is not None and b.foreign_rows:
+                        stem = f"{_stem(name)}-timm-b{batch}"
+                        add((name, "timm", backend, batch), partial(make, backend, foreign, stem, x), params, macs)
+            for bname, bmodel, bparams, bmacs in base_models:
                 for backend in backends:
-                    if backend not in BASELINE_BACKENDS:
-                        continue
-                    key = ("mobilenetv2_100", "timm", backend, batch)
-                    if backend.startswith("onnxruntime"):
-                        make = partial(ort_fn, "mobilenetv2_100", "timm", baseline, batch, backend.endswith("int8"))
-                    else:
-                        make = partial(torch_fn, backend, baseline, x)
-                    add(key, make, base_params, base_macs)
+                    if get_backend(backend).baseline_rows:
+                        add((bname, "timm", backend, batch), partial(make, backend, bmodel, f"{bname}-b{batch}", x),
+                            bparams, bmacs)  # fmt: skip
 
             groups: dict[tuple[str, str], dict] = {}
             for key, (fn, _, _) in cands.items():
-                runtime = BACKENDS[key[2]][0]
+                runtime = BACKENDS[key[2]].runtime
                 groups.setdefault((runtime, key[0] if cfg.interleave == "model" else "*"), {})[key] = fn
             ceilings: dict[str, tuple[tuple, float]] = {}
             if cfg.ceiling:
                 probes = {}
-                for prec in ("fp32", "bf16") if bf16_ok else ("fp32",):
+                for prec in ("fp32", "bf16") if bf16_support()[0] else ("fp32",):
                     fn, flops = gemm_probe(torch.float32 if prec == "fp32" else torch.bfloat16)
                     key = ("gemm-1024", "ceiling", prec, batch)
                     probes[key], ceilings[prec] = fn, (key, flops)
                 groups[("torch", "ceiling")] = probes
-            log(f"batch {batch}: timing {len(cands)} candidates in {len(groups)} groups, {cfg.warmup} warm-up + "
-                f"{cfg.runs} rounds in {cfg.blocks} alternating blocks")  # fmt: skip
+            log(f"batch {batch}: timing {len(cands)} candidates in {len(groups)} groups, {cfg.repeats} repeat(s) of "
+                f"{cfg.warmup} warm-up + {cfg.runs} rounds")  # fmt: skip
             blocks = min(cfg.blocks, cfg.runs) if cfg.blocks else cfg.runs
-            times = time_blocks(groups, cfg.warmup, cfg.runs, blocks, progress=True)
+            times: dict = {}
+            repeat_medians: dict = {}
+            for rep in range(cfg.repeats):
+                part = time_blocks(groups, cfg.warmup if rep == 0 else min(cfg.warmup, 2), cfg.runs, blocks,
+                                   progress=True, clock=BENCHMARK_CLOCKS[cfg.clock])  # fmt: skip
+                loads.append(load_average())
+                for key, values in part.items():
+                    times.setdefault(key, []).extend(values)
+                    repeat_medians.setdefault(key, []).append(statistics.median(values))
             ceiling_gflops = {
                 prec: flops / statistics.median(times[key]) / 1e6 for prec, (key, flops) in ceilings.items()
             }
             for prec, gf in ceiling_gflops.items():
                 env[f"gemm_ceiling_{prec}_gflops_b{batch}"] = round(gf, 1)
                 log(f"GEMM ceiling {prec}: {gf:.1f} GFLOP/s")
+            batch_rows = []
             for key, (fn, params, macs) in cands.items():
                 model_name, impl, backend, b = key
                 med = statistics.median(times[key])
-                prec = BACKENDS[backend][1]
+                prec = BACKENDS[backend].precision
                 gflops = 2.0 * macs * b / med / 1e6
                 ceiling = ceiling_gflops.get(prec if prec in ceiling_gflops else "fp32")
                 row = BenchRow(
                     model_name, impl, backend, b, med, p90(times[key]), b * 1e3 / med, params / 1e6,
                     PUBLISHED_TOP1.get(model_name), cfg.runs, prec, macs / 1e9, gflops,
                     gflops / ceiling if ceiling else None, faults_per_call(fn, 3), min(times[key]),
-                    [round(t, 4) for t in times[key]],
+                    [round(t, 4) for t in times[key]], [round(t, 4) for t in repeat_medians[key]],
                 )  # fmt: skip
-                rows.append(row)
+                batch_rows.append(row)
                 log(f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}"
                     f"  {gflops:6.1f} GFLOP/s")  # fmt: skip
-            comparisons += compare(rows, batch)
+            rows += batch_rows
+            comparisons += compare(batch_rows, batch, baselines)
     finally:
-        for p in tmp.glob("*"):
-            p.unlink(missing_ok=True)
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+    loads.append(load_average())
     env["loadavg_end"] = os.getloadavg()
+    env["loadavg_samples"] = [round(v, 2) for v in loads]
+    warning = load_warning(loads, cfg.threads)
+    if warning:
+        log(warning)
     alternation = f"in {cfg.blocks} blocks" if cfg.blocks else "every round"
     allocator = "pinned" if cfg.pin_allocator else "not pinned"
     env["method"] = (
         f"groups by {cfg.interleave} and runtime, interleaved rounds (rotating order), groups alternating "
-        f"{alternation}; allocator {allocator}"
+        f"{alternation}; the whole run repeated {cfg.repeats}x; clock: "
+        f"{'wall time' if cfg.clock == 'wall' else 'process CPU time'}; allocator {allocator}"
     )
     return {
         "config": asdict(cfg),
@@ -414,6 +376,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "rows": [asdict(r) for r in rows],
         "comparisons": comparisons,
         "notes": notes,
+        "warnings": [warning] if warning else [],
     }
 
 
@@ -421,32 +384,54 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 #: with several numerators, the fastest one present is used (and named).
 RATIOS = (
     ("pytorch / onnxruntime (fp32)", ("deploy", "compile", "inductor", "inductor-cpp", "inductor-aot"), "onnxruntime"),
+    ("openvino / onnxruntime (fp32)", ("openvino",), "onnxruntime"),
     ("inductor-bf16 speed-up over inductor fp32", ("inductor",), "inductor-bf16"),
     ("pt2e-int8 speed-up over inductor fp32", ("inductor",), "pt2e-int8"),
     ("onnxruntime-int8 speed-up over onnxruntime fp32", ("onnxruntime",), "onnxruntime-int8"),
+    ("openvino-bf16 speed-up over openvino fp32", ("openvino",), "openvino-bf16"),
+    ("openvino-int8 speed-up over openvino fp32", ("openvino",), "openvino-int8"),
 )
 
 
-def compare(rows: list[BenchRow], batch: int) -> list[dict]:
-    """The ratios the goals are stated in, from rows of one run (see :data:`RATIOS`), plus every model against
-    MobileNetV2 in the same backend."""
-    med = {(r.model, r.impl, r.backend): r.median_ms for r in rows if r.batch == batch}
+def _spread(values: list[float]) -> dict:
+    mid = statistics.median(values)
+    return {"value": mid, "values": values, "min": min(values), "max": max(values),
+            "spread_pct": 100 * (max(values) - min(values)) / mid if mid else 0.0}  # fmt: skip
+
+
+def compare(rows: list[BenchRow], batch: int, baselines: list[str] | tuple[str, ...] = BASELINES) -> list[dict]:
+    """The ratios the goals are stated in (see :data:`RATIOS`), every model against each baseline in the same
+    backend, and fastest against fastest (each network's fastest backend of the run). The numerators are chosen on
+    the medians over all repeats; each ratio is then computed per repeat and given as its median and spread."""
+    by = {(r.model, r.impl, r.backend): r for r in rows if r.batch == batch}
+    med = {k: r.median_ms for k, r in by.items()}
     out = []
+
+    def add(model: str, label: str, num: tuple, den: tuple) -> None:
+        a, b = by[num].repeat_medians_ms or [by[num].median_ms], by[den].repeat_medians_ms or [by[den].median_ms]
+        vals = [x / y for x, y in zip(a, b, strict=False)] or [med[num] / med[den]]
+        out.append({"model": model, "batch": batch, "ratio": label, "numerator": num[2],
+                    "denominator": den[0] if den[0] != model else den[2], **_spread(vals)})  # fmt: skip
+
     models = sorted({r.model for r in rows if r.impl == "ours" and r.batch == batch})
+    base_fastest = {}
+    for base in baselines:
+        mine = [(v, k) for k, v in med.items() if k[0] == base]
+        if mine:
+            base_fastest[base] = min(mine)[1]
     for model in models:
         for label, nums, den in RATIOS:
             present = [(med[(model, "ours", n)], n) for n in nums if (model, "ours", n) in med]
             if not present or (model, "ours", den) not in med:
                 continue
-            num_ms, num = min(present)
-            out.append({"model": model, "batch": batch, "ratio": label, "numerator": num, "denominator": den,
-                        "value": num_ms / med[(model, "ours", den)]})  # fmt: skip
-        for backend in BASELINE_BACKENDS:
-            base = med.get(("mobilenetv2_100", "timm", backend))
-            if base and (model, "ours", backend) in med:
-                out.append({"model": model, "batch": batch, "ratio": f"vs MobileNetV2 in {backend}",
-                            "numerator": backend, "denominator": "mobilenetv2_100",
-                            "value": med[(model, "ours", backend)] / base})  # fmt: skip
+            add(model, label, (model, "ours", min(present)[1]), (model, "ours", den))
+        for base in baselines:
+            for backend in BACKENDS:
+                if (base, "timm", backend) in med and (model, "ours", backend) in med:
+                    add(model, f"vs {base} in {backend}", (model, "ours", backend), (base, "timm", backend))
+        fastest = min((v, k) for k, v in med.items() if k[0] == model and k[1] == "ours")[1]
+        for base, bkey in base_fastest.items():
+            add(model, f"fastest vs {base} fastest ({bkey[2]})", fastest, bkey)
     return out
 
 
@@ -462,15 +447,18 @@ def to_markdown(result: dict) -> str:
     lines = [
         f"Device: {env['device']} ({env['cpu_model']}; {', '.join(env.get('isa', [])) or 'ISA unknown'}; "
         f"{env.get('bf16', '')}), {env['threads']} thread(s); torch {v['torch']}, onnxruntime {v.get('onnxruntime')}, "
-        f"timm {v.get('timm')}; {cfg['img_size']} px; {cfg['warmup']} warm-up + {cfg['runs']} timed rounds "
+        f"timm {v.get('timm')}, openvino {v.get('openvino')}; {cfg['img_size']} px; {cfg.get('repeats', 1)} repeat(s) "
+        f"of {cfg['warmup']} warm-up + {cfg['runs']} timed rounds "
         f"({env.get('method', '')}; {env.get('omp_wait_policy', 'OMP_WAIT_POLICY not recorded')}); "
         f"GEMM ceiling {ceilings or 'not measured'}; load average "
         f"{tuple(round(x, 2) for x in env['loadavg_start'])} -> "
-        f"{tuple(round(x, 2) for x in env.get('loadavg_end', ()))}; {env['time']}",
+        f"{tuple(round(x, 2) for x in env.get('loadavg_end', ()))} (1-min samples before, between repeats, after: "
+        f"{env.get('loadavg_samples', 'not recorded')}); {env['time']}",
+        *[f"\n**{w}**" for w in result.get("warnings", [])],
         "",
-        "| model | impl | backend | prec. | batch | median (ms) | p90 (ms) | img/s | GFLOP/s | of ceiling "
-        "| faults/call | params (M) | top-1 (pub.) | vs timm same backend |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | impl | backend | prec. | batch | median (ms) | repeats' medians (ms) | p90 (ms) | img/s | GFLOP/s "
+        "| of ceiling | faults/call | params (M) | top-1 (pub.) | vs timm same backend |",
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r["model"], r["impl"], r["backend"], r["batch"]): r for r in result["rows"]}
 
@@ -483,14 +471,18 @@ def to_markdown(result: dict) -> str:
         speed = f"{ref['median_ms'] / r['median_ms']:.2f}x" if ref and r["impl"] == "ours" else ""
         lines.append(
             f"| {r['model']} | {r['impl']} | {r['backend']} | {r.get('precision', 'fp32')} | {r['batch']} "
-            f"| {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput']:.1f} | {num(r.get('gflops'), '.1f')} "
+            f"| {r['median_ms']:.2f} | {' / '.join(f'{m:.2f}' for m in r.get('repeat_medians_ms', []))} "
+            f"| {r['p90_ms']:.2f} | {r['throughput']:.1f} | {num(r.get('gflops'), '.1f')} "
             f"| {num(r.get('ceiling_frac'), '.1f', 100)}{'%' if r.get('ceiling_frac') is not None else ''} "
             f"| {num(r.get('faults_per_call'), '.0f')} | {r['params_m']:.2f} | {num(r['top1'], '.1f')} | {speed} |"
         )
     if result.get("comparisons"):
-        lines += ["", "| model | batch | ratio | fastest numerator | value |", "|---|---:|---|---|---:|"]
+        lines += ["", "| model | batch | ratio | numerator | value (median of repeats) | spread (min-max) |",
+                  "|---|---:|---|---|---:|---:|"]  # fmt: skip
         for c in result["comparisons"]:
-            lines.append(f"| {c['model']} | {c['batch']} | {c['ratio']} | {c['numerator']} | {c['value']:.3f} |")
+            spread = f"{c['min']:.3f}-{c['max']:.3f} ({c['spread_pct']:.1f}%)" if "min" in c else ""
+            lines.append(f"| {c['model']} | {c['batch']} | {c['ratio']} | {c['numerator']} | {c['value']:.3f} "
+                         f"| {spread} |")  # fmt: skip
     lines += [f"\nNote: {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 

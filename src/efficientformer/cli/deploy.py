@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..bench.latency import (
     BACKENDS,
+    BASELINES,
     INTERLEAVE,
     BenchConfig,
     parse_list,
@@ -18,19 +20,22 @@ from ..bench.latency import (
 from ..bench.profile import PUBLISHED, format_profile, profile_model
 from ..deploy.export import check_output_path, export_model, export_onnx
 from ..deploy.fuse import deploy
+from ..deploy.openvino import export_openvino, openvino_int8_report
 from ..deploy.pt2e import pt2e_report
-from ..deploy.quantize import quantize_onnx
+from ..deploy.quantize import list_images, quantize_onnx, readable_images
 from ..inference.api import checkpoint_class_names, checkpoint_num_classes, read_checkpoint_file
 from ..models.checkpoint import read_checkpoint
 from ..models.factory import create_model
 from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
-EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2"}
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2",
+              "openvino": ".xml"}  # fmt: skip
 #: How a model with another activation is named on every command line (models.registry.with_activation).
 ACT_HELP = (
     "; append _relu or _hardswish (efficientformerv2_s0_relu) for the variant with that activation in place of "
-    "every GELU, which INT8 backends fold into the int8 convolutions"
+    "every GELU, which INT8 backends fold into the int8 convolutions; or an architecture file (.yaml/.json, as "
+    "`efficientformer search` writes)"
 )
 
 
@@ -75,6 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix == "" and args.format != "coreml":
         output = output.with_suffix(EXTENSIONS[args.format])
+    if args.onnx and args.format != "openvino":
+        raise ValueError("--onnx (convert an existing ONNX file) is only for --format openvino")
     if args.fp16 and args.format != "coreml":
         raise ValueError("--fp16 is only supported for --format coreml; use `efficientformer quantize` for INT8 ONNX")
     check_output_path(output, directory=args.format == "coreml")  # before the work, not after it
@@ -87,13 +94,35 @@ def cmd_export(args: argparse.Namespace) -> int:
         kwargs["labels"] = class_names  # None: ImageNet names for 1000 classes, else class_i
     if args.format == "onnx" and args.opset is not None:
         kwargs["opset"] = args.opset
-    report = export_model(model, args.format, output, **kwargs)
+    if args.format == "openvino":
+        report = export_openvino(model, output, onnx=args.onnx, **kwargs)
+    else:
+        report = export_model(model, args.format, output, **kwargs)
     print(report)
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
+    if args.backend == "openvino":
+        if not args.model or args.onnx:
+            raise ValueError("--backend openvino quantises a PyTorch model: pass --model NAME, not --onnx")
+        check_output_path(out_dir / "probe", flag="--output-dir")  # before the work
+        model = deploy(_build(args.model, args.checkpoint, args.img_size))
+        img = (args.img_size, args.img_size)
+        calib, skipped = readable_images(list_images(args.calib_dir)[:64], img)
+        held_out, skipped_eval = readable_images(list_images(args.eval_dir), img) if args.eval_dir else ([], [])
+        for line in skipped + skipped_eval:
+            print(f"warning: skipped {line}", file=sys.stderr)
+        if not calib:
+            raise ValueError(f"none of the calibration images under {args.calib_dir} could be read")
+        calib_arrays, eval_arrays = [a for _, a in calib], [a for _, a in held_out]
+        report = openvino_int8_report(model, out_dir, calib_arrays, eval_arrays, img, threads=args.threads,
+                                      runs=args.runs, keep_float=not args.int8_stem_head)  # fmt: skip
+        print(json.dumps(report, indent=2))
+        if args.json:
+            atomic_write_json(args.json, report)
+        return 0
     if args.backend == "pt2e":
         if not args.model or args.onnx:
             raise ValueError("--backend pt2e quantises a PyTorch model: pass --model NAME, not --onnx")
@@ -143,6 +172,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         runs=args.runs,
         timm_rows=not args.no_timm,
         baseline=not args.no_baseline,
+        baselines=parse_list(args.baselines),
+        repeats=args.repeats,
+        clock=args.clock,
         channels_last=args.channels_last,
         interleave=args.interleave,
         blocks=args.blocks,
@@ -159,7 +191,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("profile", help="parameters and MACs (total and per stage)")
-    p.add_argument("--model", default="all", help="model name, comma-separated names, or 'all' (default)")
+    p.add_argument(
+        "--model", default="all", help="model name, comma-separated names or architecture files, or 'all' (default)"
+    )
     p.add_argument("--img-size", type=int, default=224, help="input resolution (multiple of 32; default 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_profile)
@@ -172,11 +206,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--format", required=True, choices=list(EXTENSIONS),
         help="pt2: an AOTInductor package (compiled ahead of time for this CPU, fixed batch; the benchmark's "
-        "inductor-aot backend)",
+        "inductor-aot backend); openvino: an OpenVINO IR NAME.xml + NAME.bin (fixed batch; run it in fp32, or "
+        "in bf16 with OpenVINO's INFERENCE_PRECISION_HINT where the CPU has it; INT8: quantize --backend openvino)",
     )  # fmt: skip
-    p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte, .pt2) or .mlpackage directory")
+    p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte, .pt2, .xml) or .mlpackage directory")
+    p.add_argument("--onnx", default=None, help="--format openvino: convert this ONNX file of the model instead")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default 224)")
-    p.add_argument("--batch", default=None, help="'dynamic' (default; ExecuTorch: 1) or a fixed batch size N")
+    p.add_argument(
+        "--batch", default=None, help="'dynamic' (default; ExecuTorch, pt2, OpenVINO: 1) or a fixed batch size N"
+    )
     p.add_argument("--fp16", action="store_true", help="Core ML: float16 compute precision")
     p.add_argument("--deploy", action="store_true", help="export the fused deploy form (recommended)")
     p.add_argument(
@@ -197,10 +235,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--backend",
         default="onnxruntime",
-        choices=["onnxruntime", "pt2e"],
-        help="onnxruntime (default): INT8 ONNX files and a report; pt2e: PyTorch PT2E INT8 (x86 Inductor "
-        "quantizer) of the deploy form as an AOTInductor package OUTPUT_DIR/MODEL.int8.pt2, reporting its "
-        "agreement and speed against the fp32 deploy form compiled the same way",
+        choices=["onnxruntime", "pt2e", "openvino"],
+        help="onnxruntime (default): INT8 ONNX files and a report; openvino: NNCF post-training INT8 of the "
+        "deploy form's OpenVINO IR (OUTPUT_DIR/MODEL.int8.xml, with the fp32 IR), reporting top-1 agreement, the "
+        "largest logit difference and speed against fp32 (and bf16 where the CPU has it); pt2e: PyTorch PT2E "
+        "INT8 (x86 Inductor quantizer) of the deploy form as an AOTInductor package OUTPUT_DIR/MODEL.int8.pt2, "
+        "reporting its agreement and speed against the fp32 deploy form compiled the same way",
     )
     p.add_argument("--mode", default="static,dynamic", help="static, dynamic or both (comma-separated)")
     p.add_argument(
@@ -226,7 +266,7 @@ def register(subparsers) -> None:
         "--backend",
         default="eager,deploy,onnxruntime",
         help="comma-separated backends (default eager,deploy,onnxruntime): "
-        + "; ".join(f"{name}: {what} [{prec}]" for name, (_, prec, what) in BACKENDS.items()),
+        + "; ".join(f"{name}: {b.description} [{b.precision}]" for name, b in BACKENDS.items()),
     )
     p.add_argument("--batch-size", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
     p.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime (default 2)")
@@ -234,7 +274,27 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=10, help="untimed calls per candidate before timing (default 10)")
     p.add_argument("--runs", type=int, default=50, help="timed rounds; each candidate runs once per round (default 50)")
     p.add_argument("--no-timm", action="store_true", help="skip timm's rows of the same models")
-    p.add_argument("--no-baseline", action="store_true", help="skip the MobileNetV2 rows")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline rows (--baselines)")
+    p.add_argument(
+        "--baselines",
+        default="mobilenetv2_100",
+        help="comma-separated timm baselines timed in every backend that runs them (default mobilenetv2_100; "
+        f"choose from {', '.join(BASELINES)}); random weights: a speed comparison",
+    )
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall (default): wall-clock time per call; cpu: the process's CPU time per call, which with --threads 1 "
+        "on a machine shared with other jobs counts the work, not the time spent preempted",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="repeat the whole interleaved run this many times; every ratio is reported as the median of the "
+        "repeats with its spread (default 3)",
+    )
     p.add_argument("--channels-last", action="store_true", help="run the deploy form in channels_last")
     p.add_argument(
         "--interleave",
@@ -271,5 +331,5 @@ def register(subparsers) -> None:
 
 def _export_entry(args: argparse.Namespace) -> int:
     if args.batch is None:
-        args.batch = "1" if args.format in ("executorch", "pt2") else "dynamic"
+        args.batch = "1" if args.format in ("executorch", "pt2", "openvino") else "dynamic"
     return cmd_export(args)

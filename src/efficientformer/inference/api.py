@@ -29,6 +29,7 @@ from ..models import create_model, load_checkpoint, model_preprocessing, resolve
 from ..models.base import EfficientFormerBase
 from ..models.checkpoint import CheckpointError, read_checkpoint, stored_img_size, torch_load_weights
 from ..models.hub import is_hub_name, pretrained_path
+from ..utils.timing import OpenVINOClassifier
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
 #: then mmpretrain).
@@ -283,6 +284,7 @@ def inference_model(
     interpolation: str | None = None,
     class_names: Sequence[str] | None = None,
     max_pixels: int | None = None,
+    runtime: str = "torch",
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Classify one image (returns a dict) or a list of images (returns a list of dicts).
 
@@ -297,12 +299,19 @@ def inference_model(
     resize 256, centre crop 224, bicubic, ImageNet mean/std); ``img_size``, ``resize`` and ``interpolation``
     override it. Bad inputs raise
     :class:`~efficientformer.data.images.ImageLoadError` (a ``ValueError``) naming the input.
+    ``runtime``: ``"torch"`` (default), or ``"openvino"`` / ``"openvino-bf16"`` to run the model in OpenVINO on the
+    CPU (extra ``efficientformer[openvino]``; bf16 where the CPU has native bf16).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     items, single = _as_list(images)
     loaded = load_model(model, checkpoint=checkpoint, pretrained=pretrained, class_names=class_names, device=device)
     preprocess = preprocessing_for(loaded.model, img_size, resize, interpolation)
+    if runtime != "torch":  # ``runtime="openvino"`` / ``"openvino-bf16"``: the same model run by OpenVINO on the CPU
+        if runtime not in ("openvino", "openvino-bf16"):
+            raise ValueError(f"runtime must be 'torch', 'openvino' or 'openvino-bf16', got {runtime!r}")
+        net = OpenVINOClassifier(loaded.model.cpu(), "bf16" if runtime.endswith("bf16") else "fp32")
+        loaded = LoadedModel(net, loaded.class_names, loaded.source)
     predictor = Predictor(loaded, preprocess, topk=topk)
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):  # decode per batch: memory stays bounded for long lists

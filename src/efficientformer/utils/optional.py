@@ -12,6 +12,8 @@ EXTRAS = {
     "onnxscript": "onnx",
     "coremltools": "coreml",
     "executorch": "executorch",
+    "openvino": "openvino",
+    "nncf": "openvino",
     "submitit": "slurm",
     "pycocotools": "dense",
     "skimage": "search",

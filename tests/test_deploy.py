@@ -225,3 +225,23 @@ def test_old_deploy_format_is_refused(tmp_path):
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
     with pytest.raises(ValueError, match="format version '1'"):
         load_deployed(tmp_path / "old.safetensors")
+
+
+def test_quantize_calibration_takes_the_models_own_preprocessing(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from efficientformer.deploy.quantize import load_image
+    from efficientformer.models import ModelPreprocessing
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(path)
+    published = load_image(path, (64, 64))
+    own = ModelPreprocessing(
+        img_size=64, crop_pct=1.0, interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), class_names=None
+    )
+    unnormalised = load_image(path, (64, 64), own)
+    assert unnormalised.shape == published.shape == (3, 64, 64)
+    assert unnormalised.min() >= 0.0 and unnormalised.max() <= 1.0  # mean 0, std 1: plain [0, 1] pixels
+    assert published.min() < 0.0  # ImageNet normalisation

@@ -25,7 +25,7 @@ from ..deploy.pt2e import pt2e_report
 from ..deploy.quantize import list_images, quantize_onnx, readable_images
 from ..inference.api import checkpoint_class_names, checkpoint_num_classes, read_checkpoint_file
 from ..models.checkpoint import read_checkpoint
-from ..models.factory import create_model
+from ..models.factory import create_model, model_preprocessing
 from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
@@ -108,10 +108,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not args.model or args.onnx:
             raise ValueError("--backend openvino quantises a PyTorch model: pass --model NAME, not --onnx")
         check_output_path(out_dir / "probe", flag="--output-dir")  # before the work
-        model = deploy(_build(args.model, args.checkpoint, args.img_size))
+        built = _build(args.model, args.checkpoint, args.img_size)
+        own, model = model_preprocessing(built), deploy(built)
         img = (args.img_size, args.img_size)
-        calib, skipped = readable_images(list_images(args.calib_dir)[:64], img)
-        held_out, skipped_eval = readable_images(list_images(args.eval_dir), img) if args.eval_dir else ([], [])
+        calib, skipped = readable_images(list_images(args.calib_dir)[:64], img, own)
+        held_out, skipped_eval = readable_images(list_images(args.eval_dir), img, own) if args.eval_dir else ([], [])
         for line in skipped + skipped_eval:
             print(f"warning: skipped {line}", file=sys.stderr)
         if not calib:
@@ -134,6 +135,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if args.json:
             atomic_write_json(args.json, report)
         return 0
+    own = None  # an ONNX file alone: the published protocol at its input size
     if args.onnx:
         fp32 = Path(args.onnx)
         if not fp32.is_file():
@@ -141,7 +143,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ValueError("pass --model NAME (to export first) or --onnx FILE")
-        model = deploy(_build(args.model, args.checkpoint, args.img_size))
+        built = _build(args.model, args.checkpoint, args.img_size)
+        own, model = model_preprocessing(built), deploy(built)
         fp32 = out_dir / f"{model.name}.fp32.onnx"
         print(export_onnx(model, fp32, img_size=args.img_size, batch=1))
     report = quantize_onnx(
@@ -153,6 +156,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         threads=args.threads,
         runs=args.runs,
         keep_float=not args.int8_stem_head,
+        preprocessing=own,
     )
     print(report)
     if args.json:

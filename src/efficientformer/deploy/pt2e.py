@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models import model_preprocessing
 from ..utils.optional import require
 from ..utils.timing import time_interleaved
 from .fuse import deploy
@@ -148,8 +149,9 @@ def pt2e_report(
     torch.set_num_threads(threads)
     fused = deploy(model.eval())
     size = (img_size, img_size)
+    own = model_preprocessing(model)  # the model's crop, interpolation and mean/std for every image
     calib_files = list_images(calib_dir)[:max_calib]
-    calib = [torch.from_numpy(load_image(f, size)).unsqueeze(0) for f in calib_files]
+    calib = [torch.from_numpy(load_image(f, size, own)).unsqueeze(0) for f in calib_files]
     example = calib[0]
     int8 = package_pt2e_x86(fused, example, calib, package_path)
     fp32 = compile_aot(fused, example)
@@ -162,7 +164,7 @@ def pt2e_report(
         agree = 0
         with torch.no_grad():
             for f in files:
-                x = torch.from_numpy(load_image(f, size)).unsqueeze(0)
+                x = torch.from_numpy(load_image(f, size, own)).unsqueeze(0)
                 agree += int(int8(x).argmax(1) == fused(x).argmax(1))
         report.update(eval_images=len(files), top1_agreement=agree / len(files))
     times = time_interleaved({"fp32": lambda: fp32(example), "int8": lambda: int8(example)}, 5, runs)

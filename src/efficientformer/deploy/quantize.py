@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, find_images, read_rgb
 from ..data.transforms import EvalTransform
+from ..models import ModelPreprocessing
 from ..utils.optional import require
 from ..utils.timing import ort_session, time_callable
 
@@ -34,21 +35,28 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """THE evaluation preprocessing (:class:`EvalTransform`) of the file read by THE reader, as a CHW array.
-    Raises :class:`ImageLoadError` (a ``ValueError``) for an unusable file."""
+def load_image(path: Path, size: tuple[int, int], preprocessing: ModelPreprocessing | None = None) -> np.ndarray:
+    """THE evaluation preprocessing (:class:`EvalTransform`) of the file read by THE reader, as a CHW array: the
+    model's own crop fraction, interpolation and mean/std when ``preprocessing`` (:func:`model_preprocessing`) is
+    given, else the published protocol. Raises :class:`ImageLoadError` (a ``ValueError``) for an unusable file."""
     h, w = size
     if h != w:
         raise ValueError(f"the evaluation preprocessing crops a square; the ONNX model takes {h}x{w}")
-    return EvalTransform(img_size=h)(read_rgb(path)).numpy()
+    if preprocessing is None:
+        return EvalTransform(img_size=h)(read_rgb(path)).numpy()
+    p = preprocessing
+    transform = EvalTransform(img_size=h, crop_pct=p.crop_pct, interpolation=p.interpolation, mean=p.mean, std=p.std)
+    return transform(read_rgb(path)).numpy()
 
 
-def readable_images(files: list[Path], size: tuple[int, int]) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+def readable_images(
+    files: list[Path], size: tuple[int, int], preprocessing: ModelPreprocessing | None = None
+) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
     """Preprocess every file; unusable ones are skipped and named in the returned problem lines."""
     good, skipped = [], []
     for path in files:
         try:
-            good.append((path, load_image(path, size)))
+            good.append((path, load_image(path, size, preprocessing)))
         except ValueError as err:
             skipped.append(str(err) if isinstance(err, ImageLoadError) else f"{path}: {err}")
     return good, skipped
@@ -178,11 +186,13 @@ def quantize_onnx(
     runs: int = 30,
     max_calib: int = 64,
     keep_float: bool = True,
+    preprocessing: ModelPreprocessing | None = None,
 ) -> QuantReport:
     """Quantise an fp32 ONNX classifier and compare each INT8 file with it.
 
     ``keep_float``: leave the stem convolutions and the classifier in float in the static model (see
-    :func:`float_nodes`)."""
+    :func:`float_nodes`). ``preprocessing``: the model's own (:func:`model_preprocessing`) for the calibration
+    and held-out images; None (an ONNX file alone): the published protocol at the file's input size."""
     require("onnx")
     quant = require("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -200,8 +210,8 @@ def quantize_onnx(
     size = _input_size(fp32_session)
     input_name = fp32_session.get_inputs()[0].name
     # Read every image once, up front, through the one reader: a bad file is skipped and named, never fatal.
-    calib, skipped = readable_images(calib_files, size)
-    held_out, skipped_eval = readable_images(eval_files, size)
+    calib, skipped = readable_images(calib_files, size, preprocessing)
+    held_out, skipped_eval = readable_images(eval_files, size, preprocessing)
     skipped += skipped_eval
     for line in skipped:
         print(f"warning: skipped {line}", file=sys.stderr)

@@ -165,18 +165,40 @@ def test_lr_curve_equals_the_official_loop_epoch_by_epoch(tmp_path):
     assert ours[3] == pytest.approx(1e-5 + 2 * (1e-3 - 1e-5) / warmup)
 
 
-def test_no_weight_decay_list_is_deliberate():
-    from efficientformer.models import create_model
+def test_weight_decay_falls_on_the_official_tensors_and_the_exemption_is_an_option():
+    """The official optimiser is timm's factory over models without ``no_weight_decay()``: its rule
+    (``param_groups_weight_decay``: exempt 1-D tensors and biases only) applied to the official layout decays the
+    attention-bias tables, (heads, N), and V2's layer scales, (C, 1, 1) there: 18 + 5 tensors in S0, 2,240 elements
+    at 64 px (5,120 at 224). Built here from the official rule on tensors of the official shapes, compared with ours."""
+    from timm.optim._param_groups import param_groups_weight_decay
 
-    model = create_model("efficientformerv2_s0", num_classes=10, img_size=32)
-    decay, no_decay = param_groups(model, 0.025)
-    names = {id(p): n for n, p in model.named_parameters()}
-    skipped = {names[id(p)] for p in no_decay["params"]}
-    assert decay["weight_decay"] == 0.025 and no_decay["weight_decay"] == 0.0
-    assert any(n.endswith("pos_bias.table") for n in skipped)  # attention biases (2-D+) are not decayed
-    assert any(n.endswith(".scale") for n in skipped)  # layer scales
-    assert any(".bn." in n for n in skipped) and any(n.endswith(".bias") for n in skipped)
-    assert all(p.ndim > 1 for p in decay["params"])
+    from efficientformer.models import create_model
+    from efficientformer.models.layers import LayerScale
+
+    for name in ("efficientformerv2_s0", "efficientformer_l1"):
+        model = create_model(name, num_classes=10, img_size=224)
+        v2 = "v2" in name
+        # the official layout: V2 layer scales as (C, 1, 1); V1's are 1-D there too
+        official_model = create_model(name, num_classes=10, img_size=224)
+        if v2:
+            for m in official_model.modules():
+                if isinstance(m, LayerScale):
+                    m.scale = torch.nn.Parameter(m.scale.data.view(-1, 1, 1))
+        official_names = {id(p): n for n, p in official_model.named_parameters()}
+        official = {g["weight_decay"]: [official_names[id(p)] for p in g["params"]]
+                    for g in param_groups_weight_decay(official_model, 0.025)}  # fmt: skip
+        names = {id(p): n for n, p in model.named_parameters()}
+        ours = {g["weight_decay"]: [names[id(p)] for p in g["params"]] for g in param_groups(model, 0.025)}
+        assert ours == official, name  # the same tensors decayed, the same exempt
+    model = create_model("efficientformerv2_s0", num_classes=10, img_size=64)
+    params = dict(model.named_parameters())
+    decayed = {n for n, p in params.items() if any(p is q for q in param_groups(model, 0.025)[0]["params"])}
+    kept = {n for n, p in params.items() if any(p is q for q in param_groups(model, 0.025, True)[0]["params"])}
+    moved = sorted(decayed - kept)
+    assert kept < decayed
+    assert sum(n.endswith(".scale") for n in moved) == 18 and sum(n.endswith("pos_bias.table") for n in moved) == 5
+    assert len(moved) == 23 and sum(params[n].numel() for n in moved) == 2240
+    assert build_config(None, {}).no_decay_scales is False  # the official recipe is the default
 
 
 def test_distillation_losses():
@@ -439,7 +461,7 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     records) the resolved precision, and its evaluation stays fp32 (eval_amp=none) so the reported top-1 is what
     `eval` of the checkpoint gives, also when training ran under bf16 autocast."""
     from efficientformer import create_model
-    from efficientformer.runtime import loop
+    from efficientformer.runtime import precision as loop
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert loop.resolve_channels_last(None, cpu) is True
@@ -512,7 +534,7 @@ def test_batchnorm_gradients_stay_channels_last():
     """V2's attention reshapes its q/k/v BatchNorm outputs, whose gradients then arrive NCHW (a 3-6x slower BatchNorm
     backward on CPU); the runtime's hook hands every BatchNorm a channels-last gradient, with the same values."""
     from efficientformer import create_model
-    from efficientformer.runtime.loop import keep_channels_last_gradients
+    from efficientformer.runtime.precision import keep_channels_last_gradients
 
     torch.manual_seed(0)
     model = create_model("efficientformerv2_s0", num_classes=5, img_size=64, distillation=False, drop_path_rate=0.0)

@@ -148,9 +148,9 @@ def test_ddp_segmentation_resume_exact_and_metrics_equal_eval(tmp_path):
               "scale=128,64", "batch_size=2", "workers=0", "threads=1", "fpn_channels=16", "head_channels=8",
               "poly_power=0", "eval_every=0", "checkpoint_every=1"]  # fmt: skip
     straight, resumed = tmp_path / "a", tmp_path / "b"
-    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(straight), *common, "iters=4")
-    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "iters=2")
-    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "iters=4")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(straight), *common, "steps=4")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "steps=2")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "steps=4")
     a, b = safe_torch_load(straight / "last.pth"), safe_torch_load(resumed / "last.pth")
     assert len(b["rng"]) == 2 and b["progress"]["iteration"] == 4
     for k in a["model"]:
@@ -176,7 +176,7 @@ def test_ddp_detection_resume_exact_and_metrics_equal_eval(tmp_path):
               "lr_steps=1", "warmup_iters=2", "eval_every=0", "checkpoint_every=0"]  # fmt: skip
     straight, resumed = tmp_path / "a", tmp_path / "b"
     _torchrun("-m", "efficientformer", "detect", "train", "--output", str(straight), *common)
-    _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common, "max_iters=3")
+    _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common, "steps=3")
     mid = safe_torch_load(resumed / "last.pth")["progress"]
     assert (mid["iteration"], mid["epoch"], mid["epoch_iter"]) == (3, 1, 1)
     _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common)

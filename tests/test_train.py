@@ -568,3 +568,40 @@ def test_batchnorm_gradients_stay_channels_last():
         h.remove()
     grads()
     assert sum(inp and not grad for inp, grad in layouts) == mixed
+
+
+def test_posterize_zero_bits_is_black_and_a_failing_augmentation_names_the_op(tmp_path):
+    """RandAugment inc1 at magnitude 10 asks posterize for 0 bits: the official era's Pillow returned a black image
+    (``v & ~255``), Pillow 13 raises. Ours gives the black image; other bit counts are Pillow's. Only image *reading*
+    errors skip a file: an augmentation that fails is an error naming the op."""
+    from PIL import ImageOps
+    from timm.data.auto_augment import AugmentOp
+
+    from efficientformer.data.folder import AugmentationError, TolerantImageFolder
+    from efficientformer.train.engine import official_posterize, use_official_posterize
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    try:
+        ImageOps.posterize(img, 0)
+    except ValueError as err:  # Pillow >= 13
+        assert "bits" in str(err)
+    use_official_posterize()
+    op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10, hparams={"magnitude_std": 0})
+    assert op.aug_fn is official_posterize
+    legacy = img.point([i & ~(2**8 - 1) for i in range(256)] * 3)  # the pre-13 Pillow formula at 0 bits
+    black = op(img)
+    assert np.array_equal(np.asarray(black), np.asarray(legacy)) and not np.asarray(black).any()
+    assert np.array_equal(np.asarray(official_posterize(img, 3)), np.asarray(ImageOps.posterize(img, 3)))
+
+    def broken(img, *args, **kwargs):
+        raise ValueError("boom")
+
+    op.aug_fn = broken
+    data = colour_folder(tmp_path / "data", n_train=1, n_val=1)
+    folder = TolerantImageFolder(data / "train", transform=op)
+    with pytest.raises(AugmentationError, match=r"augmentation AugmentOp\(PosterizeIncreasing\) failed on .*0\.png: "
+                                                r"ValueError: boom"):  # fmt: skip
+        folder[0]
+    (data / "train" / "bright" / "0.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipped"):
+        assert folder[0][0] is None  # a file that cannot be read is still skipped

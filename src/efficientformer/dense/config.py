@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from ..models import list_models
 from ..runtime.config import param
-from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, signal_number
+from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
 from .backbone import EfficientFormerBackbone
 
 BACKBONES = tuple(list_models())
@@ -54,8 +54,7 @@ class DenseConfig:
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
                                                           and self.device[5:].isdigit())):  # fmt: skip
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
-        for name in self.stop_signals:
-            signal_number(name)
+        check_stop_signals(self.stop_signals)
         for key in ("train_split", "val_split", "output"):
             if not str(getattr(self, key)).strip():
                 raise ValueError(f"config key {key!r} cannot be empty")

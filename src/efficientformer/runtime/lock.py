@@ -32,6 +32,19 @@ class RunFolderLocked(OSError):
 _held: dict[Path, list] = {}  # folder -> [open lock file, how many holders in this process]
 
 
+def _drop_inherited_locks() -> None:
+    """In a forked child (DataLoader workers): close the inherited lock descriptors. A flock belongs to the open
+    file, which the child shares; without this a worker outliving the run (an iterator still referenced after an
+    exception) would keep the folder locked. Closing the child's copy leaves the parent's lock in place."""
+    for handle, _ in _held.values():
+        handle.close()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def _describe_holder(text: str) -> str:
     try:
         info = json.loads(text)

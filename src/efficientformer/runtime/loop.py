@@ -205,30 +205,32 @@ def fit(plan: Plan) -> RunState:
         set_train_mode(train_model)
         while state.iteration < schedule.total_steps:
             batches = iter(task.batches(state.epoch, state.epoch_batches))
-            while True:
-                if not _optimizer_step(plan, train_model, batches, precision, state, meters):
-                    epoch_ended = True  # the loader ran dry before steps_per_epoch steps (unreadable samples)
-                    _flush_window(plan, state, meters, log, bar)
-                    break
-                bar.update(1)
-                epoch_ended = state.epoch_iter >= schedule.steps_per_epoch
-                done = state.iteration >= schedule.total_steps
-                if state.iteration % rep.log_every == 0 or epoch_ended or done:
-                    _flush_window(plan, state, meters, log, bar)
-                if epoch_ended or done:
-                    break
-                if schedule.eval_unit == "iteration" and schedule.eval_every > 0 and \
-                        state.iteration % schedule.eval_every == 0:  # fmt: skip
-                    _flush_window(plan, state, meters, log, bar)
-                    state.metrics = _evaluate(plan, state, log, bar, train_model, set_train_mode)
-                signum, save_due = _agree_on_stop(stop, schedule, state, last_save)
-                if save_due or signum:
-                    _flush_window(plan, state, meters, log, bar)
-                    _save(plan, state, meters, precision, improved=False)
-                    last_save = time.monotonic()
-                if signum:
-                    raise _preempted(plan, state, signum)
-
+            try:
+                while True:
+                    if not _optimizer_step(plan, train_model, batches, precision, state, meters):
+                        epoch_ended = True  # the loader ran dry before steps_per_epoch steps (unreadable samples)
+                        _flush_window(plan, state, meters, log, bar)
+                        break
+                    bar.update(1)
+                    epoch_ended = state.epoch_iter >= schedule.steps_per_epoch
+                    done = state.iteration >= schedule.total_steps
+                    if state.iteration % rep.log_every == 0 or epoch_ended or done:
+                        _flush_window(plan, state, meters, log, bar)
+                    if epoch_ended or done:
+                        break
+                    if schedule.eval_unit == "iteration" and schedule.eval_every > 0 and \
+                            state.iteration % schedule.eval_every == 0:  # fmt: skip
+                        _flush_window(plan, state, meters, log, bar)
+                        state.metrics = _evaluate(plan, state, log, bar, train_model, set_train_mode)
+                    signum, save_due = _agree_on_stop(stop, schedule, state, last_save)
+                    if save_due or signum:
+                        _flush_window(plan, state, meters, log, bar)
+                        _save(plan, state, meters, precision, improved=False)
+                        last_save = time.monotonic()
+                    if signum:
+                        raise _preempted(plan, state, signum)
+            finally:
+                _close(batches)  # loader workers ignore stop signals: shut them down here, whatever happened
             done = state.iteration >= schedule.total_steps
             record = None
             if epoch_ended:
@@ -310,6 +312,14 @@ def _optimizer_step(plan: Plan, train_model: nn.Module, batches: Iterator, preci
     state.iteration, state.epoch_iter, meters.epoch_steps = state.iteration + 1, state.epoch_iter + 1, \
         meters.epoch_steps + 1  # fmt: skip
     return True
+
+
+def _close(batches: Iterator) -> None:
+    """Shut down a DataLoader iterator's worker processes now (they ignore SIGTERM: see signals.py), instead of
+    whenever the iterator is collected: an exception's traceback can keep it alive until the interpreter exits."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:

@@ -37,6 +37,15 @@ def signal_number(name: str) -> int:
     return int(number)
 
 
+def check_stop_signals(names: Sequence[str], key: str = "stop_signals") -> None:
+    """A config check: every name is a signal this platform has (one line naming the key otherwise)."""
+    for name in names:
+        try:
+            signal_number(name)
+        except ValueError as err:
+            raise ValueError(f"config key {key!r}: {err}") from None
+
+
 class Preempted(SystemExit):
     """A run stopped by a signal after its checkpoint was written; exits with :data:`PREEMPTED_EXIT_CODE`."""
 
@@ -94,4 +103,4 @@ def loader_worker_init(worker_id: int) -> None:
 
 
 __all__ = ["PREEMPTED_EXIT_CODE", "DEFAULT_STOP_SIGNALS", "Preempted", "StopSignals", "signal_number",
-           "ignore_stop_signals_in_worker", "loader_worker_init"]  # fmt: skip
+           "ignore_stop_signals_in_worker", "loader_worker_init", "check_stop_signals"]  # fmt: skip

@@ -14,7 +14,7 @@ from ..runtime import config as runtime_config
 from ..runtime.config import param
 from ..runtime.precision import AMP_CHOICES, CPU_BF16_MIN_SPEEDUP
 from ..runtime.schedule import EPOCH_SCHEDULES
-from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, signal_number
+from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
 
 
 @dataclass
@@ -146,8 +146,7 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
         if self.auto_augment:
             _check_auto_augment(self.auto_augment)
-        for name in self.stop_signals:
-            signal_number(name)
+        check_stop_signals(self.stop_signals)
 
 
 def _check_auto_augment(spec: str) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import Mixup, create_transform
+from timm.data import auto_augment as timm_auto_augment
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
@@ -45,8 +47,29 @@ from .config import TrainConfig, dump_yaml
 from .distill import DistillationLoss, build_teacher
 
 
+def official_posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's RandAugment posterize as the official era's Pillow ran it: 0 bits kept gives a black image (each
+    channel ``v & ~255``). Pillow 13 refuses 0 bits ("bits must be between or equal to 1 and 8"), which the
+    official policy ``rand-m9-mstd0.5-inc1`` asks for whenever the sampled magnitude reaches 10."""
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return _TIMM_POSTERIZE(img, bits_to_keep, **kwargs)
+
+
+_TIMM_POSTERIZE = timm_auto_augment.posterize
+
+
+def use_official_posterize() -> None:
+    """Route timm's three posterize ops through :func:`official_posterize` (ops built afterwards use it)."""
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if timm_auto_augment.NAME_TO_OP.get(name) is _TIMM_POSTERIZE:
+            timm_auto_augment.NAME_TO_OP[name] = official_posterize
+
+
 def train_transform(cfg: TrainConfig):
-    """timm's ``create_transform`` with the official arguments (the recipe's values come from ``cfg``)."""
+    """timm's ``create_transform`` with the official arguments (the recipe's values come from ``cfg``), with the
+    official era's posterize (:func:`official_posterize`)."""
+    use_official_posterize()
     if cfg.no_aug:
         return eval_transform(cfg.img_size, cfg.eval_resize)
     return create_transform(

@@ -1,7 +1,8 @@
 """Run under torchrun by test_train_preemption.py: ``efficientformer train`` with the CLI's arguments, where rank
-``--probe-rank`` sends itself ``--probe-signal`` in the middle of optimiser step ``--probe-at`` + 1, but only in the
-first attempt (``TORCHELASTIC_RESTART_COUNT`` 0): the other ranks learn of it through the loop's one collective.
-Under ``torchrun --max-restarts`` the agent then restarts the workers, which resume from the newest checkpoint."""
+``--probe-rank`` sends itself ``--probe-signal`` while it computes batch ``--probe-at`` + 1 (batches, not optimiser
+steps), but only in the first attempt (``TORCHELASTIC_RESTART_COUNT`` 0): the other ranks learn of it through the
+loop's one collective. Under ``torchrun --max-restarts`` the agent then restarts the workers, which resume from the
+newest checkpoint."""
 
 from __future__ import annotations
 

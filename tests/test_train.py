@@ -605,3 +605,28 @@ def test_posterize_zero_bits_is_black_and_a_failing_augmentation_names_the_op(tm
     (data / "train" / "bright" / "0.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="skipped"):
         assert folder[0][0] is None  # a file that cannot be read is still skipped
+
+
+@pytest.mark.parametrize("name", ["efficientformer_l1", "efficientformerv2_s0"])
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    """set_grad_checkpointing() (as timm's models offer it) recomputes each block in the backward pass: the loss and
+    every gradient equal the stored-activation ones (drop path on: the recomputation replays its random draws);
+    eval mode ignores it."""
+    from efficientformer.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, img_size=32, distillation=False, drop_path_rate=0.2).train()
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(x).square().mean()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1], strict=True))
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    with torch.no_grad():
+        model.eval()(x)  # no checkpoint calls in eval mode

@@ -155,28 +155,31 @@ def test_second_run_into_a_live_folder_is_refused_and_a_stale_lock_taken_over(tm
 
 
 @pytest.mark.slow
-def test_two_processes_signal_on_one_rank_elastic_restart_resumes_bit_identical(tmp_path):
-    """2 gloo processes; only rank 1 gets SIGUSR1 in epoch 2: both stop after the same step (one collective),
-    the mid-epoch checkpoint is written, the workers exit 75, ``torchrun --max-restarts=1`` restarts them and they
-    resume from it; the run ends bit-identical to a straight 2-process run. (Gradient accumulation, whose DDP
-    ``no_sync`` path is compared with one process in test_train_distributed.py, is on here too.)"""
+def test_two_processes_signal_on_one_rank_then_resume_is_bit_identical(tmp_path):
+    """2 gloo processes with gradient accumulation; only rank 1 gets SIGUSR1 in epoch 2: both stop after the same
+    step (one collective), the mid-epoch checkpoint is written, the workers exit 75, and the same command resumes
+    to the result of a straight 2-process run, bit for bit."""
     data = colour_folder(tmp_path / "data", n_train=16, n_val=4)
     args = [f"{k}={v}" for k, v in {**RANDOM, "batch_size": 2, "grad_accum": 2, "log_every": 4}.items()]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    straight, elastic = tmp_path / "straight", tmp_path / "elastic"
-    res = subprocess.run([*torchrun, "-m", "efficientformer", "train", "--data", str(data), "--output", str(straight),
-                          *args], cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+
+    def run(script: list[str], out, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*torchrun, *script, "--data", str(data), "--output", str(out), *args, *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
+
+    res = run(["-m", "efficientformer", "train"], straight)
     assert res.returncode == 0, res.stderr[-3000:]
-    per_epoch = 32 // (2 * 2 * 2)  # 4 optimiser steps of 2 x 2 x 2 images
-    res = subprocess.run([*torchrun, "--max-restarts=1", str(REPO / "tests" / "preempt_probe.py"),
-                          f"--probe-at={per_epoch + 1}", "--probe-signal=SIGUSR1", "--probe-rank=1", "--data",
-                          str(data), "--output", str(elastic), *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=400)  # fmt: skip
+    per_epoch = 32 // (2 * 2 * 2)  # 4 optimiser steps of 2 processes x 2 batches x 2 images
+    # rank 1 signals itself during the first batch of step per_epoch + 2 (batch calls count micro-batches)
+    res = run([str(REPO / "tests" / "preempt_probe.py"), f"--probe-at={2 * (per_epoch + 1)}", "--probe-signal=SIGUSR1",
+               "--probe-rank=1"], stopped)  # fmt: skip
+    assert res.returncode != 0 and "exitcode: 75" in res.stderr, res.stderr[-3000:]
+    assert f"stopped by SIGUSR1 after iteration {per_epoch + 2} of {3 * per_epoch} (epoch 2, batch 4)" in res.stdout
+    res = run(["-m", "efficientformer", "train"], stopped)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"stopped by SIGUSR1 after iteration {per_epoch + 2}" in res.stdout
-    assert f"resuming from {elastic / 'last.pth'}: iteration {per_epoch + 2} of {3 * per_epoch}, epoch 1, batch 4" \
-        in res.stdout  # fmt: skip
-    assert_same_run(safe_torch_load(straight / "last.pth"), safe_torch_load(elastic / "last.pth"))
+    assert f"iteration {per_epoch + 2} of {3 * per_epoch}, epoch 1, batch 4" in res.stdout
+    assert_same_run(safe_torch_load(straight / "last.pth"), safe_torch_load(stopped / "last.pth"))
 
 
 def test_grad_accum_4x8_is_far_closer_to_one_step_of_32_than_one_step_of_8(tmp_path, capsys):

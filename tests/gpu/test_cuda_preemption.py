@@ -36,7 +36,7 @@ def test_signal_accumulation_and_elastic_resume_on_cuda(tmp_path):
                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     res = subprocess.run([*torchrun, "--max-restarts=1", str(REPO / "tests" / "preempt_probe.py"),
-                          f"--probe-at={per_epoch + 1}", "--probe-signal=SIGUSR1", f"--probe-rank={world - 1}",
+                          f"--probe-at={2 * (per_epoch + 1)}", "--probe-signal=SIGUSR1", f"--probe-rank={world - 1}",
                           "--data", str(data), "--output", str(elastic), *args], cwd=REPO, capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]

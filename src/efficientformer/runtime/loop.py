@@ -352,6 +352,7 @@ def _is_rank0() -> bool:
 
 
 def _preempted(plan: Plan, state: RunState, signum: int) -> Preempted:
+    barrier()  # no rank exits before rank 0 has written the checkpoint (torchrun stops the others on the first exit)
     name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
     message = (f"stopped by {name} after iteration {state.iteration} of {plan.schedule.total_steps} (epoch "
                f"{state.epoch + 1}, batch {state.epoch_batches}); checkpoint {plan.output / CHECKPOINT_NAME} written; "

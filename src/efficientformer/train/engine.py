@@ -184,7 +184,7 @@ def resolve_precision(
     """``(amp, channels_last)`` as ``train`` runs ``cfg`` on ``device``; channels-last is applied to ``model`` when
     on (with its BatchNorm gradients kept channels-last in eager mode: :func:`keep_channels_last_gradients`).
     amp=auto's CPU probe times this model at the run's resolution and layout on a fixed random batch of up to 16
-    images (see :func:`~efficientformer.runtime.loop.resolve_amp`)."""
+    images (see :func:`~efficientformer.runtime.precision.resolve_amp`)."""
     channels_last = resolve_channels_last(cfg.channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -28,7 +28,7 @@ def _write_run(out, trackers):
 def test_parse_trackers_and_the_old_key():
     assert parse_trackers(True) == ["tensorboard"] and parse_trackers(False) == [] and parse_trackers(None) == []
     assert parse_trackers("wandb, mlflow,wandb") == ["wandb", "mlflow"]
-    with pytest.raises(ValueError, match="unknown logger comet.*tensorboard, wandb, mlflow"):
+    with pytest.raises(ValueError, match="unknown tracker comet.*tensorboard, wandb, mlflow"):
         parse_trackers("comet")
     assert build_config(None, {"log": "tensorboard,mlflow"}).log == "tensorboard,mlflow"
     assert set(TRACKERS) == {"tensorboard", "wandb", "mlflow"}

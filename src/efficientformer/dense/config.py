@@ -15,6 +15,7 @@ from typing import ClassVar
 from ..models import list_models
 from ..runtime.config import param
 from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
+from ..runtime.trackers import parse_trackers
 from .backbone import EfficientFormerBackbone
 
 BACKBONES = tuple(list_models())
@@ -56,6 +57,7 @@ class DenseConfig:
                                                           and self.device[5:].isdigit())):  # fmt: skip
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         check_stop_signals(self.stop_signals)
+        parse_trackers(self.log)  # an unknown tracker name: one line naming log, before any work
         for key in ("train_split", "val_split", "output"):
             if not str(getattr(self, key)).strip():
                 raise ValueError(f"config key {key!r} cannot be empty")

@@ -47,7 +47,9 @@ def parse_trackers(value: bool | str | Sequence[str] | None) -> list[str]:
     names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        raise ValueError(f"unknown logger {', '.join(unknown)!s} in --log; choose from {', '.join(TRACKERS)}")
+        raise ValueError(
+            f"log: unknown tracker {', '.join(unknown)} (config key log / --log); choose from {', '.join(TRACKERS)}"
+        )
     return list(dict.fromkeys(names))
 
 

@@ -15,6 +15,7 @@ from ..runtime.config import param
 from ..runtime.precision import AMP_CHOICES, CPU_BF16_MIN_SPEEDUP
 from ..runtime.schedule import EPOCH_SCHEDULES
 from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
+from ..runtime.trackers import parse_trackers
 
 
 @dataclass
@@ -131,6 +132,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Rules that involve more than one field."""
+        parse_trackers(self.log)  # an unknown tracker name: one line naming log, before any work
         if self.img_size % 32:
             raise ValueError(f"img_size must be a multiple of 32, got {self.img_size}")
         if self.eval_resize is not None and self.eval_resize < self.img_size:

@@ -18,7 +18,7 @@ from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
 from ..search.greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, write_trajectory
 from ..search.latency import LatencyTable, build_table, import_table
-from ..search.lut_check import check_table, write_report
+from ..search.lut_check import check_table, recheck_table, write_report
 from ..search.params import count_params
 from ..search.space import V2Space
 from ..search.supernet import V2Supernet
@@ -52,6 +52,8 @@ def register(subparsers) -> None:
                      help="what an entry holds (min suits a shared, busy machine; both are stored)")  # fmt: skip
     lut.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                      help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)")  # fmt: skip
+    lut.add_argument("--context", type=int, default=1,
+                     help="time each FFN/attention/Meta4D/Meta3D block as a chain of K copies (per copy)")  # fmt: skip
     lut.add_argument("--space", default=None, help="YAML with a 'space:' mapping (default: the built-in space)")
     lut.add_argument("--output", required=True, help="table JSON; an existing one with the same settings resumes")
     lut.set_defaults(func=run_lut)
@@ -71,7 +73,10 @@ def register(subparsers) -> None:
     chk.add_argument("--warmup", type=int, default=5)
     chk.add_argument("--runs", type=int, default=20)
     chk.add_argument("--output-dir", required=True)
-    chk.add_argument("--update-lut", action="store_true", help="store the fitted scale/offset in the table")
+    chk.add_argument("--update-lut", action="store_true", help="store the fitted per-kind calibration in the table")
+    chk.add_argument("--measured", default=None,
+                     help="lut_check.json of an earlier check on the same runtime/threads/resolution: refit this "
+                          "table on those measured networks instead of timing them again")  # fmt: skip
     chk.set_defaults(func=run_lut_check)
 
     sn = sub.add_parser("supernet", help="train a V2 supernet with the sandwich rule (the training runtime: "
@@ -176,7 +181,7 @@ def run_lut(args: argparse.Namespace) -> int:
     table = build_table(
         args.output, args.family, args.runtime, threads=args.threads, img_size=args.img_size, batch=args.batch,
         num_classes=args.num_classes, warmup=args.warmup, runs=args.runs, space=space, statistic=args.statistic,
-        clock=args.clock,
+        clock=args.clock, context=args.context,
     )  # fmt: skip
     m = table.meta["machine"]
     print(
@@ -198,19 +203,20 @@ def run_lut_import(args: argparse.Namespace) -> int:
 def run_lut_check(args: argparse.Namespace) -> int:
 
     table = LatencyTable.load(args.lut)
-    result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
+    if args.measured:
+        result = recheck_table(table, args.measured)
+    else:
+        result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
     paths = write_report(result, args.output_dir)
     s = result["summary"]
     for r in result["rows"]:
-        print(
-            f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  fitted {r['fitted_ms']:8.2f}  measured {r['measured_ms']:8.2f}"
-        )
-    print(
-        f"{s['networks']} networks ({s['published']} published): MAPE raw {s['mape_raw_percent']:.1f}%, fitted "
-        f"{s['mape_fitted_percent']:.1f}% (leave-one-out {s['mape_fitted_loo_percent']:.1f}%), Kendall tau "
-        f"{s['kendall_tau']:.3f}; fit: {s['calibration']['scale']:.3f} * sum + {s['calibration']['offset_ms']:.2f} "
-        f"ms; load {s['loadavg_start']} -> {s['loadavg_end']}"
-    )
+        print(f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  per-kind (LOO) {r['loo_per_kind_ms']:8.2f}  "
+              f"measured {r['measured_ms']:8.2f}")  # fmt: skip
+    print(f"{s['networks']} networks ({s['published']} published), leave-one-out; load {s['loadavg_start']} -> "
+          f"{s['loadavg_end']}")  # fmt: skip
+    for method, m in s["methods_leave_one_out"].items():
+        print(f"  {method:9s} Kendall tau {m['kendall_tau']:.3f}  MAPE {m['mape_percent']:5.1f}%  "
+              f"within +-10% {m['within_10_percent']:5.1f}%")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if args.update_lut:
         if Path(args.lut).suffix.lower() == ".csv":

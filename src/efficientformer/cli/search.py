@@ -11,24 +11,20 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..data.proxy import prepare_proxy
 from ..models.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
-from ..models.efficientformer_v2 import V2_VARIANTS
 from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
-from ..search.greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, write_trajectory
+from ..search.greedy import MESConfig, SearchTargets
 from ..search.latency import LatencyTable, build_table, import_table
 from ..search.lut_check import check_table, recheck_table, write_report
 from ..search.params import count_params
+from ..search.pipeline import BUDGETS, Pipeline, data_root, held_out_split, load_pipeline_config, run_v2_search
 from ..search.space import V2Space
-from ..search.supernet import V2Supernet
-from ..search.train import SubnetEvaluator, SupernetConfig, load_split, train_supernet
+from ..search.supernet import load_supernet, save_supernet
+from ..search.train import SupernetConfig, load_split, train_supernet
 from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
 from ..search.v1space import V1_PUBLISHED, V1Space
-from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from .errors import UserError
-
-PROXY_SIZE = 64
 
 
 def register(subparsers) -> None:
@@ -125,6 +121,24 @@ def register(subparsers) -> None:
     v1.add_argument("--output", required=True)
     v1.set_defaults(func=run_v1)
 
+    pl = sub.add_parser("pipeline", help="table -> check -> supernet -> search -> retrain -> export -> measured "
+                        "latency -> report, cached and resumable, in one run folder")  # fmt: skip
+    pl.add_argument("--config", required=True, help="search config (space:, mes:, pipeline:, budgets:)")
+    pl.add_argument("--output", required=True, help="run folder (a rerun continues or reuses what is there)")
+    pl.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="proxy",
+        help="tiny: CI, minutes; proxy: this machine, the bundled proxy task; full: ImageNet, a cluster",
+    )
+    pl.add_argument("--target-like", default=None,
+                    help="a reference measured in the same runtime (mobilenetv2_100, efficientformerv2_s0, an "
+                         "architecture file) or a latency in ms")  # fmt: skip
+    pl.add_argument("--data", default=None, help="override the config's data ('proxy' or an ImageNet-style folder)")
+    pl.add_argument("--table-cache", default=None, help="folder of reusable latency tables "
+                    "(default ~/.cache/efficientformer/latency-tables)")  # fmt: skip
+    pl.set_defaults(func=run_pipeline)
+
     show = sub.add_parser("show", help="parameters and table latency of an architecture file or a model name")
     show.add_argument("arch", help="architecture file (.yaml/.json) or a published model name")
     show.add_argument("--lut", default=None)
@@ -148,24 +162,6 @@ def _config(path: str | None) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping (space:, mes:, ...)")
     return data
-
-
-def _data_root(data: str) -> Path:
-    if data == "proxy":
-        return prepare_proxy(size=PROXY_SIZE)
-    root = Path(data).expanduser()
-    if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{root} has no train/ folder (expected train/<class>/... and search/ or val/)")
-    return root
-
-
-def _held_out(root: Path) -> Path:
-    for split in ("search", "val"):
-        if (root / split).is_dir():
-            if split == "val":
-                print(f"note: {root} has no search/ split; scoring subnets on val/ (keep val/ for final results)")
-            return root / split
-    raise FileNotFoundError(f"{root} has neither search/ nor val/ to score subnets on")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +226,7 @@ def run_lut_check(args: argparse.Namespace) -> int:
 def run_supernet(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     space = V2Space.from_dict(cfg.get("space", {}))
-    root = _data_root(args.data)
+    root = data_root(args.data)
     out = Path(args.output)
     scfg = load_config(SupernetConfig, None, list(args.overrides or []), data=str(root), output=str(out),
                        img_size=args.img_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -242,37 +238,6 @@ def run_supernet(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)"
               + (f"; held-out {held_out}" if held_out else ""))  # fmt: skip
     return 0
-
-
-def save_supernet(net, path: Path, data: str = "") -> Path:
-    return atomic_torch_save(
-        {
-            "format": "efficientformer-v2-supernet",
-            "space": net.space.to_dict(),
-            "img_size": list(net.img_size),
-            "num_classes": net.num_classes,
-            "data": data,
-            "state_dict": net.state_dict(),
-        },
-        path,
-    )
-
-
-def load_supernet(path: str | Path):
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"supernet checkpoint not found: {path}; train one with `efficientformer search supernet`"
-        )
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientformer-v2-supernet":
-        raise UserError(f"{path} is not a supernet checkpoint written by `efficientformer search supernet`")
-    net = V2Supernet(
-        V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"], img_size=tuple(ckpt["img_size"])
-    )
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval()
 
 
 def _target_latency(args: argparse.Namespace, table) -> float | None:
@@ -288,14 +253,13 @@ def _target_latency(args: argparse.Namespace, table) -> float | None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-
     torch.set_num_threads(args.threads)
     net = load_supernet(args.supernet)
     table = LatencyTable.load(args.lut)
     if table.family != "v2":
         raise UserError(f"{args.lut} is a {table.family} table; the V2 search needs a v2 table")
     cfg = _config(args.config)
-    mes = MESConfig(**cfg["mes"]) if "mes" in cfg else MESConfig()
+    mes = MESConfig.from_dict(cfg.get("mes"))
     targets = SearchTargets(
         latency_ms=_target_latency(args, table),
         params=int(args.target_params * 1e6) if args.target_params else None,
@@ -303,58 +267,22 @@ def run_search(args: argparse.Namespace) -> int:
     )
     if not targets.any():
         raise UserError("give a target: --target-latency MS, --target-like MODEL, --target-params M or --target-mes")
-    root = _data_root(args.data)
-    img = net.img_size[0]
-    eval_x, eval_y = load_split(_held_out(root), img, limit=args.eval_images)
-    calib_x, _ = load_split(root / "train", img, limit=args.calib_images)
-    evaluator = SubnetEvaluator(net, eval_x, eval_y, calib_x)
-    img_lut = int(table.meta.get("img_size", 224))
-
-    def params(spec) -> int:  # the deployment model: the table's resolution, 1000 classes, distillation head
-        return count_params(spec, img_lut)
-
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-
-    def log(row: dict) -> None:
-        print(
-            f"step {row['step']:3d} {row['action'][:60]:60s} acc {row['accuracy']:6.2f}  lat {row['latency_ms']:7.2f}"
-            f" ms  params {row['params'] / 1e6:6.2f}M  MES {row['mes']:8.3f}  ({time.time() - started:.0f} s)"
-        )
-
-    search = GreedySearch(net.space, evaluator, table.predict, params=params, mes=mes, log=log)
-    result = search.run(targets, actions_per_step=args.actions_per_step)
-    final = result.final
-    extra = {"search": {"accuracy_heldout": final.accuracy, "table_latency_ms": final.latency_ms,
-                        "params": final.params, "mes": final.mes, "lut": str(args.lut), "supernet": str(args.supernet),
-                        "stopped": result.stopped, "evaluations": result.evaluations}}  # fmt: skip
-
-    arch_path = save_arch({**spec_to_arch(final.spec), **extra}, out / "arch.yaml")
-    write_trajectory(result, out / "trajectory.jsonl", mes)
-    published = {n: search.point(s) for n, s in V2_VARIANTS.items() if net.space.contains(s) and not table.missing(s)}
-    v1_ms = None
+    lines = None
     if args.v1_lut:
         v1_table = LatencyTable.load(args.v1_lut)
-        v1_ms = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
-    title = f"greedy MES search on {table.meta.get('runtime')} table ({Path(args.lut).name})"
-    plot = plot_trajectory(result, out / "trajectory.png", published, v1_ms, title=title)
-    summary = {
-        "final": final.to_dict(),
-        "stopped": result.stopped,
-        "evaluations": result.evaluations,
-        "seconds": round(time.time() - started, 1),
-        "published": {n: p.to_dict() for n, p in published.items()},
-        "targets": targets.__dict__,
-    }
-    atomic_write_json(out / "summary.json", summary)
-    # weights inherited from the supernet, as a starting point for training (load with --checkpoint / finetune)
-    atomic_torch_save({"model": net.extract(final.spec).state_dict()}, out / "supernet_weights.pth")
-    print(f"{result.stopped} after {len(result.trajectory) - 1} steps, {result.evaluations} evaluations: "
-          f"acc {final.accuracy:.2f}%, {final.latency_ms:.2f} ms, {final.params / 1e6:.2f}M params")  # fmt: skip
-    print(
-        f"wrote {arch_path}, {out / 'trajectory.jsonl'}, {plot}, {out / 'summary.json'}, {out / 'supernet_weights.pth'}"
-    )
+        lines = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
+    out = Path(args.output)
+    summary = run_v2_search(net, table, targets, data_root(args.data), out, mes=mes,
+                            actions_per_step=args.actions_per_step, calib_images=args.calib_images,
+                            eval_images=args.eval_images, lines=lines, lut_name=str(args.lut),
+                            supernet_name=str(args.supernet))  # fmt: skip
+    final = summary["final"]
+    rate = summary["evaluations"] / max(summary["seconds"], 1e-9)
+    print(f"{summary['stopped']} after {summary['evaluations']} evaluations in {summary['seconds']:.0f} s "
+          f"({rate:.2f} candidates/s): acc {final['accuracy']:.2f}%, {final['latency_ms']:.2f} ms, "
+          f"{final['params'] / 1e6:.2f}M params")  # fmt: skip
+    print(f"wrote {summary['arch']}, {out / 'trajectory.jsonl'}, {summary['plot']}, {out / 'summary.json'}, "
+          f"{out / 'supernet_weights.pth'}")  # fmt: skip
     return 0
 
 
@@ -369,9 +297,9 @@ def run_v1(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     space = V1Space.from_dict(cfg.get("space", {}))
     train_cfg = cfg.get("train", {})
-    root = _data_root(args.data)
+    root = data_root(args.data)
     images, labels = load_split(root / "train", args.img_size)
-    eval_x, eval_y = load_split(_held_out(root), args.img_size)
+    eval_x, eval_y = load_split(held_out_split(root), args.img_size)
     net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=args.img_size)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,6 +322,18 @@ def run_v1(args: argparse.Namespace) -> int:
             f.write(json.dumps(row) + "\n")
     print(f"{arch_path}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
           f"{result.latency_ms:.2f} ms (target {target:.2f}), held-out acc {result.accuracy:.2f}%")  # fmt: skip
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    cfg = load_pipeline_config(args.config, args.budget)
+    if args.data:
+        cfg["data"] = args.data
+    pipeline = Pipeline(cfg, args.output, target_like=args.target_like, table_cache=args.table_cache)
+    results = pipeline.run()
+    cached = [n for n, t in pipeline.timing.items() if t.get("cached")]
+    print(f"wrote {results['report']['report_md']} and {results['report']['report_json']}"
+          + (f" (cached stages: {', '.join(cached)})" if cached else ""))  # fmt: skip
     return 0
 
 

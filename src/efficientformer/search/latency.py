@@ -101,8 +101,8 @@ def network_keys(spec: ModelSpec) -> list[str]:
     return keys
 
 
-def v2_space_keys(space: V2Space) -> list[str]:
-    """Every entry a subnet of ``space`` can use (plus those of the published V2 models)."""
+def v2_space_keys(space: V2Space, published: bool = True) -> list[str]:
+    """Every entry a subnet of ``space`` can use (plus, with ``published``, those of the published V2 models)."""
     ws = space.widths
     keys = [f"stem/w{w}" for w in ws[0]]
     for i in range(4):
@@ -114,7 +114,7 @@ def v2_space_keys(space: V2Space) -> list[str]:
     keys += [f"down/s3/i{a}/o{b}" for a in ws[1] for b in ws[2]]
     keys += [f"dual/i{a}/o{b}" for a in ws[2] for b in ws[3]]
     keys += [f"head/w{w}" for w in ws[3]]
-    for spec in V2_VARIANTS.values():
+    for spec in V2_VARIANTS.values() if published else ():
         keys += network_keys(spec)
     return list(dict.fromkeys(keys))
 

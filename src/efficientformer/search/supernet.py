@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +34,10 @@ from torch.func import functional_call
 from ..models.arch import ArchError, build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import EfficientFormerV2
+from ..utils.io import atomic_torch_save, safe_torch_load
 from .space import V2Space, arch_key, normalise
+
+SUPERNET_FORMAT = "efficientformer-v2-supernet"
 
 SKELETON_CACHE = 64
 
@@ -178,3 +182,28 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_batche
     if used == 0:
         raise ValueError("BatchNorm recalibration needs at least one batch of images")
     return used
+
+
+def save_supernet(net: V2Supernet, path: str | Path, data: str = "") -> Path:
+    """Write a trained supernet (its space, resolution, classes and weights) atomically."""
+    return atomic_torch_save(
+        {"format": SUPERNET_FORMAT, "space": net.space.to_dict(), "img_size": list(net.img_size),
+         "num_classes": net.num_classes, "data": data, "state_dict": net.state_dict()},
+        path,
+    )  # fmt: skip
+
+
+def load_supernet(path: str | Path) -> V2Supernet:
+    """A supernet written by :func:`save_supernet` (weights only, no pickled code), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"supernet checkpoint not found: {path}; train one with `efficientformer search supernet`"
+        )
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != SUPERNET_FORMAT:
+        raise ValueError(f"{path} is not a supernet checkpoint written by `efficientformer search supernet`")
+    net = V2Supernet(V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"],
+                     img_size=tuple(ckpt["img_size"]))  # fmt: skip
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()

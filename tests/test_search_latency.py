@@ -103,7 +103,8 @@ def test_lut_and_lut_check_commands(tmp_path, capsys):
 
 @pytest.mark.parametrize("runtime", ["deploy", "onnxruntime"])
 @pytest.mark.parametrize("family", ["v2", "v1"])
-def test_every_runtime_times_every_block_kind(runtime, family, tmp_path):
+def test_every_runtime_times_every_block_kind(runtime, family, tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFICIENTFORMER_EXPORT_CACHE", str(tmp_path / "exports"))
     if runtime == "onnxruntime":
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
@@ -116,3 +117,10 @@ def test_every_runtime_times_every_block_kind(runtime, family, tmp_path):
         keys = keys[1:3]  # each entry is an export: keep it short
     table = build_table(tmp_path / "t.json", family, runtime, img_size=64, warmup=1, runs=2, keys=keys, **QUIET)
     assert set(table.entries) == set(keys) and all(e["ms"] > 0 for e in table.entries.values())
+    if runtime == "onnxruntime":  # one export per block, kept: a table at another thread count reuses it
+        exports = sorted((tmp_path / "exports").glob("*.onnx"))
+        assert len(exports) == len(keys)
+        mtimes = [p.stat().st_mtime_ns for p in exports]
+        build_table(tmp_path / "t2.json", family, runtime, threads=2, img_size=64, warmup=1, runs=2, keys=keys,
+                    **QUIET)  # fmt: skip
+        assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "exports").glob("*.onnx"))] == mtimes

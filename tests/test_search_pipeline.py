@@ -15,6 +15,7 @@ from efficientformer.data.proxy import _photos, render
 from efficientformer.models.arch import load_arch
 from efficientformer.search.pipeline import STAGES, Pipeline, load_pipeline_config
 
+STAGE_EXPORT = Pipeline.stage_export
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "search" / "v2_proxy.yaml"
 
 
@@ -49,6 +50,7 @@ def test_budgets_and_bad_keys_are_checked(tmp_path):
 def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("timm")
+    monkeypatch.setenv("EFFICIENTFORMER_EXPORT_CACHE", str(tmp_path / "exports"))
     cfg = load_pipeline_config(CONFIG, "tiny")
     cfg["data"] = str(_tiny_folder(tmp_path / "data"))
     out, cache = tmp_path / "run", tmp_path / "tables"
@@ -70,7 +72,7 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     with pytest.raises(RuntimeError, match="injected"):
         Pipeline(dict(cfg), out, **quiet).run()
     assert (out / "stages" / "retrain.json").is_file() and not (out / "stages" / "export.json").exists()
-    monkeypatch.undo()
+    monkeypatch.setattr(Pipeline, "stage_export", STAGE_EXPORT)
 
     # 3. rerun: it continues at export and finishes, without redoing table, check, supernet, search, retrain
     pipe = Pipeline(dict(cfg), out, **quiet)

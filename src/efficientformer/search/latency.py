@@ -30,6 +30,7 @@ Tables measured elsewhere (a phone with Core ML or ExecuTorch, say) are imported
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -420,16 +421,40 @@ def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num
     return (parts[0] if copies == 1 else nn.Sequential(*parts)), tokens, copies
 
 
-def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path):
-    """A zero-argument callable running ``module`` on ``example`` in ``runtime`` (module already in its form)."""
+#: ONNX files of blocks and networks, by what they are (shape, form, library versions), not by their weights: a
+#: latency does not depend on the weight values, so a table at 2 threads or a second check reuses every export
+EXPORT_CACHE = Path("~/.cache/efficientformer/onnx-latency")
+
+
+def export_cache_dir() -> Path:
+    return Path(os.environ.get("EFFICIENTFORMER_EXPORT_CACHE") or EXPORT_CACHE).expanduser()
+
+
+def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path,
+                     export_key: str | None = None):  # fmt: skip
+    """A zero-argument callable running ``module`` on ``example`` in ``runtime`` (module already in its form).
+
+    ``export_key`` (ONNX Runtime): what the module is (e.g. a table key and its settings); the export is kept in
+    :func:`export_cache_dir` under a hash of it and the library versions, and reused instead of exported again.
+    """
     module = module.eval()
     if runtime == "onnxruntime":
-        path = Path(tempfile.mkstemp(suffix=".onnx", dir=workdir)[1])
-        write_onnx(module, example, path)
+        if export_key is not None:
+            ident = f"{export_key}|{tuple(example.shape)}|torch {torch.__version__}|opset default"
+            path = export_cache_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.onnx"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkstemp(suffix=".onnx", dir=path.parent)[1])
+                write_onnx(module, example, tmp)
+                os.replace(tmp, path)  # atomic: a killed export never leaves a half file under the final name
+        else:
+            path = Path(tempfile.mkstemp(suffix=".onnx", dir=workdir)[1])
+            write_onnx(module, example, path)
         sess = ort_session(path, threads)
         name = sess.get_inputs()[0].name
         feed = {name: example.numpy()}
-        path.unlink(missing_ok=True)
+        if export_key is None:
+            path.unlink(missing_ok=True)
         return lambda: sess.run(None, feed)
 
     def call():
@@ -554,7 +579,8 @@ def build_table(
                 break
             with torch.no_grad():
                 module, example, copies = _probe_module(family, key, runtime, img, num_classes, batch, context)
-                fn = runtime_callable(module, example, runtime, threads, Path(workdir))
+                ident = f"block {family} {key} ctx{context} img{img} classes{num_classes}"
+                fn = runtime_callable(module, example, runtime, threads, Path(workdir), export_key=ident)
                 times = [t / copies for t in time_callable(fn, warmup, runs, CLOCKS[clock])]
             stats = summarise(times)
             table.entries[key] = {"ms": stats[statistic], **stats}

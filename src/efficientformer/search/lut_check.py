@@ -61,7 +61,8 @@ def measure_network(spec: ModelSpec, table: LatencyTable, warmup: int, runs: int
     model = build_from_arch(spec, img_size=img, num_classes=int(m.get("num_classes", 1000))).eval()
     form = model if m["runtime"] == "torch" else deploy(model, img)
     example = torch.randn(batch, 3, img, img)
-    fn = runtime_callable(form, example, m["runtime"], threads, workdir)
+    ident = f"network {json.dumps(spec_to_arch(spec), sort_keys=True)} img{img} classes{m.get('num_classes', 1000)}"
+    fn = runtime_callable(form, example, m["runtime"], threads, workdir, export_key=ident)
     times = time_callable(fn, warmup, runs, CLOCKS[m.get("clock", "wall")])
     return summarise(times)[m.get("statistic", "median")]
 

@@ -276,8 +276,8 @@ class Pipeline:
 
     def measure(self, models: dict[str, str | ModelSpec]) -> dict[str, dict[str, Any]]:
         """End-to-end latency of ``models`` (names, architecture files or specs) in the table's runtime, threads,
-        resolution and clock, interleaved (one call of each per round, the order rotating); with our models, the
-        table's prediction beside it."""
+        resolution and clock, in alternating turns (:func:`_interleaved`); with our models, the table's
+        prediction beside it."""
         t, m = self.cfg["table"], self.cfg["measure"]
         table = self.table()
         torch.set_num_threads(int(t["threads"]))
@@ -427,22 +427,22 @@ def _is_number(value: Any) -> bool:
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, runs: int, clock: Callable[[], float],
-                 progress: bool) -> dict[str, list[float]]:  # fmt: skip
-    """ms per call of each candidate, one call of every candidate per round in a rotating order (the clock the
-    table was measured with: CPU time with one thread, else wall time)."""
+                 progress: bool, blocks: int = 5) -> dict[str, list[float]]:  # fmt: skip
+    """ms per call of each candidate, timed as the table check times a network (calls back to back, caches warm,
+    with the table's clock: CPU time with one thread, else wall time) but in ``blocks`` turns (A B C A B C ...),
+    so that a drift of a shared machine lands on every candidate alike."""
     keys = list(fns)
-    for k in keys:
-        for _ in range(warmup):
-            fns[k]()
     times: dict[str, list[float]] = {k: [] for k in keys}
-    rounds = range(runs)
+    sizes = [runs // blocks + (1 if i < runs % blocks else 0) for i in range(blocks)]
+    turns = [(b, k) for b, size in enumerate(sizes) if size for k in keys]
     if progress:
         from tqdm import tqdm
 
-        rounds = tqdm(rounds, desc="measure", unit="round", leave=False)
-    for r in rounds:
-        for i in range(len(keys)):
-            k = keys[(r + i) % len(keys)]
+        turns = tqdm(turns, desc="measure", unit="turn", leave=False)
+    for b, k in turns:
+        for _ in range(warmup):  # every turn starts warm: another model ran in between
+            fns[k]()
+        for _ in range(sizes[b]):
             t0 = clock()
             fns[k]()
             times[k].append((clock() - t0) * 1e3)
@@ -595,7 +595,7 @@ def _markdown(p: Pipeline, rep: dict[str, Any]) -> str:
         lines.append(
             f"| {method} | {a['kendall_tau']:.3f} | {a['mape_percent']:.1f}% | {a['within_10_percent']:.0f}% |"
         )
-    lines += ["", f"## Measured end to end ({rep['measured']['_stamp']['runs']} interleaved rounds, load "
+    lines += ["", f"## Measured end to end ({rep['measured']['_stamp']['runs']} runs in 5 alternating turns, load "
               f"{rep['measured']['_stamp']['loadavg']})", "", "| model | predicted | measured | error | params |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name, v in rep["measured"].items():

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+#: below this many measured networks the per-kind fit is not attempted: the calibration is the affine fit
+MIN_PER_KIND = 12
 #: ridge penalties tried (on standardised deviations); the one with the smallest leave-one-out error is used
 PENALTIES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -171,10 +173,14 @@ def _loo_predictions(feats, meas, groups, penalty) -> list[float]:
 
 def fit_kinds(feats: Sequence[NetworkFeatures], meas: Sequence[float],
               penalties: Sequence[float] = PENALTIES) -> KindCalibration:  # fmt: skip
-    """The per-kind calibration of ``meas`` (ms), its penalty chosen by leave-one-out MAPE over ``penalties``."""
+    """The per-kind calibration of ``meas`` (ms), its penalty chosen by leave-one-out MAPE over ``penalties``;
+    with fewer than :data:`MIN_PER_KIND` networks, the affine fit (as a calibration without deviations)."""
     feats, meas = list(feats), list(meas)
     if len(feats) < 3:
-        raise ValueError(f"the per-kind calibration needs at least 3 measured networks, got {len(feats)}")
+        raise ValueError(f"a calibration needs at least 3 measured networks, got {len(feats)}")
+    if len(feats) < MIN_PER_KIND:
+        scale, offset = fit_affine([f.total for f in feats], meas)
+        return KindCalibration(scale, offset_ms=offset, method="affine")
     groups = sorted({g for f in feats for g in f.groups})
     best = min(penalties, key=lambda p: (mape(_loo_predictions(feats, meas, groups, p), meas), -p))
     return _solve(feats, meas, groups, best)

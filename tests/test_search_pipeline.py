@@ -56,7 +56,11 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     out, cache = tmp_path / "run", tmp_path / "tables"
     quiet = {"table_cache": cache, "progress": False, "log": lambda *_: None}
 
-    # 1. killed after the supernet: the stages so far are recorded, the rest is not
+    # 1. killed after the check, then after the supernet: the stages so far are recorded, the rest is not
+    first = Pipeline(dict(cfg), out, **quiet)
+    first.run(stop_after="check")
+    largest = first.table().predict(first.space.largest())
+    cfg["target_like"] = str(0.85 * largest)  # below the largest subnet: the search has to take steps
     Pipeline(dict(cfg), out, **quiet).run(stop_after="supernet")
     done = {p.stem for p in (out / "stages").glob("*.json")}
     assert done == {"table", "check", "references", "supernet"}
@@ -87,8 +91,10 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     report = json.loads((out / "report.json").read_text())
     searched = report["measured"]["searched"]
     assert searched["measured_ms"] > 0 and searched["predicted_ms"] > 0
-    assert report["measured"]["mobilenetv2_100"]["family"] == "timm"
-    assert report["target_ms"] == results["references"]["mobilenetv2_100"]["measured_ms"]
+    assert report["measured"]["mobilenetv2_100"]["family"] == "timm"  # measured in the same run and runtime
+    assert report["target_ms"] == pytest.approx(0.85 * largest)
+    assert results["search"]["stopped"] == "target met" and results["search"]["final"]["latency_ms"] <= 0.85 * largest
+    assert results["search"]["evaluations"] > 1
     assert set(report["check"]["methods_leave_one_out"]) == {"sum", "affine", "per-kind"}
     assert report["stages"]["supernet"]["steps_per_s"] > 0 and report["stages"]["search"]["candidates_per_s"] > 0
     assert report["export"]["searched"]["max_abs_diff"] < 1e-3 and Path(report["export"]["searched"]["onnx"]).is_file()
@@ -102,7 +108,7 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
 
     # 4. a finished pipeline reruns from its records; the CLI prints which stages were cached
     rc = main(["search", "pipeline", "--config", str(CONFIG), "--budget", "tiny", "--output", str(out),
-               "--data", cfg["data"], "--table-cache", str(cache)])  # fmt: skip
+               "--data", cfg["data"], "--table-cache", str(cache), "--target-like", cfg["target_like"]])  # fmt: skip
     assert rc == 0 and "cached stages: " + ", ".join(STAGES) in capsys.readouterr().out
 
     # 5. another run on the same machine reuses the table and its check (same settings, same stamp)

@@ -40,8 +40,8 @@ from ..models.layers import ConvNorm, Stem, to_grid
 from ..runtime.distributed import process_group
 from ..runtime.loop import Plan, Step, fit
 from ..runtime.schedule import epoch_scheduler
-from .supernet import prefix, recalibrate_bn
-from .train import memory_batches, normalise
+from .supernet import prefix
+from .train import held_out_accuracy, memory_batches
 from .v1space import V1Space
 
 MB4D, MB3D, IDENTITY = "mb4d", "mb3d", "id"
@@ -266,23 +266,18 @@ class _V1TrainConfig:
 
 
 class V1PathEvaluator:
-    """Held-out accuracy (%) of a hard path, after recalibrating BatchNorm on a copy of the supernet."""
+    """Held-out accuracy (%) of a hard path: a copy of the supernet running the path, BatchNorm recalibrated and
+    scored by the evaluator the V2 search uses (:func:`~.train.held_out_accuracy`)."""
 
     def __init__(self, net: V1MetaSupernet, eval_images, eval_labels, calib_images, batch: int = 256) -> None:
         self.net, self.batch = net, batch
-        self.eval_x, self.eval_y = normalise(eval_images), eval_labels
-        self.calib = [normalise(calib_images[i : i + 64]) for i in range(0, len(calib_images), 64)]
+        self.eval_x, self.eval_y = eval_images, eval_labels
+        self.calib = [calib_images[i : i + 64] for i in range(0, len(calib_images), 64)]
 
     @torch.no_grad()
     def __call__(self, path: V1Path) -> float:
-        net = copy.deepcopy(self.net)
-        recalibrate_bn(_PathModule(net, path), self.calib)
-        correct = 0
-        for i in range(0, len(self.eval_y), self.batch):
-            correct += int(
-                (net(self.eval_x[i : i + self.batch], path).argmax(-1) == self.eval_y[i : i + self.batch]).sum()
-            )
-        return 100.0 * correct / len(self.eval_y)
+        model = _PathModule(copy.deepcopy(self.net), path)
+        return held_out_accuracy(model, self.calib, self.eval_x, self.eval_y, self.batch)
 
 
 class _PathModule(nn.Module):

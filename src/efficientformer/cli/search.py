@@ -11,18 +11,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..models.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
+from ..models.arch import arch_to_spec, is_arch_path, load_arch
 from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
 from ..search.greedy import MESConfig, SearchTargets
 from ..search.latency import LatencyTable, build_table, import_table
 from ..search.lut_check import check_table, recheck_table, write_report
 from ..search.params import count_params
-from ..search.pipeline import BUDGETS, Pipeline, data_root, held_out_split, load_pipeline_config, run_v2_search
+from ..search.pipeline import BUDGETS, Pipeline, data_root, load_pipeline_config, run_v1_search, run_v2_search
 from ..search.space import V2Space
 from ..search.supernet import load_supernet, save_supernet
-from ..search.train import SupernetConfig, load_split, train_supernet
-from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
+from ..search.train import SupernetConfig, train_supernet
 from ..search.v1space import V1_PUBLISHED, V1Space
 from .errors import UserError
 
@@ -296,32 +295,14 @@ def run_v1(args: argparse.Namespace) -> int:
         raise UserError("give a target: --target-latency MS or --target-like efficientformer_l1")
     cfg = _config(args.config)
     space = V1Space.from_dict(cfg.get("space", {}))
-    train_cfg = cfg.get("train", {})
-    root = data_root(args.data)
-    images, labels = load_split(root / "train", args.img_size)
-    eval_x, eval_y = load_split(held_out_split(root), args.img_size)
-    net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=args.img_size)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-
-    def show(row: dict) -> None:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-
-    train_v1_supernet(net, images, labels, output=out / "supernet", steps=args.steps, batch_size=args.batch_size,
-                      seed=args.seed, **train_cfg)  # fmt: skip
-    evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
-    result = slim(net.argmax_path(), net.importance, evaluator, table.predict, target, space, log=show)
-    spec = result.final.spec()
-    seconds = round(time.time() - started, 1)
-    extra = {"search": {"accuracy_heldout": result.accuracy, "table_latency_ms": result.latency_ms,
-                        "target_ms": target, "lut": str(args.lut), "seconds": seconds}}  # fmt: skip
-    arch_path = save_arch({**spec_to_arch(spec), **extra}, out / "arch.yaml")
-    with (out / "trajectory.jsonl").open("w") as f:
-        for row in result.trajectory:
-            f.write(json.dumps(row) + "\n")
-    print(f"{arch_path}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
-          f"{result.latency_ms:.2f} ms (target {target:.2f}), held-out acc {result.accuracy:.2f}%")  # fmt: skip
+    res = run_v1_search(table, target, space, data_root(args.data), Path(args.output), img_size=args.img_size,
+                        steps=args.steps, batch_size=args.batch_size, seed=args.seed, train=cfg.get("train", {}),
+                        log=lambda line: print(line, flush=True))  # fmt: skip
+    spec, tm = res["spec"], res["timing"]
+    print(f"{res['arch']}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
+          f"{res['latency_ms']:.2f} ms (target {target:.2f}), held-out acc {res['accuracy']:.2f}%; supernet "
+          f"{tm['supernet_steps_per_s']} steps/s, {tm['paths_scored']} paths scored at "
+          f"{tm['paths_per_s']}/s")  # fmt: skip
     return 0
 
 

@@ -62,6 +62,8 @@ from .params import count_params
 from .space import V2Space
 from .supernet import load_supernet, save_supernet
 from .train import SubnetEvaluator, SupernetConfig, load_split, train_supernet
+from .v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
+from .v1space import V1Space
 
 STAGES = ("table", "check", "references", "supernet", "search", "retrain", "export", "measure", "report")
 BUDGETS = ("tiny", "proxy", "full")
@@ -490,6 +492,48 @@ def run_v2_search(net, table: LatencyTable, targets: SearchTargets, root: Path, 
     atomic_write_json(out / "summary.json", summary)
     atomic_torch_save({"model": net.extract(final.spec).state_dict()}, out / "supernet_weights.pth")
     return summary
+
+
+def run_v1_search(table: LatencyTable, target_ms: float, space: V1Space, root: Path, out: Path, *, img_size: int,
+                  steps: int, batch_size: int, seed: int = 0, train: dict[str, Any] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """V1: the MetaPath supernet trained on the runtime, then latency-driven slimming to ``target_ms``; writes
+    ``arch.yaml`` (with the machine stamp) and ``trajectory.jsonl`` into ``out``; returns the summary with the
+    time of each part (supernet steps/s, paths scored/s)."""
+    images, labels = load_split(root / "train", img_size)
+    eval_x, eval_y = load_split(held_out_split(root, log), img_size)
+    net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=img_size)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train_v1_supernet(net, images, labels, output=out / "supernet", steps=steps, batch_size=batch_size, seed=seed,
+                      **(train or {}))  # fmt: skip
+    trained = time.perf_counter()
+    evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
+    scored = [0]
+
+    def evaluate(path) -> float:
+        scored[0] += 1
+        return evaluator(path)
+
+    def show(row: dict) -> None:
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    result = slim(net.argmax_path(), net.importance, evaluate, table.predict, target_ms, space, log=show)
+    done = time.perf_counter()
+    spec = result.final.spec()
+    train_s, search_s = trained - started, done - trained
+    timing = {"supernet_seconds": round(train_s, 2), "supernet_steps_per_s": round(steps / train_s, 3)}
+    timing.update(search_seconds=round(search_s, 2), paths_scored=scored[0],
+                  paths_per_s=round(scored[0] / max(search_s, 1e-9), 3))  # fmt: skip
+    extra = {"search": {"accuracy_heldout": result.accuracy, "table_latency_ms": result.latency_ms,
+                        "target_ms": target_ms, "seconds": round(done - started, 1), "timing": timing,
+                        "machine": table.meta.get("machine", {})}}  # fmt: skip
+    arch_path = save_arch({**spec_to_arch(spec), **extra}, out / "arch.yaml")
+    with (out / "trajectory.jsonl").open("w") as f:
+        for row in result.trajectory:
+            f.write(json.dumps(row) + "\n")
+    return {"arch": str(arch_path), "spec": spec, "accuracy": result.accuracy, "latency_ms": result.latency_ms,
+            "timing": timing}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

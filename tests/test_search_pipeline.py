@@ -44,6 +44,9 @@ def test_budgets_and_bad_keys_are_checked(tmp_path):
         load_pipeline_config(bad, "proxy")
     with pytest.raises(ValueError, match="--budget"):
         load_pipeline_config(CONFIG, "huge")
+    with pytest.raises(ValueError, match="neither one of our models"):  # refused before any work
+        Pipeline(tiny, tmp_path / "run", target_like="mobilenet_v9", progress=False).run()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -179,6 +179,7 @@ class Pipeline:
     def run(self, stop_after: str | None = None) -> dict[str, Any]:
         if stop_after is not None and stop_after not in STAGES:
             raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
+        self.check_references()  # before any work: a typo in a model name is one line now, not after the table
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "pipeline.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
         stages = STAGES
@@ -269,6 +270,12 @@ class Pipeline:
         if target is not None and not _is_number(target) and target not in names:
             names.append(str(target))
         return names
+
+    def check_references(self) -> None:
+        for name in self.reference_names() + list(self.cfg["retrain"]["references"]):
+            if reference_spec(name) is None and not require("timm").is_model(name):
+                raise ValueError(f"reference {name!r} is neither one of our models, an architecture file, a latency "
+                                 "in ms nor a timm model name (e.g. mobilenetv2_100)")  # fmt: skip
 
     def stage_references(self) -> tuple[dict, dict]:
         names = self.reference_names()

@@ -51,6 +51,26 @@ def prefix(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor
     return t[tuple(slice(0, s) for s in shape)]
 
 
+def sliced_tensors(full: nn.Module, skel: nn.Module, detach: bool = False) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``skel`` (a smaller module of the same tree) as a view of the leading slice
+    of ``full``'s tensor of the same name: the one weight-sharing mechanism of both supernets (V2's subnets,
+    V1's narrowed MetaPath blocks)."""
+    tensors = dict(full.named_parameters())
+    tensors.update(dict(full.named_buffers()))
+    out = {}
+    for name, t in list(skel.named_parameters()) + list(skel.named_buffers()):
+        view = prefix(tensors[name], t.shape)
+        out[name] = view.detach() if detach else view
+    return out
+
+
+def sliced_call(full: nn.Module, skel: nn.Module, *args):
+    """Run ``skel`` (usually on the meta device: no storage of its own) on the sliced tensors of ``full``, in
+    ``full``'s train/eval mode; gradients and training-mode BatchNorm updates reach ``full``'s prefixes."""
+    skel.train(full.training)
+    return functional_call(skel, sliced_tensors(full, skel), args, strict=True)
+
+
 class V2Supernet(EfficientFormerV2):
     """EfficientFormerV2 at the space's largest point, able to run any subnet of the space on shared weights."""
 
@@ -102,21 +122,12 @@ class V2Supernet(EfficientFormerV2):
 
     def sliced_tensors(self, skel: nn.Module, detach: bool = False) -> dict[str, torch.Tensor]:
         """Every parameter and buffer of a skeleton, as a view of the leading slice of the supernet's tensor."""
-        full = dict(self.named_parameters())
-        full.update(dict(self.named_buffers()))
-        out = {}
-        for name, t in list(skel.named_parameters()) + list(skel.named_buffers()):
-            src = full[name]
-            view = prefix(src, t.shape)
-            out[name] = view.detach() if detach else view
-        return out
+        return sliced_tensors(self, skel, detach)
 
     def forward(self, x: torch.Tensor):  # type: ignore[override]
         if self.active is None:
             return super().forward(x)
-        skel = self.skeleton(self.active)
-        skel.train(self.training)
-        return functional_call(skel, self.sliced_tensors(skel), (x,), strict=True)
+        return sliced_call(self, self.skeleton(self.active), x)
 
     def run_subnet(self, spec: ModelSpec, x: torch.Tensor):
         """Forward ``x`` through ``spec`` without changing the active subnet."""

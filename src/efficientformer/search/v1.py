@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..data.samplers import TrainSampler
 from ..models.base import ModelSpec
@@ -40,7 +39,7 @@ from ..models.layers import ConvNorm, Stem, to_grid
 from ..runtime.distributed import process_group
 from ..runtime.loop import Plan, Step, fit
 from ..runtime.schedule import epoch_scheduler
-from .supernet import prefix
+from .supernet import sliced_call
 from .train import held_out_accuracy, memory_batches
 from .v1space import V1Space
 
@@ -89,7 +88,8 @@ def canonical(path: V1Path) -> V1Path:
 
 
 class _Sliced:
-    """Runs a full-width module on the leading channels of its weights through a cached meta-device skeleton."""
+    """Runs a full-width module on the leading channels of its weights (:func:`~.supernet.sliced_call`, the V2
+    supernet's mechanism) through a skeleton built once per width on the meta device."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple, nn.Module] = {}
@@ -100,11 +100,7 @@ class _Sliced:
             with torch.device("meta"):
                 skel = build()
             self.cache[key] = skel
-        skel.train(module.training)
-        full = dict(module.named_parameters())
-        full.update(dict(module.named_buffers()))
-        tensors = {n: prefix(full[n], t.shape) for n, t in list(skel.named_parameters()) + list(skel.named_buffers())}
-        return functional_call(skel, tensors, args, strict=True)
+        return sliced_call(module, skel, *args)
 
 
 class V1MetaSupernet(nn.Module):

@@ -95,6 +95,11 @@ def test_lut_and_lut_check_commands(tmp_path, capsys):
                "--output-dir", str(tmp_path / "recheck")])  # fmt: skip
     again = json.loads((tmp_path / "recheck" / "lut_check.json").read_text())
     assert rc == 0 and [r["measured_ms"] for r in again["rows"]] == [r["measured_ms"] for r in result["rows"]]
+    rc = main(["search", "lut-check", "--lut", str(out), "--measured", str(tmp_path / "check" / "lut_check.json"),
+               "--statistic", "min", "--output-dir", str(tmp_path / "recheck_min")])  # fmt: skip
+    mins = json.loads((tmp_path / "recheck_min" / "lut_check.json").read_text())
+    assert rc == 0 and [r["measured_ms"] for r in mins["rows"]] == [r["measured_stats"]["min"] for r in result["rows"]]
+    assert mins["table"]["statistic"] == "min"
     # bad input is one line on stderr, exit status 2
     assert main(["search", "lut", "--family", "v2", "--runtime", "torch", "--img-size", "64", "--output",
                  str(tmp_path / "bad.json"), "--threads", "0"]) == 2  # fmt: skip

@@ -69,6 +69,12 @@ def register(subparsers) -> None:
     chk.add_argument("--runs", type=int, default=20)
     chk.add_argument("--output-dir", required=True)
     chk.add_argument("--update-lut", action="store_true", help="store the fitted per-kind calibration in the table")
+    chk.add_argument(
+        "--statistic",
+        choices=("median", "min", "p90"),
+        default=None,
+        help="with --measured: refit on this statistic of entries and networks (all are stored)",
+    )
     chk.add_argument("--measured", default=None,
                      help="lut_check.json of an earlier check on the same runtime/threads/resolution: refit this "
                           "table on those measured networks instead of timing them again")  # fmt: skip
@@ -198,8 +204,10 @@ def run_lut_import(args: argparse.Namespace) -> int:
 def run_lut_check(args: argparse.Namespace) -> int:
 
     table = LatencyTable.load(args.lut)
+    if args.statistic and not args.measured:
+        raise UserError("--statistic refits stored measurements: give --measured lut_check.json too")
     if args.measured:
-        result = recheck_table(table, args.measured)
+        result = recheck_table(table, args.measured, args.statistic)
     else:
         result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
     paths = write_report(result, args.output_dir)

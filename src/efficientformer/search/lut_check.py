@@ -152,13 +152,25 @@ def summarise_check(table: LatencyTable, rows: list[dict[str, Any]], warmup: int
 SAME_MEASUREMENT = ("family", "runtime", "threads", "img_size", "batch", "num_classes", "statistic", "clock")
 
 
-def recheck_table(table: LatencyTable, measured: str | Path) -> dict[str, Any]:
+def recheck_table(table: LatencyTable, measured: str | Path, statistic: str | None = None) -> dict[str, Any]:
     """:func:`check_table` on networks an earlier check measured (``lut_check.json``), not timed again: two
-    tables (say isolated and in-context) compared on exactly the same measurements."""
+    tables (say isolated and in-context) compared on exactly the same measurements. ``statistic`` (``min``,
+    ``median``, ``p90``): refit on that statistic of the table entries and of the measured networks instead (every
+    statistic is stored)."""
     path = Path(measured)
     if not path.is_file():
         raise FileNotFoundError(f"--measured {path} not found; pass the lut_check.json of an earlier lut-check")
     old = json.loads(path.read_text())
+    if statistic is not None:
+        if any(statistic not in e for e in table.entries.values()):
+            raise ValueError(f"the table does not store the {statistic!r} of every entry; measure it again")
+        if any(statistic not in r.get("measured_stats", {}) for r in old["rows"]):
+            raise ValueError(f"{path} does not store the {statistic!r} of every network; rerun that lut-check")
+        table = LatencyTable({**table.meta, "statistic": statistic},
+                             {k: {**e, "ms": e[statistic]} for k, e in table.entries.items()})  # fmt: skip
+        old["table"]["statistic"] = statistic
+        for r in old["rows"]:
+            r["measured_ms"] = r["measured_stats"][statistic]
     diff = [k for k in SAME_MEASUREMENT if old["table"].get(k) != table.meta.get(k)]
     if diff:
         raise ValueError(f"{path} measured networks with other settings ({', '.join(diff)}) than this table")

@@ -118,3 +118,15 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     other = Pipeline(dict(cfg), tmp_path / "run2", **quiet)
     other.run(stop_after="check")
     assert other.results["table"]["reused"] and other.results["table"]["path"] == table_file
+
+
+def test_comparison_has_the_difference_and_its_standard_error():
+    from efficientformer.search.pipeline import _comparisons
+
+    runs = [{"val_top1": 0}] * 3
+    retrain = {"searched": {"mean": 78.0, "sd": 1.0, "runs": runs}, "s0": {"mean": 77.0, "sd": 2.0, "runs": runs},
+               "one": {"mean": 70.0, "sd": None, "runs": runs[:1]}}  # fmt: skip
+    out = _comparisons(retrain)
+    assert out["s0"]["difference"] == pytest.approx(1.0)
+    assert out["s0"]["standard_error"] == pytest.approx((1 / 3 + 4 / 3) ** 0.5)
+    assert out["one"]["standard_error"] is None

@@ -60,10 +60,13 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     quiet = {"table_cache": cache, "progress": False, "log": lambda *_: None}
 
     # 1. killed after the check, then after the supernet: the stages so far are recorded, the rest is not
-    first = Pipeline(dict(cfg), out, **quiet)
+    first = Pipeline(dict(cfg), tmp_path / "run0", **quiet)
     first.run(stop_after="check")
     largest = first.table().predict(first.space.largest())
     cfg["target_like"] = str(0.85 * largest)  # below the largest subnet: the search has to take steps
+    with pytest.raises(ValueError, match="other settings"):  # a run folder is for one set of settings
+        Pipeline(dict(cfg), tmp_path / "run0", **quiet).run()
+    Pipeline(dict(cfg), out, **quiet).run(stop_after="check")
     Pipeline(dict(cfg), out, **quiet).run(stop_after="supernet")
     done = {p.stem for p in (out / "stages").glob("*.json")}
     assert done == {"table", "check", "references", "supernet"}
@@ -114,10 +117,9 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
                "--data", cfg["data"], "--table-cache", str(cache), "--target-like", cfg["target_like"]])  # fmt: skip
     assert rc == 0 and "cached stages: " + ", ".join(STAGES) in capsys.readouterr().out
 
-    # 5. another run on the same machine reuses the table and its check (same settings, same stamp)
-    other = Pipeline(dict(cfg), tmp_path / "run2", **quiet)
-    other.run(stop_after="check")
-    assert other.results["table"]["reused"] and other.results["table"]["path"] == table_file
+    # 5. another run on the same machine reused the table and its check (same settings, same stamp)
+    assert pipe.results["table"]["reused"] and pipe.results["table"]["path"] == first.results["table"]["path"]
+    assert not first.results["table"]["reused"] and table_file == first.results["table"]["path"]
 
 
 def test_comparison_has_the_difference_and_its_standard_error():

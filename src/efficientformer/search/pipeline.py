@@ -180,8 +180,13 @@ class Pipeline:
         if stop_after is not None and stop_after not in STAGES:
             raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
         self.check_references()  # before any work: a typo in a model name is one line now, not after the table
+        saved = self.out / "pipeline.yaml"
+        settings = yaml.safe_dump(self.cfg, sort_keys=False)
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(settings):
+            raise ValueError(f"{self.out} holds a pipeline run with other settings ({saved}); pass another --output "
+                             "or delete it (its finished stages would not match these settings)")  # fmt: skip
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "pipeline.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
+        atomic_write_text(saved, settings)
         stages = STAGES
         bar = None
         if self.progress:

@@ -101,3 +101,13 @@ def test_error_measures():
     with pytest.raises(ValueError, match="at least 3"):
         fit_kinds([f, f], [1.0, 2.0])
     assert len(candidate_specs("v2", SPACE.to_dict(), 3, 0)) == len(V2_VARIANTS) + 3
+
+
+def test_a_table_for_the_check_holds_exactly_the_checked_networks():
+    from efficientformer.search.lut_check import check_keys, check_specs
+
+    keys = check_keys("v2", SPACE.to_dict(), 5, 0)
+    table = LatencyTable({"family": "v2", "space": SPACE.to_dict()}, {k: {"ms": 1.0} for k in keys})
+    specs = check_specs(table, 5, 0)
+    assert len(specs) == len(candidate_specs("v2", SPACE.to_dict(), 5, 0))  # every network can be predicted
+    assert set(keys) == {k for s in specs for k in network_keys(s)}  # and nothing else was measured

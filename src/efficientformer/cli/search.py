@@ -16,7 +16,7 @@ from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
 from ..search.greedy import MESConfig, SearchTargets
 from ..search.latency import LatencyTable, build_table, import_table
-from ..search.lut_check import check_table, recheck_table, write_report
+from ..search.lut_check import check_keys, check_table, recheck_table, write_report
 from ..search.params import count_params
 from ..search.pipeline import BUDGETS, Pipeline, data_root, load_pipeline_config, run_v1_search, run_v2_search
 from ..search.space import V2Space
@@ -49,6 +49,13 @@ def register(subparsers) -> None:
                      help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)")  # fmt: skip
     lut.add_argument("--context", type=int, default=1,
                      help="time each FFN/attention/Meta4D/Meta3D block as a chain of K copies (per copy)")  # fmt: skip
+    lut.add_argument(
+        "--for-check",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the entries of the networks `lut-check --random N` times (published + N random)",
+    )
     lut.add_argument("--space", default=None, help="YAML with a 'space:' mapping (default: the built-in space)")
     lut.add_argument("--output", required=True, help="table JSON; an existing one with the same settings resumes")
     lut.set_defaults(func=run_lut)
@@ -183,6 +190,7 @@ def run_lut(args: argparse.Namespace) -> int:
         args.output, args.family, args.runtime, threads=args.threads, img_size=args.img_size, batch=args.batch,
         num_classes=args.num_classes, warmup=args.warmup, runs=args.runs, space=space, statistic=args.statistic,
         clock=args.clock, context=args.context,
+        keys=check_keys(args.family, space.to_dict(), args.for_check, 0) if args.for_check is not None else None,
     )  # fmt: skip
     m = table.meta["machine"]
     print(

@@ -26,7 +26,7 @@ from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..utils.io import atomic_write_json
 from ..utils.timing import time_callable
-from .latency import CLOCKS, LatencyTable, machine_stamp, runtime_callable, summarise
+from .latency import CLOCKS, LatencyTable, machine_stamp, network_keys, runtime_callable, summarise
 from .predictor import accuracy, fit_affine, fit_kinds, kendall_tau, leave_one_out, mape
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
@@ -47,6 +47,12 @@ def candidate_specs(family: str, space: dict | None, n_random: int, seed: int) -
         return list(V2_VARIANTS.values()) + [v2.sample(rng) for _ in range(n_random)]
     v1 = V1Space.from_dict(space) if space else V1Space()
     return list(V1_PUBLISHED.values()) + [random_v1(v1, rng) for _ in range(n_random)]
+
+
+def check_keys(family: str, space: dict | None, n_random: int, seed: int) -> list[str]:
+    """The entries of exactly the networks a check with ``n_random`` and ``seed`` times (``search lut
+    --for-check N``: a table for judging the predictor, without the rest of the space)."""
+    return sorted({k for s in candidate_specs(family, space, n_random, seed) for k in network_keys(s)})
 
 
 def check_specs(table: LatencyTable, n_random: int, seed: int) -> list[ModelSpec]:

@@ -7,7 +7,7 @@ of the same model, all timed interleaved in one run (issue #13, goal 5).
 
 One step = forward, cross-entropy, backward, AdamW step, in train mode (single head on both sides). A combo is
 ``+``-joined flags: ``eager`` (none), ``cl`` (channels_last model and input), ``clgrad`` (BatchNorm gradients kept
-channels-last: ``runtime.loop.keep_channels_last_gradients``), ``bf16`` (autocast to bfloat16),
+channels-last: ``runtime.precision.keep_channels_last_gradients``), ``bf16`` (autocast to bfloat16),
 ``fp16`` (autocast to float16, GPU), ``compile`` (torch.compile of the model), ``fused`` (torch's fused AdamW),
 or ``default``: what ``efficientformer train`` does with the default config on this machine (precision and
 layout from ``TrainConfig()`` resolved by the runtime, the optimiser from ``runtime.optim.build_optimizer``).
@@ -25,8 +25,8 @@ import statistics
 
 import torch
 
-from efficientformer.runtime.loop import keep_channels_last_gradients
 from efficientformer.runtime.optim import build_optimizer
+from efficientformer.runtime.precision import keep_channels_last_gradients
 from efficientformer.train.config import TrainConfig
 from efficientformer.train.engine import resolve_precision
 from efficientformer.utils.machine import pin_allocator

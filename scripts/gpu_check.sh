@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The training runtime's GPU checks, in one short call on a machine with a CUDA GPU (see docs/training.md):
-# NCCL collectives, bf16 + channels_last + torch.compile + EMA training, evaluation, checkpoint and resume, and a
-# few dense steps. Prints the environment and the tests' output; exits non-zero when a check fails.
+# NCCL collectives, bf16 + channels_last + torch.compile + EMA training, evaluation, checkpoint and resume, a few
+# dense steps, and (tests/gpu/test_cuda_preemption.py) a SIGUSR1 stop with a mid-epoch checkpoint, gradient
+# accumulation (DDP no_sync when there are two GPUs) and the torchrun --max-restarts resume, under torchrun on NCCL.
+# Prints the environment and the tests' output; exits non-zero when a check fails. Extra arguments go to pytest
+# (e.g. -k preemption).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -29,10 +29,10 @@ torch.set_num_threads(1)
 
 TINY_DET = {"min_size": 64, "max_size": 96, "anchor_sizes": (8, 16, 32, 64, 128), "fpn_channels": 16,
             "box_head_dim": 32, "mask_head_channels": 8, "box_batch_size": 32, "rpn_batch_size": 32,
-            "batch_size": 2, "workers": 0, "threads": 1, "epochs": 1, "max_iters": 1, "eval_every": 0,
+            "batch_size": 2, "workers": 0, "threads": 1, "epochs": 1, "steps": 1, "eval_every": 0,
             "model": "efficientformerv2_s0"}  # fmt: skip
 # V1 backbone here, so that the output norms take part
-TINY_SEG = {"model": "efficientformer_l1", "num_classes": 4, "crop_size": 64, "scale": (128, 64), "iters": 1,
+TINY_SEG = {"model": "efficientformer_l1", "num_classes": 4, "crop_size": 64, "scale": (128, 64), "steps": 1,
             "batch_size": 2, "workers": 0, "threads": 1, "fpn_channels": 16, "head_channels": 8,
             "eval_every": 0}  # fmt: skip
 

@@ -111,10 +111,10 @@ def test_segmentation_resume_is_exact(tmp_path):
               "scale=128,64", "batch_size=2", "workers=0", "threads=1", "fpn_channels=16", "head_channels=8",
               "poly_power=0", "eval_every=0", "checkpoint_every=1"]  # fmt: skip
     straight, resumed = tmp_path / "a", tmp_path / "b"
-    assert _cli(["segment", "train", "--output", str(straight), *common, "iters=4"]) == 0
-    assert _cli(["segment", "train", "--output", str(resumed), *common, "iters=2"]) == 0
+    assert _cli(["segment", "train", "--output", str(straight), *common, "steps=4"]) == 0
+    assert _cli(["segment", "train", "--output", str(resumed), *common, "steps=2"]) == 0
     assert safe_torch_load(resumed / "last.pth")["progress"]["iteration"] == 2
-    assert _cli(["segment", "train", "--output", str(resumed), *common, "iters=4"]) == 0
+    assert _cli(["segment", "train", "--output", str(resumed), *common, "steps=4"]) == 0
     a, b = safe_torch_load(straight / "last.pth"), safe_torch_load(resumed / "last.pth")
     assert b["progress"]["iteration"] == 4
     for k in a["model"]:
@@ -133,7 +133,7 @@ def test_detection_resume_mid_epoch_is_exact(tmp_path):
               "lr_steps=1", "warmup_iters=2", "eval_every=0", "checkpoint_every=0"]  # fmt: skip
     straight, resumed = tmp_path / "a", tmp_path / "b"
     assert _cli(["detect", "train", "--output", str(straight), *common]) == 0
-    assert _cli(["detect", "train", "--output", str(resumed), *common, "max_iters=3"]) == 0
+    assert _cli(["detect", "train", "--output", str(resumed), *common, "steps=3"]) == 0
     mid = safe_torch_load(resumed / "last.pth")["progress"]
     assert (mid["iteration"], mid["epoch"], mid["epoch_iter"]) == (3, 1, 1)
     assert _cli(["detect", "train", "--output", str(resumed), *common]) == 0
@@ -149,7 +149,7 @@ def test_segmentation_same_data_with_loader_workers(tmp_path):
 
     data = make_ade(tmp_path / "ade", train=4, val=1, size=64, seed=4)
     common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
-              "scale=128,64", "batch_size=2", "threads=1", "fpn_channels=16", "head_channels=8", "iters=2",
+              "scale=128,64", "batch_size=2", "threads=1", "fpn_channels=16", "head_channels=8", "steps=2",
               "eval_every=0"]  # fmt: skip
     assert _cli(["segment", "train", "--output", str(tmp_path / "w0"), *common, "workers=0"]) == 0
     assert _cli(["segment", "train", "--output", str(tmp_path / "w2"), *common, "workers=2"]) == 0

@@ -410,8 +410,8 @@ def test_build_config_layers_and_errors(tmp_path):
 
     yml = tmp_path / "c.yaml"
     yml.write_text("epochs: 3\nanchor_sizes: [8, 16, 32, 64, 128]\nlr: 1.0e-3\n")
-    cfg = load_config(DetectConfig, yml, ["lr=5e-4", "frozen_bn=true", "weight_decay=none"], model="efficientformer_l1")
-    assert cfg.epochs == 3 and cfg.anchor_sizes == (8, 16, 32, 64, 128) and cfg.lr == 5e-4 and cfg.frozen_bn
+    cfg = load_config(DetectConfig, yml, ["lr=5e-4", "freeze_bn=true", "weight_decay=none"], model="efficientformer_l1")
+    assert cfg.epochs == 3 and cfg.anchor_sizes == (8, 16, 32, 64, 128) and cfg.lr == 5e-4 and cfg.freeze_bn
     assert cfg.resolved_weight_decay() == 1e-4
     assert load_config(DetectConfig, None, ["model=efficientformerv2_s0"]).resolved_weight_decay() == 0.05
     from efficientformer.dense.segmentation import SegmentConfig

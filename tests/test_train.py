@@ -165,18 +165,40 @@ def test_lr_curve_equals_the_official_loop_epoch_by_epoch(tmp_path):
     assert ours[3] == pytest.approx(1e-5 + 2 * (1e-3 - 1e-5) / warmup)
 
 
-def test_no_weight_decay_list_is_deliberate():
-    from efficientformer.models import create_model
+def test_weight_decay_falls_on_the_official_tensors_and_the_exemption_is_an_option():
+    """The official optimiser is timm's factory over models without ``no_weight_decay()``: its rule
+    (``param_groups_weight_decay``: exempt 1-D tensors and biases only) applied to the official layout decays the
+    attention-bias tables, (heads, N), and V2's layer scales, (C, 1, 1) there: 18 + 5 tensors in S0, 2,240 elements
+    at 64 px (5,120 at 224). Built here from the official rule on tensors of the official shapes, compared with ours."""
+    from timm.optim._param_groups import param_groups_weight_decay
 
-    model = create_model("efficientformerv2_s0", num_classes=10, img_size=32)
-    decay, no_decay = param_groups(model, 0.025)
-    names = {id(p): n for n, p in model.named_parameters()}
-    skipped = {names[id(p)] for p in no_decay["params"]}
-    assert decay["weight_decay"] == 0.025 and no_decay["weight_decay"] == 0.0
-    assert any(n.endswith("pos_bias.table") for n in skipped)  # attention biases (2-D+) are not decayed
-    assert any(n.endswith(".scale") for n in skipped)  # layer scales
-    assert any(".bn." in n for n in skipped) and any(n.endswith(".bias") for n in skipped)
-    assert all(p.ndim > 1 for p in decay["params"])
+    from efficientformer.models import create_model
+    from efficientformer.models.layers import LayerScale
+
+    for name in ("efficientformerv2_s0", "efficientformer_l1"):
+        model = create_model(name, num_classes=10, img_size=224)
+        v2 = "v2" in name
+        # the official layout: V2 layer scales as (C, 1, 1); V1's are 1-D there too
+        official_model = create_model(name, num_classes=10, img_size=224)
+        if v2:
+            for m in official_model.modules():
+                if isinstance(m, LayerScale):
+                    m.scale = torch.nn.Parameter(m.scale.data.view(-1, 1, 1))
+        official_names = {id(p): n for n, p in official_model.named_parameters()}
+        official = {g["weight_decay"]: [official_names[id(p)] for p in g["params"]]
+                    for g in param_groups_weight_decay(official_model, 0.025)}  # fmt: skip
+        names = {id(p): n for n, p in model.named_parameters()}
+        ours = {g["weight_decay"]: [names[id(p)] for p in g["params"]] for g in param_groups(model, 0.025)}
+        assert ours == official, name  # the same tensors decayed, the same exempt
+    model = create_model("efficientformerv2_s0", num_classes=10, img_size=64)
+    params = dict(model.named_parameters())
+    decayed = {n for n, p in params.items() if any(p is q for q in param_groups(model, 0.025)[0]["params"])}
+    kept = {n for n, p in params.items() if any(p is q for q in param_groups(model, 0.025, True)[0]["params"])}
+    moved = sorted(decayed - kept)
+    assert kept < decayed
+    assert sum(n.endswith(".scale") for n in moved) == 18 and sum(n.endswith("pos_bias.table") for n in moved) == 5
+    assert len(moved) == 23 and sum(params[n].numel() for n in moved) == 2240
+    assert build_config(None, {}).no_decay_scales is False  # the official recipe is the default
 
 
 def test_distillation_losses():
@@ -439,7 +461,7 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     records) the resolved precision, and its evaluation stays fp32 (eval_amp=none) so the reported top-1 is what
     `eval` of the checkpoint gives, also when training ran under bf16 autocast."""
     from efficientformer import create_model
-    from efficientformer.runtime import loop
+    from efficientformer.runtime import precision as loop
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert loop.resolve_channels_last(None, cpu) is True
@@ -512,7 +534,7 @@ def test_batchnorm_gradients_stay_channels_last():
     """V2's attention reshapes its q/k/v BatchNorm outputs, whose gradients then arrive NCHW (a 3-6x slower BatchNorm
     backward on CPU); the runtime's hook hands every BatchNorm a channels-last gradient, with the same values."""
     from efficientformer import create_model
-    from efficientformer.runtime.loop import keep_channels_last_gradients
+    from efficientformer.runtime.precision import keep_channels_last_gradients
 
     torch.manual_seed(0)
     model = create_model("efficientformerv2_s0", num_classes=5, img_size=64, distillation=False, drop_path_rate=0.0)
@@ -546,3 +568,65 @@ def test_batchnorm_gradients_stay_channels_last():
         h.remove()
     grads()
     assert sum(inp and not grad for inp, grad in layouts) == mixed
+
+
+def test_posterize_zero_bits_is_black_and_a_failing_augmentation_names_the_op(tmp_path):
+    """RandAugment inc1 at magnitude 10 asks posterize for 0 bits: the official era's Pillow returned a black image
+    (``v & ~255``), Pillow 13 raises. Ours gives the black image; other bit counts are Pillow's. Only image *reading*
+    errors skip a file: an augmentation that fails is an error naming the op."""
+    from PIL import ImageOps
+    from timm.data.auto_augment import AugmentOp
+
+    from efficientformer.data.folder import AugmentationError, TolerantImageFolder
+    from efficientformer.train.engine import official_posterize, use_official_posterize
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    try:
+        ImageOps.posterize(img, 0)
+    except ValueError as err:  # Pillow >= 13
+        assert "bits" in str(err)
+    use_official_posterize()
+    op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10, hparams={"magnitude_std": 0})
+    assert op.aug_fn is official_posterize
+    legacy = img.point([i & ~(2**8 - 1) for i in range(256)] * 3)  # the pre-13 Pillow formula at 0 bits
+    black = op(img)
+    assert np.array_equal(np.asarray(black), np.asarray(legacy)) and not np.asarray(black).any()
+    assert np.array_equal(np.asarray(official_posterize(img, 3)), np.asarray(ImageOps.posterize(img, 3)))
+
+    def broken(img, *args, **kwargs):
+        raise ValueError("boom")
+
+    op.aug_fn = broken
+    data = colour_folder(tmp_path / "data", n_train=1, n_val=1)
+    folder = TolerantImageFolder(data / "train", transform=op)
+    with pytest.raises(AugmentationError, match=r"augmentation AugmentOp\(PosterizeIncreasing\) failed on .*0\.png: "
+                                                r"ValueError: boom"):  # fmt: skip
+        folder[0]
+    (data / "train" / "bright" / "0.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipped"):
+        assert folder[0][0] is None  # a file that cannot be read is still skipped
+
+
+@pytest.mark.parametrize("name", ["efficientformer_l1", "efficientformerv2_s0"])
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    """set_grad_checkpointing() (as timm's models offer it) recomputes each block in the backward pass: the loss and
+    every gradient equal the stored-activation ones (drop path on: the recomputation replays its random draws);
+    eval mode ignores it."""
+    from efficientformer.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, img_size=32, distillation=False, drop_path_rate=0.2).train()
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(x).square().mean()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1], strict=True))
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    with torch.no_grad():
+        model.eval()(x)  # no checkpoint calls in eval mode

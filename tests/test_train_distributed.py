@@ -34,16 +34,18 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     res = subprocess.run([sys.executable, "-m", "efficientformer", *_ddp_args(data, single, 8)], cwd=REPO,
                          capture_output=True, text=True, timeout=240)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
+    # 2 processes x 2 accumulated batches of 2 = one step of 8: the first batch of each step runs under DDP's
+    # no_sync (no all-reduce), the second all-reduces the summed gradients
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "efficientformer", *_ddp_args(data, ddp, 4)]  # fmt: skip
+           "-m", "efficientformer", *_ddp_args(data, ddp, 2, ["grad_accum=2"])]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 process(es)" in res.stdout and "global batch 8" in res.stdout
+    assert "2 process(es)" in res.stdout and "global batch 8 (2 x 2 accumulated per process)" in res.stdout
     a, b = safe_torch_load(single / "last.pth"), safe_torch_load(ddp / "last.pth")
     assert a["history"][0]["steps"] == b["history"][0]["steps"] == 3
     worst = max((a["model"][k].double() - b["model"][k].double()).abs().max().item()
                 for k in a["model"] if a["model"][k].is_floating_point())  # fmt: skip
-    print(f"DDP vs single: max abs weight difference after 3 AdamW steps = {worst:.3g}")
+    print(f"DDP (2 x 2 accumulated) vs single: max abs weight difference after 3 AdamW steps = {worst:.3g}")
     assert worst < 1e-5, worst
     # distributed evaluation counted each of the 11 validation images exactly once
     assert b["history"][0]["val_count"] == a["history"][0]["val_count"] == 11
@@ -148,9 +150,9 @@ def test_ddp_segmentation_resume_exact_and_metrics_equal_eval(tmp_path):
               "scale=128,64", "batch_size=2", "workers=0", "threads=1", "fpn_channels=16", "head_channels=8",
               "poly_power=0", "eval_every=0", "checkpoint_every=1"]  # fmt: skip
     straight, resumed = tmp_path / "a", tmp_path / "b"
-    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(straight), *common, "iters=4")
-    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "iters=2")
-    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "iters=4")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(straight), *common, "steps=4")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "steps=2")
+    _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "steps=4")
     a, b = safe_torch_load(straight / "last.pth"), safe_torch_load(resumed / "last.pth")
     assert len(b["rng"]) == 2 and b["progress"]["iteration"] == 4
     for k in a["model"]:
@@ -176,7 +178,7 @@ def test_ddp_detection_resume_exact_and_metrics_equal_eval(tmp_path):
               "lr_steps=1", "warmup_iters=2", "eval_every=0", "checkpoint_every=0"]  # fmt: skip
     straight, resumed = tmp_path / "a", tmp_path / "b"
     _torchrun("-m", "efficientformer", "detect", "train", "--output", str(straight), *common)
-    _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common, "max_iters=3")
+    _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common, "steps=3")
     mid = safe_torch_load(resumed / "last.pth")["progress"]
     assert (mid["iteration"], mid["epoch"], mid["epoch_iter"]) == (3, 1, 1)
     _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common)

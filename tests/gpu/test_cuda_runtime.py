@@ -70,7 +70,7 @@ def test_segmentation_steps_on_cuda(nccl_group, tmp_path):
 
     data = make_ade(tmp_path / "ade", train=4, val=2, size=64, seed=1)
     cfg = SegmentConfig(data=str(data), output=str(tmp_path / "seg"), model="efficientformerv2_s0", num_classes=4,
-                        crop_size=64, scale=(128, 64), iters=4, batch_size=2, workers=0, fpn_channels=16,
+                        crop_size=64, scale=(128, 64), steps=4, batch_size=2, workers=0, fpn_channels=16,
                         head_channels=8, eval_every=0, device="cuda")  # fmt: skip
     metrics = loops.train_segmentation(cfg)
     assert 0.0 <= metrics["mIoU"] <= 1.0

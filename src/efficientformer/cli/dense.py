@@ -1,7 +1,7 @@
 """``efficientformer detect ...`` and ``efficientformer segment ...``: train, eval, predict, and a toy-data maker.
 
 Configuration: dataclass defaults (the official recipes), then ``--config file.yaml``, then the flags, then
-``key=value`` overrides, e.g. ``efficientformer segment train --data toy --output runs/seg iters=300 crop_size=128``.
+``key=value`` overrides, e.g. ``efficientformer segment train --data toy --output runs/seg steps=300 crop_size=128``.
 Multi-process: ``torchrun --nproc_per_node=N -m efficientformer detect train ...`` (gloo on CPU, NCCL on GPU);
 ``eval`` runs under torchrun too, each process scoring a share of the images.
 """
@@ -61,7 +61,7 @@ TASKS = (
         synth_format="ADE20K-format",
         synth_note="use num_classes=4",
         example="efficientformer segment train --data toy_ade --output runs/seg --model efficientformerv2_s0 "
-        "num_classes=4 iters=300 crop_size=128 scale=512,128",
+        "num_classes=4 steps=300 crop_size=128 scale=512,128",
     ),
 )
 

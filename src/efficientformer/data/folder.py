@@ -1,13 +1,15 @@
 """ImageNet-style folders (``train/`` and ``val/``, one subfolder per class) with clear errors and tolerant loading.
 
 Images are decoded by :func:`efficientformer.data.images.read_rgb`, the reader every other path uses. A file that
-cannot be used (corrupt, truncated, not an image, a decompression bomb, an absurd aspect ratio) is skipped,
-counted by :func:`collate_skip` and named once in a warning; a class folder's subfolder that cannot be listed is
+cannot be read (corrupt, truncated, not an image, a decompression bomb, an absurd aspect ratio) is skipped,
+counted by :func:`collate_skip` and named once in a warning; a transform that fails on a readable image is an
+:class:`AugmentationError` naming the op (never a skipped file); a class folder's subfolder that cannot be listed is
 named in a warning when the data set is built. Neither stops a long run.
 """
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,22 @@ import torch
 from torchvision.datasets import DatasetFolder
 
 from .images import IMAGE_EXTENSIONS, ImageLoadError, SkippedImageWarning, read_rgb, walk_image_files
+
+
+class AugmentationError(RuntimeError):
+    """A training transform failed on a readable image: an error naming the op, not a skipped file."""
+
+
+def failing_op(err: BaseException) -> str:
+    """The innermost transform object in ``err``'s traceback: its class, and its ``name`` when it has one (timm's
+    RandAugment ops: ``AugmentOp(PosterizeIncreasing)``)."""
+    found = "(unknown op)"
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        obj = frame.f_locals.get("self")
+        if obj is not None and callable(obj) and type(obj).__module__.split(".")[0] in ("timm", "torchvision"):
+            name = getattr(obj, "name", None)
+            found = f"{type(obj).__name__}({name})" if isinstance(name, str) else type(obj).__name__
+    return found
 
 
 class TolerantImageFolder(DatasetFolder):
@@ -69,14 +87,15 @@ class TolerantImageFolder(DatasetFolder):
         path, target = self.samples[index]
         try:
             img = self.loader(path)
-            if self.transform is not None:
-                img = self.transform(img)
-        except ImageLoadError as err:
+        except ImageLoadError as err:  # only reading errors skip an image; a failing augmentation is a bug to fix
             self._skip(path, err.reason)
             return None, target
-        except (OSError, ValueError) as err:  # a transform failing on this image's data
-            self._skip(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-            return None, target
+        if self.transform is not None:
+            try:
+                img = self.transform(img)
+            except Exception as err:  # noqa: BLE001 - any failure: name the op, never skip the file
+                raise AugmentationError(f"augmentation {failing_op(err)} failed on {path}: {type(err).__name__}: "
+                                        f"{str(err).splitlines()[0] if str(err) else ''}") from err  # fmt: skip
         return img, target
 
     def _skip(self, path: str, reason: str) -> None:

@@ -15,7 +15,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,9 +23,10 @@ from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import ImageLoadError, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
+from ..runtime.config import param
 from ..runtime.distributed import all_gather_objects, shard
 from .backbone import BackboneWithFPN
-from .config import DenseConfig
+from .config import DenseConfig, check_increasing
 
 
 def _require_pycocotools():
@@ -45,29 +46,41 @@ def _require_pycocotools():
 class DetectConfig(DenseConfig):
     """Defaults are the official Mask R-CNN 1x recipe (MMDetection configs of the EfficientFormer repo)."""
 
-    data: str = ""  # COCO-format root: images/<split>/ + annotations/instances_<split>.json (or COCO 2017 names)
-    output: str = "runs/detect"
-    img_size: int = 0  # grid the attention-bias tables are stored for; 0 = min_size
-    min_size: int = 800
-    max_size: int = 1333
-    flip_prob: float = 0.5
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    box_head_dim: int = 1024  # width of the two-FC box head (torchvision/MMDetection default 1024)
-    mask_head_channels: int = 256  # channels of the four-conv mask head (default 256)
-    rpn_batch_size: int = 256
-    box_batch_size: int = 512
-    epochs: int = 12
-    lr_steps: tuple[int, ...] = (8, 11)  # epochs after which lr is multiplied by 0.1
-    lr: float = 2e-4
-    weight_decay: float | None = None  # None = 1e-4 for V1, 0.05 for V2 (official)
-    warmup_iters: int = 500
-    warmup_ratio: float = 1e-6
-    batch_size: int = 2  # images per process
-    max_iters: int = 0  # stop after this many iterations (0 = run all epochs); the schedule still follows epochs
-    eval_every: int = 1  # evaluate every N epochs (0 = only at the end)
-    checkpoint_every: int = 500  # iterations between mid-epoch checkpoints
-    log_every: int = 20
-    score_threshold: float = 0.5  # predict: draw detections at or above this score
+    RENAMED: ClassVar[dict[str, str]] = {**DenseConfig.RENAMED, "max_iters": "steps"}
+
+    data: str = param("", help="COCO-format root: images/<split>/ + annotations/instances_<split>.json (or COCO 2017)")
+    output: str = param("runs/detect")
+    img_size: int = param(0, ge=0, help="grid the attention-bias tables are stored for; 0 = min_size")
+    min_size: int = param(800, ge=32, help="short side of the resized image")
+    max_size: int = param(1333, ge=32, help="long side bound of the resized image")
+    flip_prob: float = param(0.5, ge=0.0, le=1.0)
+    anchor_sizes: tuple[int, ...] = param((32, 64, 128, 256, 512), ge=1, help="one per FPN level (5), increasing")
+    box_head_dim: int = param(1024, ge=1, help="width of the two-FC box head (torchvision/MMDetection default 1024)")
+    mask_head_channels: int = param(256, ge=1, help="channels of the four-conv mask head (default 256)")
+    rpn_batch_size: int = param(256, ge=1)
+    box_batch_size: int = param(512, ge=1)
+    epochs: int = param(12, ge=1)
+    lr_steps: tuple[int, ...] = param((8, 11), ge=0, help="epochs after which lr is multiplied by 0.1")
+    lr: float = param(2e-4, gt=0.0)
+    weight_decay: float | None = param(None, ge=0.0, help="None = 1e-4 for V1, 0.05 for V2 (official)")
+    warmup_iters: int = param(500, ge=0)
+    warmup_ratio: float = param(1e-6, gt=0.0, le=1.0)
+    batch_size: int = param(2, ge=1, help="images per process")
+    steps: int = param(0, ge=0, help="stop after this many optimiser steps (0 = all epochs); schedule follows epochs")
+    eval_every: int = param(1, ge=0, help="evaluate every N epochs (0 = only at the end)")
+    checkpoint_every: int = param(500, ge=0, help="optimiser steps between mid-epoch checkpoints (0: epoch ends only)")
+    log_every: int = param(20, ge=1)
+    score_threshold: float = param(0.5, ge=0.0, le=1.0, help="predict: draw detections at or above this score")
+
+    def check(self) -> None:
+        super().check()
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(f"config key 'anchor_sizes' needs one size per FPN level (5), got "
+                             f"{list(self.anchor_sizes)}")  # fmt: skip
+        check_increasing("anchor_sizes", self.anchor_sizes, 1)
+        check_increasing("lr_steps", self.lr_steps, 0)  # steps past the last epoch are never reached: allowed
 
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:

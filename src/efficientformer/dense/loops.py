@@ -19,13 +19,15 @@ from PIL import Image
 from torch import nn
 
 from ..data.images import read_rgb
-from ..data.samplers import SeededSamples, TrainSampler, seed_worker
+from ..data.samplers import SeededSamples, TrainSampler
 from ..runtime import config as runtime_config
 from ..runtime.checkpoint import CheckpointReadError, read_checkpoint, seed_all
 from ..runtime.distributed import DistInfo, process_group, resolve_device
-from ..runtime.loop import Plan, Step, fit
+from ..runtime.lock import run_folder_lock
+from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import WarmupSchedule
+from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import detection as det
 from . import segmentation as seg
@@ -38,7 +40,7 @@ def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool 
         sampler.set_epoch(epoch, start * cfg.batch_size)
         return torch.utils.data.DataLoader(
             SeededSamples(dataset, cfg.seed, epoch), batch_size=cfg.batch_size, sampler=sampler,
-            num_workers=cfg.workers, collate_fn=collate, drop_last=drop_last, worker_init_fn=seed_worker,
+            num_workers=cfg.workers, collate_fn=collate, drop_last=drop_last, worker_init_fn=loader_worker_init,
             # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
             # resumed mid-epoch than in a straight one.
             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
@@ -58,12 +60,13 @@ def _check_model(cfg) -> Callable[[dict, Path], None]:
 
 def _run(cfg, env: DistInfo, plan: Plan) -> dict:
     out = Path(cfg.output)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", runtime_config.dump_yaml(cfg))
-    state = fit(plan)
-    if env.is_main:
-        atomic_write_json(out / "metrics.json", {"iteration": state.iteration, "epoch": state.epoch, **state.metrics})
+    with run_folder_lock(out, enabled=env.is_main):  # before anything is written there: one run per folder
+        if env.is_main:
+            atomic_write_text(out / "config.yaml", runtime_config.dump_yaml(cfg))
+        state = fit(plan)
+        if env.is_main:
+            atomic_write_json(out / "metrics.json", {"iteration": state.iteration, "epoch": state.epoch,
+                                                     **state.metrics})  # fmt: skip
     return state.metrics
 
 
@@ -110,16 +113,28 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
 
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     return Plan(
-        task="detect", model=model, optimizer=optimizer, step=step,
-        batches=_batches(train_set, sampler, cfg, collate=det.collate), steps_per_epoch=per_epoch,
-        total_steps=min(total, cfg.max_iters) if cfg.max_iters > 0 else total,
-        evaluate=lambda m: det.evaluate(m, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world),
-        config=cfg, output=Path(cfg.output), info=env, seed=cfg.seed, iteration_scheduler=schedule,
-        clip_grad=cfg.grad_clip or None, clip_mode="norm", eval_every=cfg.eval_every, eval_unit="epoch",
-        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, metric_names=("bbox_AP50", "segm_AP50"),
-        meta={"classes": train_set.class_names, "cat_ids": train_set.cat_ids}, check_resume=_check_model(cfg),
-        describe=describe, resume=cfg.resume,
-        find_unused=True,  # torchvision's heads skip the mask branch for images without positive proposals
+        task=Task(
+            name="detect", model=model, optimizer=optimizer, step=step,
+            batches=_batches(train_set, sampler, cfg, collate=det.collate),
+            evaluate=lambda m: det.evaluate(m, val_set, env.device, cfg.batch_size, rank=env.rank,
+                                            world_size=env.world),
+            config=cfg, seed=cfg.seed, meta={"classes": train_set.class_names, "cat_ids": train_set.cat_ids},
+            check_resume=_check_model(cfg),
+            find_unused=True,  # torchvision's heads skip the mask branch for images without positive proposals
+        ),
+        schedule=_schedule(cfg, per_epoch, min(total, cfg.steps) if cfg.steps > 0 else total, schedule,
+                           eval_unit="epoch"),
+        reporting=Reporting(log_every=cfg.log_every, metric_names=("bbox_AP50", "segm_AP50"), describe=describe),
+        output=Path(cfg.output), info=env,
+    )  # fmt: skip
+
+
+def _schedule(cfg, per_epoch: int, total: int, scheduler, eval_unit: str) -> Schedule:
+    """The schedule both dense tasks share: iteration scheduler, norm clipping, mid-epoch checkpoints, signals."""
+    return Schedule(
+        steps_per_epoch=per_epoch, total_steps=total, iteration_scheduler=scheduler, clip_grad=cfg.clip_grad or None,
+        clip_mode="norm", eval_every=cfg.eval_every, eval_unit=eval_unit, checkpoint_every=cfg.checkpoint_every,
+        checkpoint_minutes=cfg.checkpoint_minutes, stop_signals=cfg.stop_signals, resume=cfg.resume,
     )  # fmt: skip
 
 
@@ -181,7 +196,7 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
     val_set = seg.ADESegmentation(cfg.data, cfg.val_split, cfg, train=False)
     model = seg.SemanticFPN(cfg).to(env.device)
     optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay)
-    schedule = WarmupSchedule(optimizer, cfg.iters, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power,
+    schedule = WarmupSchedule(optimizer, cfg.steps, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power,
                               min_lr=cfg.resolved_min_lr())  # fmt: skip
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last
@@ -194,17 +209,20 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
         return Step(F.cross_entropy(train_model(images), labels, ignore_index=cfg.ignore_index), images.shape[0])
 
     return Plan(
-        task="segment", model=model, optimizer=optimizer, step=step,
-        batches=_batches(train_set, sampler, cfg, drop_last=True), steps_per_epoch=per_epoch,
-        total_steps=cfg.iters,
-        evaluate=lambda m: seg.evaluate(m, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
-        config=cfg, output=Path(cfg.output), info=env, seed=cfg.seed, iteration_scheduler=schedule,
-        clip_grad=cfg.grad_clip or None, clip_mode="norm", eval_every=cfg.eval_every, eval_unit="iteration",
-        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, metric_names=("mIoU", "aAcc"),
-        plot_x="iteration",
-        meta={"classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
-        check_resume=_check_model(cfg), describe=lambda m: f"iter {m['iteration']}: mIoU {m['mIoU']:.4f} "
-        f"aAcc {m['aAcc']:.4f}", resume=cfg.resume,
+        task=Task(
+            name="segment", model=model, optimizer=optimizer, step=step,
+            batches=_batches(train_set, sampler, cfg, drop_last=True),
+            evaluate=lambda m: seg.evaluate(m, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
+            config=cfg, seed=cfg.seed,
+            meta={"classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
+            check_resume=_check_model(cfg),
+        ),
+        schedule=_schedule(cfg, per_epoch, cfg.steps, schedule, eval_unit="iteration"),
+        reporting=Reporting(
+            log_every=cfg.log_every, metric_names=("mIoU", "aAcc"), plot_x="iteration",
+            describe=lambda m: f"iter {m['iteration']}: mIoU {m['mIoU']:.4f} aAcc {m['aAcc']:.4f}",
+        ),
+        output=Path(cfg.output), info=env,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import IMAGE_EXTENSIONS, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
+from ..runtime.config import param
 from ..runtime.distributed import all_reduce_sum, shard
 from .backbone import FPN
 from .config import DenseConfig
@@ -32,33 +34,42 @@ from .config import DenseConfig
 class SegmentConfig(DenseConfig):
     """Defaults are the official Semantic FPN 40k-iteration ADE20K recipe."""
 
-    data: str = ""  # ADE20K-format root: images/<split>/*.jpg|png and annotations/<split>/*.png
-    train_split: str = "training"
-    val_split: str = "validation"
-    output: str = "runs/segment"
-    img_size: int = 0  # grid the attention-bias tables are stored for; 0 = crop_size
-    num_classes: int = 150
-    reduce_zero_label: bool = True
-    ignore_index: int = 255
-    head_channels: int = 128
-    dropout: float = 0.1
-    iters: int = 40000
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    min_lr: float | None = None  # None = 0 for V1, 1e-6 for V2 (official)
-    warmup_iters: int = 0
-    crop_size: int = 512
-    scale: tuple[int, ...] = (2048, 512)  # (long, short) bound of the keep-ratio resize, before the ratio jitter
-    ratio_range: tuple[float, ...] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75  # retry crops where one class covers more than this share (up to 10 times)
-    flip_prob: float = 0.5
-    photometric: bool = True
-    batch_size: int = 4  # images per process
-    eval_every: int = 4000  # iterations (0 = only at the end)
-    checkpoint_every: int = 4000
-    log_every: int = 50
-    overlay_alpha: float = 0.5  # predict: weight of the class colours in the overlay
+    RENAMED: ClassVar[dict[str, str]] = {**DenseConfig.RENAMED, "iters": "steps"}
+
+    data: str = param("", help="ADE20K-format root: images/<split>/*.jpg|png and annotations/<split>/*.png")
+    train_split: str = param("training")
+    val_split: str = param("validation")
+    output: str = param("runs/segment")
+    img_size: int = param(0, ge=0, help="grid the attention-bias tables are stored for; 0 = crop_size")
+    num_classes: int = param(150, ge=1)
+    reduce_zero_label: bool = param(True, help="label 0 is 'other': ignored, the rest shifted down by one")
+    ignore_index: int = param(255, ge=0, le=255)
+    head_channels: int = param(128, ge=1)
+    dropout: float = param(0.1, ge=0.0, lt=1.0)
+    steps: int = param(40000, ge=1, help="optimiser steps of the run")
+    lr: float = param(2e-4, gt=0.0)
+    weight_decay: float = param(1e-4, ge=0.0)
+    poly_power: float = param(0.9, ge=0.0, help="0: constant rate")
+    min_lr: float | None = param(None, ge=0.0, help="None = 0 for V1, 1e-6 for V2 (official)")
+    warmup_iters: int = param(0, ge=0)
+    crop_size: int = param(512, ge=32)
+    scale: tuple[int, ...] = param((2048, 512), ge=1, help="(long, short) bound of the keep-ratio resize")
+    ratio_range: tuple[float, ...] = param((0.5, 2.0), gt=0.0, help="(low, high) jitter of the resize scale")
+    cat_max_ratio: float = param(0.75, gt=0.0, le=1.0, help="retry crops where one class covers more (up to 10x)")
+    flip_prob: float = param(0.5, ge=0.0, le=1.0)
+    photometric: bool = param(True)
+    batch_size: int = param(4, ge=1, help="images per process")
+    eval_every: int = param(4000, ge=0, help="optimiser steps between evaluations (0 = only at the end)")
+    checkpoint_every: int = param(4000, ge=0, help="optimiser steps between mid-epoch checkpoints (0: epoch ends only)")
+    log_every: int = param(50, ge=1)
+    overlay_alpha: float = param(0.5, ge=0.0, le=1.0, help="predict: weight of the class colours in the overlay")
+
+    def check(self) -> None:
+        super().check()
+        if len(self.scale) != 2 or self.scale[0] < self.scale[1]:
+            raise ValueError(f"config key 'scale' is (long, short) with long >= short, got {list(self.scale)}")
+        if len(self.ratio_range) != 2 or self.ratio_range[0] > self.ratio_range[1]:
+            raise ValueError(f"config key 'ratio_range' is (low, high) with low <= high, got {list(self.ratio_range)}")
 
     def resolved_min_lr(self) -> float:
         if self.min_lr is not None:

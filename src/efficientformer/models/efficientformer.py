@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import EfficientFormerBase, ModelSpec
 from .layers import (
@@ -129,6 +130,7 @@ class Stage(nn.Module):
     ) -> None:
         super().__init__()
         self.downsample = ConvNorm(in_dim, dim, 3, 2, 1) if downsample else nn.Identity()
+        self.grad_checkpointing = False
         self.num_4d = depth - num_vit
         self.blocks = nn.ModuleList(
             [
@@ -138,15 +140,16 @@ class Stage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.grad_checkpointing and self.training  # activations recomputed in the backward pass
         x = self.downsample(x)
         for block in self.blocks[: self.num_4d]:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         if self.num_4d == len(self.blocks):
             return x
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         for block in self.blocks[self.num_4d :]:
-            tokens = block(tokens, (H, W))
+            tokens = checkpoint(block, tokens, (H, W), use_reentrant=False) if recompute else block(tokens, (H, W))
         return tokens.transpose(1, 2).reshape(B, C, H, W)
 
 
@@ -173,6 +176,12 @@ class EfficientFormer(EfficientFormerBase):
         )
         self._build_head(nn.LayerNorm(self.num_features))
         self.apply(init_linear)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (training only): less memory, more time."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         # LayerNorm over channels, as on the official tokens; kept in NCHW so both families look alike.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import EfficientFormerBase, ModelSpec
 from .layers import (
@@ -214,9 +215,15 @@ class Stage(nn.Module):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        if self.grad_checkpointing and self.training:  # recompute each block's activations in the backward pass
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.blocks(x)
 
 
 class EfficientFormerV2(EfficientFormerBase):
@@ -250,6 +257,12 @@ class EfficientFormerV2(EfficientFormerBase):
         self.stages = nn.ModuleList(stages)
         self._build_head(nn.BatchNorm2d(self.num_features))
         self.apply(init_linear)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (training only): less memory, more time."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)

@@ -4,7 +4,9 @@ A checkpoint holds only tensors and plain containers, so it loads with ``torch.l
 is written atomically (a run killed at any moment resumes from the last complete one). Its keys:
 
 ``format``, ``task``; ``model`` (and ``model_ema``, ``ema_updates``); ``optimizer``, ``scheduler``, ``scaler``;
-``progress`` (``iteration``, ``epoch``, ``epoch_iter``: where the resumable sampler restarts); ``rng`` (one entry
+``progress`` (``iteration`` and ``epoch_iter``: optimiser steps in all and in this epoch; ``epoch``;
+``epoch_batches``: the batches of this epoch already consumed, where the resumable sampler restarts;
+``data_seed``: the seed of the data order; ``grad_accum``); ``rng`` (one entry
 per rank, so every rank of a resumed run continues its own random stream); ``world_size``; ``config``;
 ``history`` (the per-epoch records); ``best`` (metric name and value); plus the task's metadata (class names...).
 """
@@ -25,6 +27,8 @@ from ..utils.io import atomic_torch_save
 from .distributed import DistInfo, all_gather_objects
 
 FORMAT = "efficientformer-train/2"
+#: the file a run resumes from (rewritten at epoch ends, mid-epoch checkpoints and stops) and the best one
+CHECKPOINT_NAME, BEST_NAME = "last.pth", "best.pth"
 
 
 class CheckpointReadError(ValueError):
@@ -131,6 +135,6 @@ def load_state(target: Any, state: Any, name: str, path: Path) -> None:
 
 
 __all__ = [
-    "FORMAT", "CheckpointReadError", "rng_state", "seed_all", "set_rng_state", "gather_rng_states", "restore_rng",
-    "save_checkpoint", "read_checkpoint", "load_state",
+    "FORMAT", "CHECKPOINT_NAME", "BEST_NAME", "CheckpointReadError", "rng_state", "seed_all", "set_rng_state",
+    "gather_rng_states", "restore_rng", "save_checkpoint", "read_checkpoint", "load_state",
 ]  # fmt: skip

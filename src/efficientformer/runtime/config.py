@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -188,15 +189,26 @@ def _unknown_key(key: str, names: Sequence[str], where: str) -> ValueError:
     return ValueError(f"unknown config key {key!r} in {where}{hint}")
 
 
+def renamed_keys(cls: type) -> dict[str, str]:
+    """``{old spelling: key}`` of a config class (its ``RENAMED`` class attribute): old names still accepted."""
+    return dict(getattr(cls, "RENAMED", {}) or {})
+
+
 def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] = (),
                 **values: Any) -> C:  # fmt: skip
-    """Defaults of ``cls``, then the YAML file, then ``values`` (keyword form), then ``overrides`` (later wins)."""
+    """Defaults of ``cls``, then the YAML file, then ``values`` (keyword form), then ``overrides`` (later wins).
+    A key the class has renamed (``RENAMED``) is taken under its new name, with a one-line note on stderr."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    renamed = renamed_keys(cls)
     merged: dict[str, Any] = {}
 
     def put(key: str, value: Any, where: str) -> None:
         key = key.replace("-", "_")
+        if key in renamed:
+            print(f"note: config key {key!r} ({where}) is deprecated; use {renamed[key]!r} (same meaning)",
+                  file=sys.stderr)  # fmt: skip
+            key = renamed[key]
         if key not in names:
             raise _unknown_key(key, names, where)
         merged[key] = coerce(key, value, hints[key])
@@ -217,6 +229,8 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: Ma
 def from_dict(cls: type[C], data: Mapping[str, Any], strict: bool = False) -> C:
     """Rebuild a config saved with :func:`to_dict` (unknown keys of older/newer versions dropped unless strict)."""
     names = {f.name for f in dataclasses.fields(cls)}
+    renamed = renamed_keys(cls)
+    data = {renamed.get(k, k): v for k, v in data.items()}  # configs saved before a key was renamed
     unknown = sorted(set(data) - names)
     if strict and unknown:
         raise _unknown_key(unknown[0], sorted(names), "the saved config")
@@ -266,4 +280,4 @@ def config_help(cls: type) -> str:
 
 
 __all__ = ["param", "coerce", "validate", "read_yaml", "parse_overrides", "load_config", "from_dict", "to_dict",
-           "changed", "dump_yaml", "config_help", "check_field"]  # fmt: skip
+           "changed", "dump_yaml", "config_help", "check_field", "renamed_keys"]  # fmt: skip

@@ -1,22 +1,26 @@
 """The one training loop: classification, detection and segmentation (and the search's supernet) are plans for it.
 
-A :class:`Plan` says what differs between tasks: the model, how one batch becomes a loss, the batches of an epoch,
-the schedule, how to evaluate. :func:`fit` does the rest, the same way for every task: mixed precision, gradient
-scaling and clipping (timm's ``dispatch_clip_grad``), the EMA (timm's ``ModelEmaV3``), DDP and ``torch.compile``,
-resume from ``last.pth`` with every rank's random state, evaluation with rank 0's buffers, ``best.pth`` and
-``last.pth`` written atomically (best first), and the logs. Statistics stay on the training device and are
-synchronised with the host once per logging interval; a non-finite loss stops the run there, before any checkpoint
-could store the damaged weights.
+A :class:`Plan` has three parts. The :class:`Task` says what is trained: the model and its optimiser, how one
+batch becomes a loss, the batches of an epoch, how to evaluate, what a checkpoint records. The :class:`Schedule`
+says for how long and in which rhythm: optimiser steps, gradient accumulation, the learning-rate schedulers,
+clipping, evaluations, checkpoints and the stop signals. :class:`Reporting` says what a person sees: the log
+interval, the progress bar, the curves. :func:`fit` does the rest, the same way for every task: the precision
+policy (:mod:`.precision`), gradient clipping (timm's ``dispatch_clip_grad``), the EMA (timm's ``ModelEmaV3``),
+DDP (``no_sync`` on the micro-steps of an accumulated step) and ``torch.compile``, resume from ``last.pth`` with
+every rank's random state (also part-way through an epoch), evaluation with rank 0's buffers, ``best.pth`` and
+``last.pth`` written atomically (best first), the lock on the output folder (:mod:`.lock`), a clean stop on
+SIGTERM/SIGUSR1 (:mod:`.signals`), and the logs. Statistics stay on the training device and are synchronised with
+the host once per logging interval; a non-finite loss stops the run there, before any checkpoint could store the
+damaged weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import statistics
+import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,14 +28,20 @@ import torch
 from timm.utils import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from ..utils.io import check_writable_dir, remove_stale_temporaries
-from ..utils.machine import bf16_support
-from ..utils.timing import time_interleaved
-from .checkpoint import gather_rng_states, load_state, read_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    gather_rng_states,
+    load_state,
+    read_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from .distributed import (
     DistInfo,
+    active,
     all_gather_objects,
     all_reduce_sum,
     barrier,
@@ -39,9 +49,10 @@ from .distributed import (
     broadcast_module,
     wrap_ddp,
 )
+from .lock import run_folder_lock
 from .logging import RunLog, plot_curves, progress_bar
-
-CHECKPOINT_NAME, BEST_NAME = "last.pth", "best.pth"
+from .precision import Precision
+from .signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, Preempted, StopSignals
 
 
 class NonFiniteLossError(ValueError):
@@ -60,161 +71,77 @@ class Step:
 
 
 @dataclasses.dataclass
-class Plan:
-    task: str
+class Task:
+    """What is trained: the model, how a batch becomes a loss, the data, the evaluation, what checkpoints record."""
+
+    name: str
     model: nn.Module  # the plain model on its device: what checkpoints hold
     optimizer: torch.optim.Optimizer
     step: Callable[[nn.Module, Any], Step]  # (model to call: DDP/compiled wrapper, batch) -> Step; under autocast
     batches: Callable[[int, int], Iterable[Any]]  # (epoch, first batch) -> this rank's batches of that epoch
-    steps_per_epoch: int
-    total_steps: int
     evaluate: Callable[[nn.Module], dict[str, float]]  # collective; every rank gets the same metrics
     config: Any  # a config dataclass; saved in checkpoints
-    output: Path
-    info: DistInfo
-    seed: int = 0
-    epoch_scheduler: Any = None  # timm scheduler: step(epoch) after each epoch, as the official loop does
-    iteration_scheduler: Any = None  # step() after each iteration
+    seed: int = 0  # of the data order and of the fallback reseed
+    amp: Literal["none", "bf16", "fp16"] = "none"  # resolved: see precision.resolve_amp
     ema: ModelEmaV3 | None = None
     ema_warmup: bool = False
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    clip_grad: float | None = None
-    clip_mode: str = "norm"
     compile: bool = False
     find_unused: bool = False
     train_mode: Callable[[nn.Module], None] | None = None  # default: module.train()
+    new_step: Callable[[], None] | None = None  # before the first batch of each optimiser step (Mixup draws there)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # stored in checkpoints (class names, ...)
+    check_resume: Callable[[dict, Path], None] | None = None  # refuse a checkpoint of another model / data
+
+
+@dataclasses.dataclass
+class Schedule:
+    """How long and in which rhythm: every count is in optimiser steps (one step = ``grad_accum`` batches)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    grad_accum: int = 1  # batches whose gradients are summed into one optimiser step
+    epoch_scheduler: Any = None  # timm scheduler: step(epoch) after each epoch, as the official loop does
+    iteration_scheduler: Any = None  # step() after each optimiser step
+    clip_grad: float | None = None
+    clip_mode: str = "norm"
     eval_every: int = 1  # 0: only at the end
     eval_unit: Literal["epoch", "iteration"] = "epoch"
-    checkpoint_every: int = 0  # iterations between mid-epoch checkpoints (0: epoch ends and the end only)
+    checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: epoch ends and the end only)
+    checkpoint_minutes: float = 0.0  # minutes between mid-epoch checkpoints, by rank 0's clock (0: off)
+    stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS  # checkpoint and exit on these
+    resume: bool = True
+
+
+@dataclasses.dataclass
+class Reporting:
+    """What a person sees: the log interval (also the one host synchronisation), progress bar, curves, lines."""
+
     log_every: int = 50
     best_metric: str | None = None  # best.pth holds the checkpoint where this metric peaked
     metric_names: tuple[str, ...] = ()  # plotted against plot_x
     plot_x: str = "epoch"
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # stored in checkpoints (class names, ...)
-    check_resume: Callable[[dict, Path], None] | None = None  # refuse a checkpoint of another model / data
     describe: Callable[[dict], str] | None = None  # a line after each evaluation
-    resume: bool = True
     progress: bool = True
     tensorboard: bool = False
 
 
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")
-
-
-#: ``amp=auto`` on a CPU picks bf16 only when the probe measures at least this speed-up over fp32
-CPU_BF16_MIN_SPEEDUP = 1.1
-
-
-def resolve_amp(
-    amp: str,
-    device: torch.device,
-    recorded: str | None = None,
-    probe: Callable[[], float] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Literal["none", "bf16", "fp16"]:
-    """The autocast precision of a run; ``none``, ``bf16`` and ``fp16`` are taken as they are.
-
-    ``auto``: bf16 on CUDA GPUs that support it (no loss scaling needed). On a CPU with native bf16 (AVX512-BF16
-    or AMX-BF16), bf16 when ``probe()`` (e.g. :func:`cpu_bf16_speedup` of the model) measures it at least
-    :data:`CPU_BF16_MIN_SPEEDUP` times faster than fp32 here and now: on the project's AMX machine the same flag
-    made V2-S0's training step 1.34x faster on one day and 2.3x slower on another (benchmarks/README.md, goal 5),
-    so it is measured, not assumed; without a probe, fp32. fp32 elsewhere. ``recorded``: the precision a resumed
-    run was started with, kept so the resumed run computes what the straight run would have. Under DDP every rank
-    takes rank 0's measurement. ``log`` gets the measurement."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
-    if amp != "auto":
-        return amp  # type: ignore[return-value]
-    if recorded in ("none", "bf16", "fp16"):
-        return recorded  # type: ignore[return-value]
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    if device.type != "cpu" or probe is None or not bf16_support()[0]:
-        return "none"
-    speedup = all_gather_objects(probe())[0]  # rank 0's measurement for every rank
-    choice = "bf16" if speedup >= CPU_BF16_MIN_SPEEDUP else "none"
-    if log is not None:
-        log(f"amp=auto: a training step in bf16 measured {speedup:.2f}x fp32 on this CPU (needs "
-            f"{CPU_BF16_MIN_SPEEDUP}x) -> {choice}")  # fmt: skip
-    return choice  # type: ignore[return-value]
-
-
-def cpu_bf16_speedup(model: nn.Module, example: torch.Tensor, rounds: int = 3) -> float:
-    """fp32 time / bf16-autocast time of a forward and backward pass of a copy of ``model`` (train mode, as it is:
-    layout included) on ``example``, timed interleaved at the current thread count after one warm-up call each.
-    The copy keeps the run's model, its BatchNorm statistics and the random streams untouched."""
-    probe = copy.deepcopy(model).train()
-    rng = torch.random.get_rng_state()
-
-    def step(dtype: torch.dtype | None) -> Callable[[], None]:
-        def run() -> None:
-            with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
-                out = probe(example)
-            out = out[0] if isinstance(out, tuple | list) else out
-            out.float().mean().backward()
-            probe.zero_grad(set_to_none=True)
-
-        return run
-
-    try:
-        times = time_interleaved({"fp32": step(None), "bf16": step(torch.bfloat16)}, warmup=1, runs=rounds)
-    finally:
-        torch.random.set_rng_state(rng)  # drop-path draws in the probe must not shift the run's stream
-    return statistics.median(times["fp32"]) / max(statistics.median(times["bf16"]), 1e-9)
-
-
-def recorded_precision(output: str | Path) -> str | None:
-    """The ``amp`` recorded in ``<output>/last.pth`` (the run a resume continues), or None (no such checkpoint, or
-    one that cannot be read: the loop's resume reports that in one line)."""
-    path = Path(output) / CHECKPOINT_NAME
-    if not path.is_file():
-        return None
-    try:
-        return (read_checkpoint(path).get("precision") or {}).get("amp")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """``None`` (auto): channels-last on CUDA and on CPU, where oneDNN's convolutions run NHWC without reorders
-    (measured on the training step, fp32, 2 threads: V2-S0 1.05-1.10x, L1 1.30-1.99x over NCHW); explicit values are
-    kept."""
-    if channels_last is not None:
-        return channels_last
-    return device.type in ("cuda", "cpu")
-
-
-def keep_channels_last_gradients(model: nn.Module) -> list[RemovableHandle]:
-    """Make the gradient that reaches each BatchNorm2d output channels-last whenever the output is.
-
-    A BatchNorm output that feeds a reshape (V2's attention q/k/v projections, the final norm before pooling) gets
-    an NCHW-contiguous gradient back, and PyTorch's BatchNorm backward with a channels-last input and an NCHW
-    gradient is 3-6x slower on a CPU than with both channels-last (V2-S0's (16, 1024, 7, 7) value projection: 15.1
-    vs 5.3 ms fp32, 7.9 vs 2.8 ms bf16; benchmarks/README.md, goal 5). One copy of the gradient costs far less.
-    Gradient values are unchanged. Returns the hook handles (``handle.remove()`` undoes it)."""
-
-    def to_channels_last(grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last)
-
-    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        if out.requires_grad and out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last):
-            out.register_hook(to_channels_last)
-
-    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context of a resolved ``amp`` (``none``, ``bf16`` or ``fp16``)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+@dataclasses.dataclass
+class Plan:
+    task: Task
+    schedule: Schedule
+    output: Path
+    info: DistInfo
+    reporting: Reporting = dataclasses.field(default_factory=Reporting)
 
 
 @dataclasses.dataclass
-class _State:
-    iteration: int = 0
+class RunState:
+    """Where the run is; what checkpoints store under ``progress`` (and ``history``, ``best``, ``metrics``)."""
+
+    iteration: int = 0  # optimiser steps done
     epoch: int = 0
-    epoch_iter: int = 0
+    epoch_iter: int = 0  # optimiser steps done in this epoch
+    epoch_batches: int = 0  # batches of this epoch consumed: where the sampler restarts
     ema_updates: int = 0
     history: list[dict] = dataclasses.field(default_factory=list)
     best: float | None = None
@@ -222,231 +149,357 @@ class _State:
     epoch_partial: list = dataclasses.field(default_factory=list)  # per rank: [epoch sums, steps] at the checkpoint
 
 
-def _resume(plan: Plan, scaler: torch.amp.GradScaler, path: Path) -> _State:
+class Meters:
+    """Device-side sums, read by the host once per logging interval (``window``) and per epoch (``epoch``)."""
+
+    def __init__(self, device: torch.device, lr: float) -> None:
+        self.window = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, samples, non-finite
+        self.epoch = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, samples, skipped
+        self.epoch_steps, self.epoch_lr, self.epoch_start = 0, lr, time.perf_counter()
+
+    def add(self, result: Step) -> None:
+        loss = result.loss.detach().double()  # type: ignore[union-attr]
+        stats = torch.stack([loss * result.samples, torch.ones_like(loss) * result.samples,
+                             (~torch.isfinite(loss)).double()])  # fmt: skip
+        self.window.add_(stats)
+        self.epoch[:2] += stats[:2]
+
+    def restart_epoch(self, lr: float) -> None:
+        self.epoch.zero_()
+        self.epoch_steps, self.epoch_lr, self.epoch_start = 0, lr, time.perf_counter()
+
+
+_END = object()
+
+
+# -- the loop ----------------------------------------------------------------------------------------------------
+def fit(plan: Plan) -> RunState:
+    """Train ``plan`` to ``schedule.total_steps`` (resuming from ``<output>/last.pth``); returns the final state
+    with the per-epoch history and the last evaluation's metrics (on every rank). A stop signal ends it with
+    :class:`~efficientformer.runtime.signals.Preempted` after a checkpoint."""
+    task, schedule, rep, info, out = plan.task, plan.schedule, plan.reporting, plan.info, plan.output
+    with run_folder_lock(out, enabled=info.is_main), StopSignals(schedule.stop_signals) as stop:
+        if info.is_main:
+            check_writable_dir(out)
+            remove_stale_temporaries(out)
+        barrier()
+        precision = Precision(task.amp, info.device)
+        last_path = out / CHECKPOINT_NAME
+        state = _resume(plan, precision, last_path) if schedule.resume and last_path.is_file() else RunState()
+        log = RunLog(out, info.is_main, rep.tensorboard)
+        log.truncate_after(state.iteration)
+        meters = Meters(info.device, task.optimizer.param_groups[0]["lr"])
+        if state.epoch_batches and len(state.epoch_partial) == info.world:  # resumed part-way through an epoch
+            sums, meters.epoch_steps = state.epoch_partial[info.rank]
+            meters.epoch.copy_(torch.tensor(sums, dtype=torch.float64))
+        bar = progress_bar(schedule.total_steps, state.iteration, info.is_main and rep.progress, f"{task.name} train")
+
+        train_model = wrap_ddp(task.model, info, find_unused=task.find_unused)  # broadcasts rank 0's weights
+        if task.ema is not None:
+            broadcast_module(task.ema.module)  # so every rank averages the same weights: rank 0's, as saved
+        if task.compile:
+            train_model = torch.compile(train_model)
+        set_train_mode = task.train_mode or _train_mode
+        last_save = time.monotonic()
+
+        set_train_mode(train_model)
+        while state.iteration < schedule.total_steps:
+            batches = iter(task.batches(state.epoch, state.epoch_batches))
+            try:
+                while True:
+                    if not _optimizer_step(plan, train_model, batches, precision, state, meters):
+                        epoch_ended = True  # the loader ran dry before steps_per_epoch steps (unreadable samples)
+                        _flush_window(plan, state, meters, log, bar)
+                        break
+                    bar.update(1)
+                    epoch_ended = state.epoch_iter >= schedule.steps_per_epoch
+                    done = state.iteration >= schedule.total_steps
+                    if state.iteration % rep.log_every == 0 or epoch_ended or done:
+                        _flush_window(plan, state, meters, log, bar)
+                    if epoch_ended or done:
+                        break
+                    if schedule.eval_unit == "iteration" and schedule.eval_every > 0 and \
+                            state.iteration % schedule.eval_every == 0:  # fmt: skip
+                        _flush_window(plan, state, meters, log, bar)
+                        state.metrics = _evaluate(plan, state, log, bar, train_model, set_train_mode)
+                    signum, save_due = _agree_on_stop(stop, schedule, state, last_save)
+                    if save_due or signum:
+                        _flush_window(plan, state, meters, log, bar)
+                        _save(plan, state, meters, precision, improved=False)
+                        last_save = time.monotonic()
+                    if signum:
+                        raise _preempted(plan, state, signum)
+            finally:
+                _close(batches)  # loader workers ignore stop signals: shut them down here, whatever happened
+            done = state.iteration >= schedule.total_steps
+            record = None
+            if epoch_ended:
+                record = _end_epoch(plan, state, meters)
+                state.epoch, state.epoch_iter, state.epoch_batches = state.epoch + 1, 0, 0
+            due = done
+            if schedule.eval_every > 0 and not due:
+                if schedule.eval_unit == "epoch":
+                    due = epoch_ended and state.epoch % schedule.eval_every == 0
+                else:
+                    due = state.iteration % schedule.eval_every == 0
+            improved = False
+            if due:
+                state.metrics = _evaluate(plan, state, log, bar, train_model, set_train_mode)
+                value = state.metrics.get(rep.best_metric) if rep.best_metric else None
+                if value is not None and (state.best is None or value > state.best):
+                    state.best, improved = value, True
+            if record is not None:
+                record.update({k: v for k, v in state.metrics.items() if due})
+                state.history.append(record)
+                if info.is_main:
+                    log.write(kind="epoch", **record)
+                    if rep.describe is not None and schedule.eval_unit == "epoch":
+                        bar.write(rep.describe(record))
+            if epoch_ended:
+                meters.restart_epoch(task.optimizer.param_groups[0]["lr"])
+            _save(plan, state, meters, precision, improved)
+            last_save = time.monotonic()
+            if info.is_main and state.history:
+                plot_curves(state.history, out / "curves.png", rep.metric_names, rep.plot_x)
+            barrier()
+            signum, _ = _agree_on_stop(stop, schedule, state, last_save)
+            if signum and state.iteration < schedule.total_steps:
+                raise _preempted(plan, state, signum)
+        bar.close()
+        log.close()
+    return state
+
+
+# -- one optimiser step ------------------------------------------------------------------------------------------
+def _optimizer_step(plan: Plan, train_model: nn.Module, batches: Iterator, precision: Precision, state: RunState,
+                    meters: Meters) -> bool:  # fmt: skip
+    """Forward and backward ``grad_accum`` batches that have a loss (their gradients summed, each loss divided by
+    ``grad_accum``: the mean over the effective batch), then one clipped optimiser step, the scheduler and the EMA.
+    Under DDP only the last batch all-reduces the gradients (``no_sync`` before). False, without a step, when the
+    loader runs dry first: a part-filled step is dropped, as ``drop_last`` drops a part-filled batch."""
+    task, schedule = plan.task, plan.schedule
+    if task.new_step is not None:
+        task.new_step()
+    task.optimizer.zero_grad(set_to_none=True)
+    ddp = _ddp_of(train_model)
+    with_loss = 0
+    while with_loss < schedule.grad_accum:
+        batch = next(batches, _END)
+        if batch is _END:
+            return False
+        state.epoch_batches += 1
+        last = with_loss == schedule.grad_accum - 1
+        with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
+            with precision.autocast():
+                result = task.step(train_model, batch)
+            if result.skipped:
+                meters.epoch[2] += result.skipped
+            if result.loss is None:
+                continue
+            precision.backward(result.loss / schedule.grad_accum if schedule.grad_accum > 1 else result.loss)
+        meters.add(result)
+        with_loss += 1
+    if schedule.clip_grad:
+        precision.unscale(task.optimizer)
+        params = [p for p in task.model.parameters() if p.requires_grad]
+        dispatch_clip_grad(params, schedule.clip_grad, mode=schedule.clip_mode)
+    precision.step(task.optimizer)
+    if schedule.iteration_scheduler is not None:
+        schedule.iteration_scheduler.step()
+    if task.ema is not None:
+        state.ema_updates += 1
+        task.ema.update(task.model, step=state.ema_updates if task.ema_warmup else None)
+    state.iteration, state.epoch_iter, meters.epoch_steps = state.iteration + 1, state.epoch_iter + 1, \
+        meters.epoch_steps + 1  # fmt: skip
+    return True
+
+
+def _close(batches: Iterator) -> None:
+    """Shut down a DataLoader iterator's worker processes now (they ignore SIGTERM: see signals.py), instead of
+    whenever the iterator is collected: an exception's traceback can keep it alive until the interpreter exits."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper under a ``torch.compile`` wrapper (or the model itself), if any."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
+
+
+def _train_mode(module: nn.Module) -> None:
+    module.train()
+
+
+# -- stopping ----------------------------------------------------------------------------------------------------
+def _agree_on_stop(stop: StopSignals, schedule: Schedule, state: RunState, last_save: float) -> tuple[int, bool]:
+    """``(signal number or 0, periodic checkpoint due)``, the same on every rank: one all-reduce of a CPU tensor
+    (gloo, even beside NCCL: it never waits for the GPU). A signal delivered to any rank stops them all at the same
+    step; the minutes-based checkpoint follows rank 0's clock."""
+    due = schedule.checkpoint_every > 0 and state.iteration % schedule.checkpoint_every == 0
+    timed = schedule.checkpoint_minutes > 0 and time.monotonic() - last_save >= 60 * schedule.checkpoint_minutes
+    flags = torch.tensor([stop.received or 0, int(timed)], dtype=torch.int64)
+    if active():
+        if not _is_rank0():
+            flags[1] = 0
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return int(flags[0]), bool(due or flags[1])
+
+
+def _is_rank0() -> bool:
+    return torch.distributed.get_rank() == 0
+
+
+def _preempted(plan: Plan, state: RunState, signum: int) -> Preempted:
+    barrier()  # no rank exits before rank 0 has written the checkpoint (torchrun stops the others on the first exit)
+    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+    message = (f"stopped by {name} after iteration {state.iteration} of {plan.schedule.total_steps} (epoch "
+               f"{state.epoch + 1}, batch {state.epoch_batches}); checkpoint {plan.output / CHECKPOINT_NAME} written; "
+               f"run the same command again to resume (exit status {PREEMPTED_EXIT_CODE})")  # fmt: skip
+    if plan.info.is_main:
+        print(message, flush=True)
+    return Preempted(signum, message)
+
+
+# -- reporting, evaluation, checkpoints --------------------------------------------------------------------------
+def _flush_window(plan: Plan, state: RunState, meters: Meters, log: RunLog, bar) -> None:
+    """The one host synchronisation of the interval: the global mean loss, and the non-finite check."""
+    all_reduce_sum(meters.window)
+    loss_sum, samples, bad = meters.window.tolist()
+    meters.window.zero_()
+    lr = plan.task.optimizer.param_groups[0]["lr"]
+    if bad:
+        last_path = plan.output / CHECKPOINT_NAME
+        where = (f"the last good checkpoint is kept in {last_path} (iteration "
+                 f"{read_checkpoint(last_path)['progress']['iteration']})" if last_path.is_file() else
+                 "no checkpoint was written yet (it happened before the first one)")  # fmt: skip
+        raise NonFiniteLossError(f"the loss became NaN or infinite by iteration {state.iteration} (epoch "
+                                 f"{state.epoch + 1}); stopped: {where}. Lower lr, enable clip_grad, or check the "
+                                 "data")  # fmt: skip
+    if samples:
+        loss = loss_sum / samples
+        log.write(kind="train", iteration=state.iteration, epoch=state.epoch, lr=lr, loss=round(loss, 6))
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+
+def _evaluate(plan: Plan, state: RunState, log: RunLog, bar, train_model: nn.Module,
+              set_train_mode: Callable[[nn.Module], None]) -> dict:  # fmt: skip
+    task = plan.task
+    broadcast_buffers(task.model)
+    metrics = dict(task.evaluate(task.model))
+    if task.ema is not None:
+        broadcast_buffers(task.ema.module)
+        for key, value in task.evaluate(task.ema.module).items():
+            metrics["ema_" + key.removeprefix("val_")] = value
+    set_train_mode(train_model)
+    if plan.info.is_main:
+        log.write(kind="eval", iteration=state.iteration, epoch=state.epoch, **metrics)
+        if plan.reporting.describe is not None and plan.schedule.eval_unit == "iteration":
+            bar.write(plan.reporting.describe({"iteration": state.iteration, "epoch": state.epoch, **metrics}))
+    return metrics
+
+
+def _end_epoch(plan: Plan, state: RunState, meters: Meters) -> dict:
+    all_reduce_sum(meters.epoch)
+    loss_sum, samples, skipped = meters.epoch.tolist()
+    seconds = time.perf_counter() - meters.epoch_start
+    record = {"epoch": state.epoch + 1, "iteration": state.iteration, "lr": meters.epoch_lr,
+              "train_loss": loss_sum / max(samples, 1), "images_per_s": samples / max(seconds, 1e-9),
+              "train_skipped": int(skipped), "epoch_seconds": seconds, "steps": meters.epoch_steps}  # fmt: skip
+    if plan.schedule.epoch_scheduler is not None:
+        plan.schedule.epoch_scheduler.step(state.epoch)  # after the epoch, with its index: the official loop's order
+    return record
+
+
+def _save(plan: Plan, state: RunState, meters: Meters, precision: Precision, improved: bool) -> None:
+    """Write ``last.pth`` (and ``best.pth`` first when ``improved``). A collective: every rank leaves with rank 0's
+    buffers, the ones saved, and each rank's random state and partial-epoch statistics are kept, so a resumed run
+    continues every rank exactly."""
+    task, schedule = plan.task, plan.schedule
+    broadcast_buffers(task.model)
+    if task.ema is not None:
+        broadcast_buffers(task.ema.module)
+    rng = gather_rng_states()
+    partial = all_gather_objects([meters.epoch.tolist(), meters.epoch_steps])
+    if not plan.info.is_main:
+        return
+    saved = {
+        "task": task.name,
+        "model": task.model.state_dict(),
+        "model_ema": task.ema.module.state_dict() if task.ema is not None else None,
+        "ema_updates": state.ema_updates,
+        "optimizer": task.optimizer.state_dict(),
+        "scheduler": {
+            "epoch_scheduler": schedule.epoch_scheduler.state_dict() if schedule.epoch_scheduler else None,
+            "iteration_scheduler": schedule.iteration_scheduler.state_dict() if schedule.iteration_scheduler else None,
+        },  # fmt: skip
+        "scaler": precision.state_dict(),
+        "progress": {
+            "iteration": state.iteration,
+            "epoch": state.epoch,
+            "epoch_iter": state.epoch_iter,
+            "epoch_batches": state.epoch_batches,
+            "epoch_partial": partial,
+            "data_seed": task.seed,
+            "grad_accum": schedule.grad_accum,
+        },  # fmt: skip
+        "rng": rng,
+        "world_size": plan.info.world,
+        "config": dataclasses.asdict(task.config),
+        "history": state.history,
+        "metrics": state.metrics,
+        "best": {"metric": plan.reporting.best_metric, "value": state.best},
+        **task.meta,
+    }
+    if improved:  # best first: a kill between the two writes never leaves last.pth naming a newer best
+        save_checkpoint(plan.output / BEST_NAME, saved)
+    save_checkpoint(plan.output / CHECKPOINT_NAME, saved)
+
+
+def _resume(plan: Plan, precision: Precision, path: Path) -> RunState:
+    task, schedule, info = plan.task, plan.schedule, plan.info
     ckpt = read_checkpoint(path)
-    if plan.check_resume is not None:
-        plan.check_resume(ckpt, path)
-    load_state(plan.model, ckpt["model"], "model", path)
-    if plan.ema is not None and ckpt.get("model_ema") is not None:
-        load_state(plan.ema.module, ckpt["model_ema"], "EMA model", path)
-    load_state(plan.optimizer, ckpt["optimizer"], "optimizer state", path)
-    if plan.iteration_scheduler is not None and ckpt.get("scheduler", {}).get("iteration_scheduler") is not None:
-        load_state(plan.iteration_scheduler, ckpt["scheduler"]["iteration_scheduler"], "scheduler state", path)
+    if task.check_resume is not None:
+        task.check_resume(ckpt, path)
+    load_state(task.model, ckpt["model"], "model", path)
+    if task.ema is not None and ckpt.get("model_ema") is not None:
+        load_state(task.ema.module, ckpt["model_ema"], "EMA model", path)
+    load_state(task.optimizer, ckpt["optimizer"], "optimizer state", path)
+    if schedule.iteration_scheduler is not None and ckpt.get("scheduler", {}).get("iteration_scheduler") is not None:
+        load_state(schedule.iteration_scheduler, ckpt["scheduler"]["iteration_scheduler"], "scheduler state", path)
     if ckpt.get("scaler"):
-        load_state(scaler, ckpt["scaler"], "gradient scaler state", path)
+        load_state(precision, ckpt["scaler"], "gradient scaler state", path)
     progress = ckpt.get("progress", {})
-    state = _State(
+    epoch_iter = int(progress.get("epoch_iter", 0))
+    saved_accum = int(progress.get("grad_accum", 1))
+    state = RunState(
         iteration=int(progress.get("iteration", 0)),
         epoch=int(progress.get("epoch", 0)),
-        epoch_iter=int(progress.get("epoch_iter", 0)),
+        epoch_iter=epoch_iter,
+        epoch_batches=int(progress.get("epoch_batches", epoch_iter)),  # older checkpoints: one batch per step
         ema_updates=int(ckpt.get("ema_updates", 0)),
         history=list(ckpt.get("history", [])),
         best=ckpt.get("best", {}).get("value"),
         metrics=dict(ckpt.get("metrics", {})),
         epoch_partial=list(progress.get("epoch_partial", [])),
     )
-    if plan.epoch_scheduler is not None and state.epoch > 0:
+    if schedule.epoch_scheduler is not None and state.epoch > 0:
         # A per-epoch schedule is a function of the epoch: set the rate the straight run set after the last epoch
         # (so a run resumed with more epochs follows its new schedule instead of the saved one).
-        plan.epoch_scheduler.step(state.epoch - 1)
-    exact = restore_rng(ckpt.get("rng"), plan.info, plan.seed, state.epoch)
-    if plan.info.is_main:
-        note = "" if exact else " (saved with another number of processes: random streams reseeded)"
-        print(f"resuming from {path}: iteration {state.iteration} of {plan.total_steps}, epoch {state.epoch}{note}",
-              flush=True)  # fmt: skip
-    return state
-
-
-def fit(plan: Plan) -> _State:
-    """Train ``plan`` to ``plan.total_steps`` (resuming from ``<output>/last.pth``); returns the final state with
-    the per-epoch history and the last evaluation's metrics (on every rank)."""
-    info, model, optimizer, out = plan.info, plan.model, plan.optimizer, plan.output
-    device = info.device
+        schedule.epoch_scheduler.step(state.epoch - 1)
+    exact = restore_rng(ckpt.get("rng"), info, task.seed, state.epoch)
     if info.is_main:
-        check_writable_dir(out)
-        remove_stale_temporaries(out)
-    barrier()
-    last_path, best_path = out / CHECKPOINT_NAME, out / BEST_NAME
-    scaler = torch.amp.GradScaler(device.type, enabled=plan.amp == "fp16")
-    state = _resume(plan, scaler, last_path) if plan.resume and last_path.is_file() else _State()
-    log = RunLog(out, info.is_main, plan.tensorboard)
-    log.truncate_after(state.iteration)
-
-    train_model = wrap_ddp(model, info, find_unused=plan.find_unused)  # broadcasts rank 0's weights
-    if plan.ema is not None:
-        broadcast_module(plan.ema.module)  # so every rank averages the same weights: rank 0's, as saved
-    if plan.compile:
-        train_model = torch.compile(train_model)
-    set_train_mode = plan.train_mode or (lambda m: m.train())
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    # Device-side accumulators, read by the host once per logging interval / epoch.
-    window = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, samples, non-finite losses
-    epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, samples, skipped
-    epoch_lr, epoch_start, epoch_steps = optimizer.param_groups[0]["lr"], time.perf_counter(), 0
-    if state.epoch_iter and len(state.epoch_partial) == info.world:  # resumed part-way through an epoch
-        sums, epoch_steps = state.epoch_partial[info.rank]
-        epoch_sums.copy_(torch.tensor(sums, dtype=torch.float64))
-    bar = progress_bar(plan.total_steps, state.iteration, info.is_main and plan.progress, f"{plan.task} train")
-
-    def flush_window() -> None:
-        """The one host synchronisation of the interval: the global mean loss, and the non-finite check."""
-        all_reduce_sum(window)
-        loss_sum, samples, bad = window.tolist()
-        window.zero_()
-        if bad:
-            where = (f"the last good checkpoint is kept in {last_path} (iteration "
-                     f"{read_checkpoint(last_path)['progress']['iteration']})" if last_path.is_file() else
-                     "no checkpoint was written yet (it happened before the first one)")  # fmt: skip
-            raise NonFiniteLossError(f"the loss became NaN or infinite by iteration {state.iteration} (epoch "
-                                     f"{state.epoch + 1}); stopped: {where}. Lower lr, enable clip_grad, or check the "
-                                     "data")  # fmt: skip
-        if samples:
-            loss = loss_sum / samples
-            log.write(kind="train", iteration=state.iteration, epoch=state.epoch, lr=optimizer.param_groups[0]["lr"],
-                      loss=round(loss, 6))  # fmt: skip
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-
-    def evaluate() -> dict:
-        broadcast_buffers(model)
-        metrics = dict(plan.evaluate(model))
-        if plan.ema is not None:
-            broadcast_buffers(plan.ema.module)
-            for key, value in plan.evaluate(plan.ema.module).items():
-                metrics["ema_" + key.removeprefix("val_")] = value
-        set_train_mode(train_model)
-        if info.is_main:
-            log.write(kind="eval", iteration=state.iteration, epoch=state.epoch, **metrics)
-            if plan.describe is not None and plan.eval_unit == "iteration":
-                bar.write(plan.describe({"iteration": state.iteration, "epoch": state.epoch, **metrics}))
-        return metrics
-
-    def checkpoint(improved: bool) -> None:
-        # Collectives (every rank takes part): every rank leaves with rank 0's buffers, the ones saved, and each
-        # rank's random state and partial-epoch statistics are kept, so a resumed run continues every rank exactly.
-        broadcast_buffers(model)
-        if plan.ema is not None:
-            broadcast_buffers(plan.ema.module)
-        rng = gather_rng_states()
-        partial = all_gather_objects([epoch_sums.tolist(), epoch_steps])
-        if info.is_main:
-            saved = {
-                "task": plan.task,
-                "model": model.state_dict(),
-                "model_ema": plan.ema.module.state_dict() if plan.ema is not None else None,
-                "ema_updates": state.ema_updates,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {
-                    "epoch_scheduler": plan.epoch_scheduler.state_dict() if plan.epoch_scheduler else None,
-                    "iteration_scheduler": plan.iteration_scheduler.state_dict() if plan.iteration_scheduler else None,
-                },  # fmt: skip
-                "scaler": scaler.state_dict(),
-                "progress": {
-                    "iteration": state.iteration,
-                    "epoch": state.epoch,
-                    "epoch_iter": state.epoch_iter,
-                    "epoch_partial": partial,
-                },  # fmt: skip
-                "rng": rng,
-                "world_size": info.world,
-                "config": dataclasses.asdict(plan.config),
-                "history": state.history,
-                "metrics": state.metrics,
-                "best": {"metric": plan.best_metric, "value": state.best},
-                **plan.meta,
-            }
-            if improved:  # best first: a kill between the two writes never leaves last.pth naming a newer best
-                save_checkpoint(best_path, saved)
-            save_checkpoint(last_path, saved)
-
-    def end_of_epoch() -> dict:
-        all_reduce_sum(epoch_sums)
-        loss_sum, samples, skipped = epoch_sums.tolist()
-        epoch_sums.zero_()
-        seconds = time.perf_counter() - epoch_start
-        record = {"epoch": state.epoch + 1, "iteration": state.iteration, "lr": epoch_lr,
-                  "train_loss": loss_sum / max(samples, 1), "images_per_s": samples / max(seconds, 1e-9),
-                  "train_skipped": int(skipped), "epoch_seconds": seconds, "steps": epoch_steps}  # fmt: skip
-        if plan.epoch_scheduler is not None:
-            plan.epoch_scheduler.step(state.epoch)  # after the epoch, with its index: the official loop's order
-        return record
-
-    set_train_mode(train_model)
-    while state.iteration < plan.total_steps:
-        epoch_ended = False
-        for batch in plan.batches(state.epoch, state.epoch_iter):
-            with autocast(device, plan.amp):
-                result = plan.step(train_model, batch)
-            if result.skipped:
-                epoch_sums[2] += result.skipped
-            if result.loss is None:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(result.loss).backward()
-            if plan.clip_grad:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(params, plan.clip_grad, mode=plan.clip_mode)
-            scaler.step(optimizer)
-            scaler.update()
-            if plan.iteration_scheduler is not None:
-                plan.iteration_scheduler.step()
-            if plan.ema is not None:
-                state.ema_updates += 1
-                plan.ema.update(model, step=state.ema_updates if plan.ema_warmup else None)
-            loss = result.loss.detach().double()
-            stats = torch.stack([loss * result.samples, torch.ones_like(loss) * result.samples,
-                                 (~torch.isfinite(loss)).double()])  # fmt: skip
-            window.add_(stats)
-            epoch_sums[:2] += stats[:2]
-            state.iteration, state.epoch_iter, epoch_steps = state.iteration + 1, state.epoch_iter + 1, epoch_steps + 1
-            bar.update(1)
-            epoch_ended = state.epoch_iter >= plan.steps_per_epoch
-            done = state.iteration >= plan.total_steps
-            if state.iteration % plan.log_every == 0 or epoch_ended or done:
-                flush_window()
-            if epoch_ended or done:
-                break
-            if plan.eval_unit == "iteration" and plan.eval_every > 0 and state.iteration % plan.eval_every == 0:
-                flush_window()
-                state.metrics = evaluate()
-            if plan.checkpoint_every > 0 and state.iteration % plan.checkpoint_every == 0:
-                flush_window()
-                checkpoint(False)
-        else:  # the loader ran dry before steps_per_epoch batches (unreadable samples): the epoch ends here
-            flush_window()
-            epoch_ended = True
-        done = state.iteration >= plan.total_steps
-        record = None
-        if epoch_ended:
-            record = end_of_epoch()
-            state.epoch, state.epoch_iter, epoch_steps = state.epoch + 1, 0, 0
-        due = done
-        if plan.eval_every > 0 and not due:
-            if plan.eval_unit == "epoch":
-                due = epoch_ended and state.epoch % plan.eval_every == 0
-            else:
-                due = state.iteration % plan.eval_every == 0
-        improved = False
-        if due:
-            state.metrics = evaluate()
-            value = state.metrics.get(plan.best_metric) if plan.best_metric else None
-            if value is not None and (state.best is None or value > state.best):
-                state.best, improved = value, True
-        if record is not None:
-            record.update({k: v for k, v in state.metrics.items() if due})
-            state.history.append(record)
-            if info.is_main:
-                log.write(kind="epoch", **record)
-                if plan.describe is not None and plan.eval_unit == "epoch":
-                    bar.write(plan.describe(record))
-        checkpoint(improved)
-        if info.is_main and state.history:
-            plot_curves(state.history, out / "curves.png", plan.metric_names, plan.plot_x)
-        epoch_lr, epoch_start = optimizer.param_groups[0]["lr"], time.perf_counter()
-        barrier()
-    bar.close()
-    log.close()
+        note = "" if exact else " (saved with another number of processes: random streams reseeded)"
+        if saved_accum != schedule.grad_accum and state.epoch_batches:
+            note += f" (saved with grad_accum={saved_accum}, now {schedule.grad_accum})"
+        where = f", batch {state.epoch_batches}" if state.epoch_batches else ""
+        print(f"resuming from {path}: iteration {state.iteration} of {schedule.total_steps}, epoch {state.epoch}"
+              f"{where}{note}", flush=True)  # fmt: skip
     return state
 
 
-__all__ = ["Plan", "Step", "fit", "autocast", "NonFiniteLossError", "CHECKPOINT_NAME", "BEST_NAME"]
+__all__ = [
+    "Plan", "Task", "Schedule", "Reporting", "RunState", "Step", "fit", "NonFiniteLossError", "CHECKPOINT_NAME",
+    "BEST_NAME",
+]  # fmt: skip

@@ -29,7 +29,7 @@ from ..data.samplers import TrainSampler
 from ..models.base import ModelSpec
 from ..runtime.config import param
 from ..runtime.distributed import DistInfo, process_group
-from ..runtime.loop import Plan, Step, fit
+from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
 from .space import V2Space
@@ -170,15 +170,21 @@ def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: tor
         return {"val_top1": scorer(space.largest()), "val_top1_smallest": scorer(space.smallest())}
 
     return Plan(
-        task="search-supernet", model=model, optimizer=optimizer, step=step,
-        batches=memory_batches(images, labels, sampler, cfg.batch_size, cfg.seed),
-        steps_per_epoch=per_epoch, total_steps=cfg.steps, evaluate=evaluate, config=cfg, output=Path(cfg.output),
-        info=info, seed=cfg.seed, epoch_scheduler=scheduler, clip_grad=cfg.clip_grad, clip_mode="norm",
-        eval_every=cfg.eval_every, eval_unit="epoch", log_every=20, best_metric=None,
-        metric_names=("val_top1", "val_top1_smallest"), meta={"space": model.supernet.space.to_dict()},
-        describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f}" + (
-            f" | largest {r['val_top1']:.2f}% smallest {r['val_top1_smallest']:.2f}%" if "val_top1" in r else ""),
-        resume=cfg.resume, progress=cfg.progress,
+        task=Task(
+            name="search-supernet", model=model, optimizer=optimizer, step=step,
+            batches=memory_batches(images, labels, sampler, cfg.batch_size, cfg.seed), evaluate=evaluate, config=cfg,
+            seed=cfg.seed, meta={"space": model.supernet.space.to_dict()},
+        ),
+        schedule=Schedule(
+            steps_per_epoch=per_epoch, total_steps=cfg.steps, epoch_scheduler=scheduler, clip_grad=cfg.clip_grad,
+            clip_mode="norm", eval_every=cfg.eval_every, eval_unit="epoch", resume=cfg.resume,
+        ),
+        reporting=Reporting(
+            log_every=20, best_metric=None, metric_names=("val_top1", "val_top1_smallest"), progress=cfg.progress,
+            describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f}" + (
+                f" | largest {r['val_top1']:.2f}% smallest {r['val_top1_smallest']:.2f}%" if "val_top1" in r else ""),
+        ),
+        output=Path(cfg.output), info=info,
     )  # fmt: skip
 
 

@@ -37,7 +37,7 @@ from ..models.base import ModelSpec
 from ..models.efficientformer import Meta3D, Meta4D
 from ..models.layers import ConvNorm, Stem, to_grid
 from ..runtime.distributed import process_group
-from ..runtime.loop import Plan, Step, fit
+from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.schedule import epoch_scheduler
 from .supernet import sliced_call
 from .train import held_out_accuracy, memory_batches
@@ -237,12 +237,16 @@ def train_v1_supernet(net: V1MetaSupernet, images: torch.Tensor, labels: torch.T
             return Step(train_model(x, y), x.shape[0])
 
         plan = Plan(
-            task="search-v1-supernet", model=model, optimizer=optimizer, step=step,
-            batches=memory_batches(images, labels, sampler, batch_size, seed), steps_per_epoch=per_epoch,
-            total_steps=steps, evaluate=lambda m: {}, config=_V1TrainConfig(steps, batch_size, lr, arch_lr,
-            tau_start, tau_end, seed), output=Path(output), info=info, seed=seed, epoch_scheduler=scheduler,
-            clip_grad=5.0, clip_mode="norm", eval_every=0, log_every=20, progress=progress,
-            describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f} tau {net.tau:.3f}",
+            task=Task(
+                name="search-v1-supernet", model=model, optimizer=optimizer, step=step,
+                batches=memory_batches(images, labels, sampler, batch_size, seed), evaluate=lambda m: {},
+                config=_V1TrainConfig(steps, batch_size, lr, arch_lr, tau_start, tau_end, seed), seed=seed,
+            ),
+            schedule=Schedule(steps_per_epoch=per_epoch, total_steps=steps, epoch_scheduler=scheduler, clip_grad=5.0,
+                              clip_mode="norm", eval_every=0),
+            reporting=Reporting(log_every=20, progress=progress,
+                                describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f} tau {net.tau:.3f}"),
+            output=Path(output), info=info,
         )  # fmt: skip
         state = fit(plan)
     return {"steps": state.iteration, "tau": net.tau, "history": state.history}

@@ -12,8 +12,9 @@ from timm.data.auto_augment import augment_and_mix_transform, auto_augment_trans
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..runtime import config as runtime_config
 from ..runtime.config import param
-from ..runtime.loop import AMP_CHOICES, CPU_BF16_MIN_SPEEDUP
+from ..runtime.precision import AMP_CHOICES, CPU_BF16_MIN_SPEEDUP
 from ..runtime.schedule import EPOCH_SCHEDULES
+from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
 
 
 @dataclass
@@ -36,14 +37,20 @@ class TrainConfig:
     )
     workers: int = param(8, ge=0)
     batch_size: int = param(128, ge=1, help="per process")
+    grad_accum: int = param(
+        1, ge=1, help="batches summed into one optimiser step: effective batch = batch_size x grad_accum x processes"
+    )
     eval_batch_size: int | None = param(None, ge=1, help="default 1.5 x batch_size, as published")
     eval_resize: int | None = param(None, ge=32, help="default round(img_size / 0.875): 256 for 224")
     # -- optimisation --------------------------------------------------------------------------------------------
     epochs: int = param(300, ge=1)
     opt: str = param("adamw", choices=("adamw", "adam", "sgd", "momentum", "lamb", "rmsproptf"))
-    base_lr: float = param(1e-3, gt=0.0, help="lr = base_lr * global batch / 1024 unless lr is set")
+    base_lr: float = param(1e-3, gt=0.0, help="lr = base_lr * effective batch / 1024 unless lr is set")
     lr: float | None = param(None, gt=0.0)
     weight_decay: float = param(0.025, ge=0.0)
+    no_decay_scales: bool = param(
+        False, help="also exempt layer scales and attention biases from weight decay (ours; official: decayed)"
+    )
     opt_eps: float = param(1e-8, gt=0.0)
     sched: str = param("cosine", choices=EPOCH_SCHEDULES, help="timm schedule, stepped after each epoch as official")
     warmup_epochs: int = param(5, ge=0)
@@ -93,19 +100,29 @@ class TrainConfig:
     sync_bn: bool = param(True, help="only applied on multi-GPU CUDA runs")
     channels_last: bool | None = param(None, help="None: auto (on for CUDA and CPU devices)")
     compile: bool = param(False)
+    grad_checkpointing: bool = param(False, help="recompute each block's activations in the backward pass (memory)")
     threads: int | None = param(None, ge=1, help="torch intra-op CPU threads (None: torch's default)")
     # -- run -----------------------------------------------------------------------------------------------------
     output: str | None = param(None, help="default runs/<model>-<dataset>")
     seed: int = param(0, ge=0)
     eval_every: int = param(1, ge=0, help="evaluate every N epochs (0: only after the last)")
     log_every: int = param(50, ge=1, help="steps between loss logs (and the host synchronisation)")
-    max_steps: int | None = param(None, ge=1, help="cap on training steps per epoch (smoke tests)")
+    max_steps: int | None = param(None, ge=1, help="cap on optimiser steps per epoch (smoke tests)")
+    checkpoint_every: int = param(0, ge=0, help="optimiser steps between mid-epoch checkpoints (0: epoch ends only)")
+    checkpoint_minutes: float = param(0.0, ge=0.0, help="minutes between mid-epoch checkpoints (0: off)")
+    stop_signals: tuple[str, ...] = param(
+        DEFAULT_STOP_SIGNALS, help=f"on these, finish the step, checkpoint and exit {PREEMPTED_EXIT_CODE}"
+    )
     tensorboard: bool = param(False)
     progress: bool = param(True)
     resume: bool = param(True, help="resume from <output>/last.pth when it exists")
 
+    def effective_batch(self, world_size: int) -> int:
+        """Images per optimiser step over all processes."""
+        return self.batch_size * self.grad_accum * world_size
+
     def global_lr(self, world_size: int) -> float:
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size * world_size / 1024
+        return self.lr if self.lr is not None else self.base_lr * self.effective_batch(world_size) / 1024
 
     @property
     def mixup_active(self) -> bool:
@@ -129,6 +146,7 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
         if self.auto_augment:
             _check_auto_augment(self.auto_augment)
+        check_stop_signals(self.stop_signals)
 
 
 def _check_auto_augment(spec: str) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import Mixup, create_transform
+from timm.data import auto_augment as timm_auto_augment
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
@@ -21,33 +23,53 @@ from torch.utils.data import DataLoader
 
 from ..data.digits import prepare_digits
 from ..data.folder import build_datasets, collate_skip
-from ..data.samplers import EvalSampler, SeededSamples, TrainSampler, seed_worker
+from ..data.samplers import EvalSampler, SeededSamples, TrainSampler
 from ..data.transforms import describe_eval_transform, eval_transform
 from ..models import create_model, load_checkpoint
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, seed_all
 from ..runtime.distributed import DistInfo, all_reduce_sum
-from ..runtime.loop import (
-    NonFiniteLossError,
-    Plan,
-    Step,
+from ..runtime.lock import run_folder_lock
+from ..runtime.loop import NonFiniteLossError, Plan, Reporting, Schedule, Step, Task, fit
+from ..runtime.optim import build_optimizer
+from ..runtime.precision import (
     autocast,
     cpu_bf16_speedup,
-    fit,
     keep_channels_last_gradients,
     recorded_precision,
     resolve_amp,
     resolve_channels_last,
 )
-from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
+from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
 from .config import TrainConfig, dump_yaml
 from .distill import DistillationLoss, build_teacher
 
 
+def official_posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's RandAugment posterize as the official era's Pillow ran it: 0 bits kept gives a black image (each
+    channel ``v & ~255``). Pillow 13 refuses 0 bits ("bits must be between or equal to 1 and 8"), which the
+    official policy ``rand-m9-mstd0.5-inc1`` asks for whenever the sampled magnitude reaches 10."""
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return _TIMM_POSTERIZE(img, bits_to_keep, **kwargs)
+
+
+_TIMM_POSTERIZE = timm_auto_augment.posterize
+
+
+def use_official_posterize() -> None:
+    """Route timm's three posterize ops through :func:`official_posterize` (ops built afterwards use it)."""
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if timm_auto_augment.NAME_TO_OP.get(name) is _TIMM_POSTERIZE:
+            timm_auto_augment.NAME_TO_OP[name] = official_posterize
+
+
 def train_transform(cfg: TrainConfig):
-    """timm's ``create_transform`` with the official arguments (the recipe's values come from ``cfg``)."""
+    """timm's ``create_transform`` with the official arguments (the recipe's values come from ``cfg``), with the
+    official era's posterize (:func:`official_posterize`)."""
+    use_official_posterize()
     if cfg.no_aug:
         return eval_transform(cfg.img_size, cfg.eval_resize)
     return create_transform(
@@ -67,10 +89,23 @@ def base_criterion(cfg: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def mixup_fn(cfg: TrainConfig, num_classes: int) -> Mixup | None:
+class StepMixup(Mixup):
+    """timm's ``Mixup`` (mode ``batch``) whose mixing decision (Mixup or CutMix, and lambda) is drawn once per
+    optimiser step by :meth:`new_step`, so that the batches accumulated into one step are mixed as one effective
+    batch would be. Each batch is still mixed with its own reverse, and CutMix draws its box per batch. With one
+    batch per step it draws exactly what ``Mixup`` draws, in the same order."""
+
+    def new_step(self) -> None:
+        self._drawn = super()._params_per_batch()
+
+    def _params_per_batch(self):
+        return getattr(self, "_drawn", None) or super()._params_per_batch()
+
+
+def mixup_fn(cfg: TrainConfig, num_classes: int) -> StepMixup | None:
     if not cfg.mixup_active:
         return None
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+    return StepMixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                  switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
                  num_classes=num_classes)  # fmt: skip
 
@@ -123,7 +158,8 @@ def resolve_data(cfg: TrainConfig, info: DistInfo) -> tuple[Path, str]:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) a training run; returns the summary written to ``<output>/summary.json``."""
+    """Run (or resume) a training run; returns the summary written to ``<output>/summary.json``. A stop signal
+    (``stop_signals``) ends it with :class:`~efficientformer.runtime.signals.Preempted` after a checkpoint."""
     with distributed.process_group(cfg.device) as info:
         return _train(cfg, info)
 
@@ -148,7 +184,7 @@ def resolve_precision(
     """``(amp, channels_last)`` as ``train`` runs ``cfg`` on ``device``; channels-last is applied to ``model`` when
     on (with its BatchNorm gradients kept channels-last in eager mode: :func:`keep_channels_last_gradients`).
     amp=auto's CPU probe times this model at the run's resolution and layout on a fixed random batch of up to 16
-    images (see :func:`~efficientformer.runtime.loop.resolve_amp`)."""
+    images (see :func:`~efficientformer.runtime.precision.resolve_amp`)."""
     channels_last = resolve_channels_last(cfg.channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -164,7 +200,6 @@ def resolve_precision(
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
-    device = info.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data_root, dataset_name = resolve_data(cfg, info)
@@ -172,6 +207,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     cfg.output = str(out)
     if info.is_main:
         check_writable_dir(out)  # before any work: a file in the way or a read-only folder is one line now
+    with run_folder_lock(out, enabled=info.is_main):  # before anything is written there: one run per folder
+        return _train_locked(cfg, info, data_root, dataset_name, out)
+
+
+def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_name: str, out: Path) -> dict:
+    device = info.device
 
     train_set, val_set = build_datasets(
         data_root, train_transform(cfg), eval_transform(cfg.img_size, cfg.eval_resize), max_pixels=cfg.max_pixels
@@ -180,10 +221,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     num_classes = len(class_names)
     sampler = TrainSampler(len(train_set), info.rank, info.world, seed=cfg.seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1)  # fmt: skip
-    steps_per_epoch = sampler.per_rank // cfg.batch_size
+    steps_per_epoch = sampler.per_rank // (cfg.batch_size * cfg.grad_accum)  # optimiser steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images over {info.world} process(es) is fewer than one batch of "
-                         f"{cfg.batch_size}; lower batch_size")  # fmt: skip
+        raise ValueError(f"{len(train_set)} training images over {info.world} process(es) is fewer than one step of "
+                         f"{cfg.grad_accum} batch(es) of {cfg.batch_size}; lower batch_size or grad_accum")  # fmt: skip
     if cfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
 
@@ -191,7 +232,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         sampler.set_epoch(epoch, start * cfg.batch_size)
         return DataLoader(SeededSamples(train_set, cfg.seed, epoch), batch_size=cfg.batch_size, sampler=sampler,
                           drop_last=True, num_workers=cfg.workers, collate_fn=collate_skip,
-                          pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
+                          pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init,
                           generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))  # fmt: skip
 
     # The same initial weights on every rank; each rank's own random stream (drop path, Mixup) after that.
@@ -201,6 +242,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                          drop_path_rate=cfg.drop_path)  # fmt: skip
     if distill:
         model.set_distilled_training(True)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     if cfg.finetune:
         _log(info, f"fine-tuning from {load_checkpoint(model, cfg.finetune, strict=False, use_ema=False)}")
     model.to(device)
@@ -213,7 +256,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     seed_all(cfg.seed + info.rank)
 
     lr = cfg.global_lr(info.world)
-    optimizer = build_optimizer(model, cfg.opt, lr, cfg.weight_decay, cfg.opt_eps)
+    optimizer = build_optimizer(model, cfg.opt, lr, cfg.weight_decay, cfg.opt_eps, no_decay_scales=cfg.no_decay_scales)
     scheduler = epoch_scheduler(optimizer, cfg.sched, cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                                 warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)  # fmt: skip
     teacher = None
@@ -258,16 +301,25 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                                       "--output")  # fmt: skip
 
     plan = Plan(
-        task="classify", model=model, optimizer=optimizer, step=step, batches=batches,
-        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
-        evaluate=lambda m: evaluate(m, val_loader, device, cfg.eval_amp), config=cfg, output=out, info=info,
-        seed=cfg.seed, epoch_scheduler=scheduler, ema=ema, ema_warmup=cfg.ema_warmup, amp=amp,
-        clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, compile=cfg.compile, train_mode=train_mode,
-        eval_every=cfg.eval_every, eval_unit="epoch", log_every=cfg.log_every, best_metric="val_top1",
-        metric_names=("val_top1", "val_top5", "ema_top1"),
-        meta={"class_names": class_names, "model_name": cfg.model,
-              "precision": {"amp": amp, "channels_last": channels_last}}, check_resume=check_resume,
-        describe=lambda m: _describe(m), resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard,
+        task=Task(
+            name="classify", model=model, optimizer=optimizer, step=step, batches=batches,
+            evaluate=lambda m: evaluate(m, val_loader, device, cfg.eval_amp), config=cfg, seed=cfg.seed, amp=amp,
+            ema=ema, ema_warmup=cfg.ema_warmup, compile=cfg.compile, train_mode=train_mode,
+            new_step=mixer.new_step if mixer is not None else None,
+            meta={"class_names": class_names, "model_name": cfg.model,
+                  "precision": {"amp": amp, "channels_last": channels_last}}, check_resume=check_resume,
+        ),
+        schedule=Schedule(
+            steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs, grad_accum=cfg.grad_accum,
+            epoch_scheduler=scheduler, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, eval_every=cfg.eval_every,
+            eval_unit="epoch", checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
+            stop_signals=cfg.stop_signals, resume=cfg.resume,
+        ),
+        reporting=Reporting(
+            log_every=cfg.log_every, best_metric="val_top1", metric_names=("val_top1", "val_top5", "ema_top1"),
+            describe=_describe, progress=cfg.progress, tensorboard=cfg.tensorboard,
+        ),
+        output=out, info=info,
     )  # fmt: skip
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,8 +327,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     _log(info, f"training {cfg.model} ({n_params / 1e6:.2f} M params) on {dataset_name}: {len(train_set)} train / "
                f"{len(val_set)} val images, {num_classes} classes, {info.world} process(es) on {device}, global batch "
-               f"{cfg.batch_size * info.world}, lr {lr:.2e}, distillation {cfg.distillation}, precision "
-               f"{_precision(amp, channels_last)}; eval: "
+               f"{cfg.effective_batch(info.world)}{_accumulation(cfg)}, lr {lr:.2e}, distillation {cfg.distillation}, "
+               f"precision {_precision(amp, channels_last)}; eval: "
                f"{describe_eval_transform(cfg.img_size, cfg.eval_resize)}; output {out}")  # fmt: skip
     state = fit(plan)
 
@@ -302,6 +354,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             print(f"done: held-out top-1 {summary['val_top1']:.2f}% (best {state.best:.2f}%) after "
                   f"{len(state.history)} epochs; checkpoint {out / 'last.pth'}", flush=True)  # fmt: skip
     return summary
+
+
+def _accumulation(cfg: TrainConfig) -> str:
+    return f" ({cfg.batch_size} x {cfg.grad_accum} accumulated per process)" if cfg.grad_accum > 1 else ""
 
 
 def _describe(r: dict) -> str:

@@ -1,18 +1,24 @@
-"""Slurm through submitit: one task per GPU, requeue on preemption or timeout, automatic resume from last.pth."""
+"""Slurm through submitit: one task per GPU, requeue on preemption or timeout, automatic resume from last.pth.
+
+submitit's own signal (USR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise) joins the run's stop signals: the
+loop finishes the step, writes a mid-epoch checkpoint and raises ``Preempted``; then submitit's handler for that
+signal (restored by then) requeues the job, which resumes from the checkpoint: no work is lost."""
 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
+from ..runtime.signals import Preempted
 from .config import TrainConfig
 from .engine import train
 
 
 class TrainJob:
     """A picklable callable submitit runs on every task. ``checkpoint()`` is submitit's preemption hook: it
-    requeues the same job, which resumes from ``<output>/last.pth`` (only the unfinished epoch is lost)."""
+    requeues the same job, which resumes from ``<output>/last.pth``, written mid-epoch when the run stopped."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -27,7 +33,15 @@ class TrainJob:
             os.environ.setdefault("MASTER_PORT", str(29500 + int(str(env.job_id).split("_")[0]) % 1000))
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(env.global_rank), str(env.num_tasks)
             os.environ["LOCAL_RANK"] = str(env.local_rank)
-        return train(replace(self.cfg, resume=True, progress=False))
+        usr = "SIG" + submitit.JobEnvironment.USR_SIG
+        signals = tuple(dict.fromkeys((*self.cfg.stop_signals, usr)))
+        try:
+            return train(replace(self.cfg, resume=True, progress=False, stop_signals=signals))
+        except Preempted as stopped:
+            requeue = signal.getsignal(getattr(signal, usr))  # submitit's handler, back in place after the run
+            if callable(requeue):
+                requeue(stopped.signum, None)  # rank 0: checkpoint() + requeue + exit; other ranks return
+            raise
 
     def checkpoint(self):
         import submitit

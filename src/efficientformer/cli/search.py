@@ -11,25 +11,20 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..data.proxy import prepare_proxy
-from ..models.arch import arch_to_spec, is_arch_path, load_arch, save_arch, spec_to_arch
-from ..models.efficientformer_v2 import V2_VARIANTS
+from ..models.arch import arch_to_spec, is_arch_path, load_arch
 from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
-from ..search.greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, write_trajectory
+from ..search.greedy import MESConfig, SearchTargets
 from ..search.latency import LatencyTable, build_table, import_table
-from ..search.lut_check import check_table, write_report
+from ..search.lut_check import check_keys, check_table, recheck_table, write_report
 from ..search.params import count_params
+from ..search.pipeline import BUDGETS, Pipeline, data_root, load_pipeline_config, run_v1_search, run_v2_search
 from ..search.space import V2Space
-from ..search.supernet import V2Supernet
-from ..search.train import SubnetEvaluator, SupernetConfig, load_split, train_supernet
-from ..search.v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
+from ..search.supernet import load_supernet, save_supernet
+from ..search.train import SupernetConfig, train_supernet
 from ..search.v1space import V1_PUBLISHED, V1Space
-from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..utils.recipes import resolve_config
 from .errors import UserError
-
-PROXY_SIZE = 64
 
 
 def register(subparsers) -> None:
@@ -53,6 +48,15 @@ def register(subparsers) -> None:
                      help="what an entry holds (min suits a shared, busy machine; both are stored)")  # fmt: skip
     lut.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                      help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)")  # fmt: skip
+    lut.add_argument("--context", type=int, default=1,
+                     help="time each FFN/attention/Meta4D/Meta3D block as a chain of K copies (per copy)")  # fmt: skip
+    lut.add_argument(
+        "--for-check",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the entries of the networks `lut-check --random N` times (published + N random)",
+    )
     lut.add_argument("--space", default=None, help="YAML with a 'space:' mapping (default: the built-in space)")
     lut.add_argument("--output", required=True, help="table JSON; an existing one with the same settings resumes")
     lut.set_defaults(func=run_lut)
@@ -72,7 +76,16 @@ def register(subparsers) -> None:
     chk.add_argument("--warmup", type=int, default=5)
     chk.add_argument("--runs", type=int, default=20)
     chk.add_argument("--output-dir", required=True)
-    chk.add_argument("--update-lut", action="store_true", help="store the fitted scale/offset in the table")
+    chk.add_argument("--update-lut", action="store_true", help="store the fitted per-kind calibration in the table")
+    chk.add_argument(
+        "--statistic",
+        choices=("median", "min", "p90"),
+        default=None,
+        help="with --measured: refit on this statistic of entries and networks (all are stored)",
+    )
+    chk.add_argument("--measured", default=None,
+                     help="lut_check.json of an earlier check on the same runtime/threads/resolution: refit this "
+                          "table on those measured networks instead of timing them again")  # fmt: skip
     chk.set_defaults(func=run_lut_check)
 
     sn = sub.add_parser("supernet", help="train a V2 supernet with the sandwich rule (the training runtime: "
@@ -121,6 +134,28 @@ def register(subparsers) -> None:
     v1.add_argument("--output", required=True)
     v1.set_defaults(func=run_v1)
 
+    pl = sub.add_parser("pipeline", help="table -> check -> supernet -> search -> retrain -> export -> measured "
+                        "latency -> report, cached and resumable, in one run folder")  # fmt: skip
+    pl.add_argument(
+        "--config",
+        default="search/v2_proxy",
+        help="search config (space:, mes:, pipeline:, budgets:): a path or a shipped name",
+    )
+    pl.add_argument("--output", required=True, help="run folder (a rerun continues or reuses what is there)")
+    pl.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="proxy",
+        help="tiny: CI, minutes; proxy: this machine, the bundled proxy task; full: ImageNet, a cluster",
+    )
+    pl.add_argument("--target-like", default=None,
+                    help="a reference measured in the same runtime (mobilenetv2_100, efficientformerv2_s0, an "
+                         "architecture file) or a latency in ms")  # fmt: skip
+    pl.add_argument("--data", default=None, help="override the config's data ('proxy' or an ImageNet-style folder)")
+    pl.add_argument("--table-cache", default=None, help="folder of reusable latency tables "
+                    "(default ~/.cache/efficientformer/latency-tables)")  # fmt: skip
+    pl.set_defaults(func=run_pipeline)
+
     show = sub.add_parser("show", help="parameters and table latency of an architecture file or a model name")
     show.add_argument("arch", help="architecture file (.yaml/.json) or a published model name")
     show.add_argument("--lut", default=None)
@@ -144,24 +179,6 @@ def _config(path: str | None) -> dict:
     return data
 
 
-def _data_root(data: str) -> Path:
-    if data == "proxy":
-        return prepare_proxy(size=PROXY_SIZE)
-    root = Path(data).expanduser()
-    if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{root} has no train/ folder (expected train/<class>/... and search/ or val/)")
-    return root
-
-
-def _held_out(root: Path) -> Path:
-    for split in ("search", "val"):
-        if (root / split).is_dir():
-            if split == "val":
-                print(f"note: {root} has no search/ split; scoring subnets on val/ (keep val/ for final results)")
-            return root / split
-    raise FileNotFoundError(f"{root} has neither search/ nor val/ to score subnets on")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 def run_lut(args: argparse.Namespace) -> int:
 
@@ -175,7 +192,8 @@ def run_lut(args: argparse.Namespace) -> int:
     table = build_table(
         args.output, args.family, args.runtime, threads=args.threads, img_size=args.img_size, batch=args.batch,
         num_classes=args.num_classes, warmup=args.warmup, runs=args.runs, space=space, statistic=args.statistic,
-        clock=args.clock,
+        clock=args.clock, context=args.context,
+        keys=check_keys(args.family, space.to_dict(), args.for_check, 0) if args.for_check is not None else None,
     )  # fmt: skip
     m = table.meta["machine"]
     print(
@@ -197,19 +215,22 @@ def run_lut_import(args: argparse.Namespace) -> int:
 def run_lut_check(args: argparse.Namespace) -> int:
 
     table = LatencyTable.load(args.lut)
-    result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
+    if args.statistic and not args.measured:
+        raise UserError("--statistic refits stored measurements: give --measured lut_check.json too")
+    if args.measured:
+        result = recheck_table(table, args.measured, args.statistic)
+    else:
+        result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
     paths = write_report(result, args.output_dir)
     s = result["summary"]
     for r in result["rows"]:
-        print(
-            f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  fitted {r['fitted_ms']:8.2f}  measured {r['measured_ms']:8.2f}"
-        )
-    print(
-        f"{s['networks']} networks ({s['published']} published): MAPE raw {s['mape_raw_percent']:.1f}%, fitted "
-        f"{s['mape_fitted_percent']:.1f}% (leave-one-out {s['mape_fitted_loo_percent']:.1f}%), Kendall tau "
-        f"{s['kendall_tau']:.3f}; fit: {s['calibration']['scale']:.3f} * sum + {s['calibration']['offset_ms']:.2f} "
-        f"ms; load {s['loadavg_start']} -> {s['loadavg_end']}"
-    )
+        print(f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  per-kind (LOO) {r['loo_per_kind_ms']:8.2f}  "
+              f"measured {r['measured_ms']:8.2f}")  # fmt: skip
+    print(f"{s['networks']} networks ({s['published']} published), leave-one-out; load {s['loadavg_start']} -> "
+          f"{s['loadavg_end']}")  # fmt: skip
+    for method, m in s["methods_leave_one_out"].items():
+        print(f"  {method:9s} Kendall tau {m['kendall_tau']:.3f}  MAPE {m['mape_percent']:5.1f}%  "
+              f"within +-10% {m['within_10_percent']:5.1f}%")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if args.update_lut:
         if Path(args.lut).suffix.lower() == ".csv":
@@ -223,7 +244,7 @@ def run_lut_check(args: argparse.Namespace) -> int:
 def run_supernet(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     space = V2Space.from_dict(cfg.get("space", {}))
-    root = _data_root(args.data)
+    root = data_root(args.data)
     out = Path(args.output)
     scfg = load_config(SupernetConfig, None, list(args.overrides or []), data=str(root), output=str(out),
                        img_size=args.img_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -235,37 +256,6 @@ def run_supernet(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)"
               + (f"; held-out {held_out}" if held_out else ""))  # fmt: skip
     return 0
-
-
-def save_supernet(net, path: Path, data: str = "") -> Path:
-    return atomic_torch_save(
-        {
-            "format": "efficientformer-v2-supernet",
-            "space": net.space.to_dict(),
-            "img_size": list(net.img_size),
-            "num_classes": net.num_classes,
-            "data": data,
-            "state_dict": net.state_dict(),
-        },
-        path,
-    )
-
-
-def load_supernet(path: str | Path):
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"supernet checkpoint not found: {path}; train one with `efficientformer search supernet`"
-        )
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "efficientformer-v2-supernet":
-        raise UserError(f"{path} is not a supernet checkpoint written by `efficientformer search supernet`")
-    net = V2Supernet(
-        V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"], img_size=tuple(ckpt["img_size"])
-    )
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval()
 
 
 def _target_latency(args: argparse.Namespace, table) -> float | None:
@@ -281,14 +271,13 @@ def _target_latency(args: argparse.Namespace, table) -> float | None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-
     torch.set_num_threads(args.threads)
     net = load_supernet(args.supernet)
     table = LatencyTable.load(args.lut)
     if table.family != "v2":
         raise UserError(f"{args.lut} is a {table.family} table; the V2 search needs a v2 table")
     cfg = _config(args.config)
-    mes = MESConfig(**cfg["mes"]) if "mes" in cfg else MESConfig()
+    mes = MESConfig.from_dict(cfg.get("mes"))
     targets = SearchTargets(
         latency_ms=_target_latency(args, table),
         params=int(args.target_params * 1e6) if args.target_params else None,
@@ -296,58 +285,22 @@ def run_search(args: argparse.Namespace) -> int:
     )
     if not targets.any():
         raise UserError("give a target: --target-latency MS, --target-like MODEL, --target-params M or --target-mes")
-    root = _data_root(args.data)
-    img = net.img_size[0]
-    eval_x, eval_y = load_split(_held_out(root), img, limit=args.eval_images)
-    calib_x, _ = load_split(root / "train", img, limit=args.calib_images)
-    evaluator = SubnetEvaluator(net, eval_x, eval_y, calib_x)
-    img_lut = int(table.meta.get("img_size", 224))
-
-    def params(spec) -> int:  # the deployment model: the table's resolution, 1000 classes, distillation head
-        return count_params(spec, img_lut)
-
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-
-    def log(row: dict) -> None:
-        print(
-            f"step {row['step']:3d} {row['action'][:60]:60s} acc {row['accuracy']:6.2f}  lat {row['latency_ms']:7.2f}"
-            f" ms  params {row['params'] / 1e6:6.2f}M  MES {row['mes']:8.3f}  ({time.time() - started:.0f} s)"
-        )
-
-    search = GreedySearch(net.space, evaluator, table.predict, params=params, mes=mes, log=log)
-    result = search.run(targets, actions_per_step=args.actions_per_step)
-    final = result.final
-    extra = {"search": {"accuracy_heldout": final.accuracy, "table_latency_ms": final.latency_ms,
-                        "params": final.params, "mes": final.mes, "lut": str(args.lut), "supernet": str(args.supernet),
-                        "stopped": result.stopped, "evaluations": result.evaluations}}  # fmt: skip
-
-    arch_path = save_arch({**spec_to_arch(final.spec), **extra}, out / "arch.yaml")
-    write_trajectory(result, out / "trajectory.jsonl", mes)
-    published = {n: search.point(s) for n, s in V2_VARIANTS.items() if net.space.contains(s) and not table.missing(s)}
-    v1_ms = None
+    lines = None
     if args.v1_lut:
         v1_table = LatencyTable.load(args.v1_lut)
-        v1_ms = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
-    title = f"greedy MES search on {table.meta.get('runtime')} table ({Path(args.lut).name})"
-    plot = plot_trajectory(result, out / "trajectory.png", published, v1_ms, title=title)
-    summary = {
-        "final": final.to_dict(),
-        "stopped": result.stopped,
-        "evaluations": result.evaluations,
-        "seconds": round(time.time() - started, 1),
-        "published": {n: p.to_dict() for n, p in published.items()},
-        "targets": targets.__dict__,
-    }
-    atomic_write_json(out / "summary.json", summary)
-    # weights inherited from the supernet, as a starting point for training (load with --checkpoint / finetune)
-    atomic_torch_save({"model": net.extract(final.spec).state_dict()}, out / "supernet_weights.pth")
-    print(f"{result.stopped} after {len(result.trajectory) - 1} steps, {result.evaluations} evaluations: "
-          f"acc {final.accuracy:.2f}%, {final.latency_ms:.2f} ms, {final.params / 1e6:.2f}M params")  # fmt: skip
-    print(
-        f"wrote {arch_path}, {out / 'trajectory.jsonl'}, {plot}, {out / 'summary.json'}, {out / 'supernet_weights.pth'}"
-    )
+        lines = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
+    out = Path(args.output)
+    summary = run_v2_search(net, table, targets, data_root(args.data), out, mes=mes,
+                            actions_per_step=args.actions_per_step, calib_images=args.calib_images,
+                            eval_images=args.eval_images, lines=lines, lut_name=str(args.lut),
+                            supernet_name=str(args.supernet))  # fmt: skip
+    final = summary["final"]
+    rate = summary["evaluations"] / max(summary["seconds"], 1e-9)
+    print(f"{summary['stopped']} after {summary['evaluations']} evaluations in {summary['seconds']:.0f} s "
+          f"({rate:.2f} candidates/s): acc {final['accuracy']:.2f}%, {final['latency_ms']:.2f} ms, "
+          f"{final['params'] / 1e6:.2f}M params")  # fmt: skip
+    print(f"wrote {summary['arch']}, {out / 'trajectory.jsonl'}, {summary['plot']}, {out / 'summary.json'}, "
+          f"{out / 'supernet_weights.pth'}")  # fmt: skip
     return 0
 
 
@@ -361,32 +314,26 @@ def run_v1(args: argparse.Namespace) -> int:
         raise UserError("give a target: --target-latency MS or --target-like efficientformer_l1")
     cfg = _config(args.config)
     space = V1Space.from_dict(cfg.get("space", {}))
-    train_cfg = cfg.get("train", {})
-    root = _data_root(args.data)
-    images, labels = load_split(root / "train", args.img_size)
-    eval_x, eval_y = load_split(_held_out(root), args.img_size)
-    net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=args.img_size)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    res = run_v1_search(table, target, space, data_root(args.data), Path(args.output), img_size=args.img_size,
+                        steps=args.steps, batch_size=args.batch_size, seed=args.seed, train=cfg.get("train", {}),
+                        log=lambda line: print(line, flush=True))  # fmt: skip
+    spec, tm = res["spec"], res["timing"]
+    print(f"{res['arch']}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
+          f"{res['latency_ms']:.2f} ms (target {target:.2f}), held-out acc {res['accuracy']:.2f}%; supernet "
+          f"{tm['supernet_steps_per_s']} steps/s, {tm['paths_scored']} paths scored at "
+          f"{tm['paths_per_s']}/s")  # fmt: skip
+    return 0
 
-    def show(row: dict) -> None:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
-    train_v1_supernet(net, images, labels, output=out / "supernet", steps=args.steps, batch_size=args.batch_size,
-                      seed=args.seed, **train_cfg)  # fmt: skip
-    evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
-    result = slim(net.argmax_path(), net.importance, evaluator, table.predict, target, space, log=show)
-    spec = result.final.spec()
-    seconds = round(time.time() - started, 1)
-    extra = {"search": {"accuracy_heldout": result.accuracy, "table_latency_ms": result.latency_ms,
-                        "target_ms": target, "lut": str(args.lut), "seconds": seconds}}  # fmt: skip
-    arch_path = save_arch({**spec_to_arch(spec), **extra}, out / "arch.yaml")
-    with (out / "trajectory.jsonl").open("w") as f:
-        for row in result.trajectory:
-            f.write(json.dumps(row) + "\n")
-    print(f"{arch_path}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
-          f"{result.latency_ms:.2f} ms (target {target:.2f}), held-out acc {result.accuracy:.2f}%")  # fmt: skip
+def run_pipeline(args: argparse.Namespace) -> int:
+    cfg = load_pipeline_config(args.config, args.budget)
+    if args.data:
+        cfg["data"] = args.data
+    pipeline = Pipeline(cfg, args.output, target_like=args.target_like, table_cache=args.table_cache)
+    results = pipeline.run()
+    cached = [n for n, t in pipeline.timing.items() if t.get("cached")]
+    print(f"wrote {results['report']['report_md']} and {results['report']['report_json']}"
+          + (f" (cached stages: {', '.join(cached)})" if cached else ""))  # fmt: skip
     return 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,31 @@ from .space import ATTENTION_STAGES, V2Space, arch_key, normalise
 
 @dataclass(frozen=True)
 class MESConfig:
-    """MES constants. The defaults are the V2 paper's as recalled in docs/architecture.md section 7.4 (U_size =
-    3M parameters, U_latency = 1 ms on iPhone 12, alpha_latency = 1.0, alpha_size = 0.5), NOT verified against
-    the paper. Which action wins does not depend on the U's (they scale every MES alike); they matter only for an
-    MES stopping target. Set ``latency_unit_ms`` to a latency on your own device to make MES values comparable."""
+    """MES constants and where each comes from. The formula and ``score`` = 100 are the V2 paper's; the units
+    (3 M parameters, 1 ms on iPhone 12) and exponents (1.0 for latency, 0.5 for size) are the values as we recall
+    them from the paper, not verified against it here, so they count as ours (``sources``). Which action wins does
+    not depend on the units (they scale every MES alike); they matter only for an MES stopping target. Set
+    ``latency_unit_ms`` to a latency on your own device to make MES values comparable."""
 
     score: float = 100.0
     latency_unit_ms: float = 1.0
     size_unit_params: float = 3.0e6
     alpha_latency: float = 1.0
     alpha_size: float = 0.5
-    source: str = "V2 paper constants as recalled in docs/architecture.md 7.4 (unverified)"
+    source: str = "score and formula: V2 paper; units and exponents: ours (the paper's values as recalled, unverified)"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> MESConfig:
+        """The ``mes:`` block of a search config (its ``sources:`` mapping documents the values, it sets none)."""
+        data = dict(data or {})
+        sources = data.pop("sources", None)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown mes: keys {sorted(unknown)}; known: {sorted(known)}")
+        if sources:
+            data["source"] = "; ".join(f"{k}: {v}" for k, v in sources.items())
+        return cls(**data)
 
     def __call__(self, latency_ms: float, params: int) -> float:
         return (

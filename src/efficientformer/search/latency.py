@@ -30,6 +30,7 @@ Tables measured elsewhere (a phone with Core ML or ExecuTorch, say) are imported
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -54,6 +55,7 @@ from ..models.layers import ceil_div, to_grid
 from ..utils.io import atomic_write_json
 from ..utils.machine import cpu_model, isa_flags
 from ..utils.timing import ort_session, p90, time_callable
+from .predictor import KindCalibration, NetworkFeatures, features
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
 
@@ -100,8 +102,8 @@ def network_keys(spec: ModelSpec) -> list[str]:
     return keys
 
 
-def v2_space_keys(space: V2Space) -> list[str]:
-    """Every entry a subnet of ``space`` can use (plus those of the published V2 models)."""
+def v2_space_keys(space: V2Space, published: bool = True) -> list[str]:
+    """Every entry a subnet of ``space`` can use (plus, with ``published``, those of the published V2 models)."""
     ws = space.widths
     keys = [f"stem/w{w}" for w in ws[0]]
     for i in range(4):
@@ -113,7 +115,7 @@ def v2_space_keys(space: V2Space) -> list[str]:
     keys += [f"down/s3/i{a}/o{b}" for a in ws[1] for b in ws[2]]
     keys += [f"dual/i{a}/o{b}" for a in ws[2] for b in ws[3]]
     keys += [f"head/w{w}" for w in ws[3]]
-    for spec in V2_VARIANTS.values():
+    for spec in V2_VARIANTS.values() if published else ():
         keys += network_keys(spec)
     return list(dict.fromkeys(keys))
 
@@ -147,9 +149,9 @@ class LatencyTable:
         return self.meta["family"]
 
     @property
-    def calibration(self) -> tuple[float, float]:
-        cal = self.meta.get("calibration") or {}
-        return float(cal.get("scale", 1.0)), float(cal.get("offset_ms", 0.0))
+    def calibration(self) -> KindCalibration:
+        """The stored calibration (``lut-check --update-lut``): per-kind, affine, or the plain sum (scale 1)."""
+        return KindCalibration.from_dict(self.meta.get("calibration") or {"method": "sum"})
 
     def ms(self, key: str) -> float:
         try:
@@ -165,10 +167,15 @@ class LatencyTable:
             raise LatencyTableError(f"{spec.name} is a {spec.family} model but this is a {self.family} table")
         return sum(self.ms(k) for k in network_keys(spec))
 
+    def features(self, spec: ModelSpec) -> NetworkFeatures:
+        """The network's table entries summed per block kind and stage, and its number of blocks."""
+        if spec.family != self.family:
+            raise LatencyTableError(f"{spec.name} is a {spec.family} model but this is a {self.family} table")
+        return features(network_keys(spec), self.ms)
+
     def predict(self, spec: ModelSpec) -> float:
-        """Predicted end-to-end latency (ms): the calibrated sum of the network's entries."""
-        scale, offset = self.calibration
-        return scale * self.block_sum(spec) + offset
+        """Predicted end-to-end latency (ms): the stored calibration applied to the network's entries."""
+        return self.calibration.predict(self.features(spec))
 
     def missing(self, spec: ModelSpec) -> list[str]:
         return [k for k in dict.fromkeys(network_keys(spec)) if k not in self.entries]
@@ -328,10 +335,16 @@ class _DeployHead(nn.Module):
         return self.dst.head(x.mean(dim=(2, 3)))
 
 
-def _probe_spec(family: str, kind: str, p: dict[str, int]) -> tuple[ModelSpec, int]:
-    """A minimal network holding the block of an entry; returns it and the 0-based stage the block is in."""
+#: block kinds whose output has the input's shape: the ones a context table times as a chain of copies
+CHAINABLE = ("ffn", "attn", "mb4d", "mb3d")
+
+
+def _probe_spec(family: str, kind: str, p: dict[str, int], repeat: int = 1) -> tuple[ModelSpec, int]:
+    """A minimal network holding the block of an entry (``repeat`` copies of it in its stage for a chainable
+    kind); returns it and the 0-based stage the block is in."""
     if family == "v2":
         widths = [16, 32, 64, 128]
+        depths = [1, 1, 1, 1]
         attn = [[False], [False], [False], [False]]
         ratios = [[1.0], [1.0], [1.0], [1.0]]
         stage = {"stem": 0, "head": 3, "dual": 3}.get(kind, p.get("s", 1) - 1)
@@ -343,69 +356,105 @@ def _probe_spec(family: str, kind: str, p: dict[str, int]) -> tuple[ModelSpec, i
             widths[stage - 1], widths[stage] = p["i"], p["o"]
         else:
             widths[stage] = p["w"]
-            if kind == "ffn":
-                ratios[stage] = [(p["h"] + 0.5) / p["w"]]  # int(w * ratio) == h exactly
-            else:
-                attn[stage] = [True]
+            depths[stage] = repeat
+            ratios[stage] = [(p["h"] + 0.5) / p["w"] if kind == "ffn" else 1.0] * repeat  # int(w * r) == h
+            attn[stage] = [kind == "attn"] * repeat
         mlp_ratios = tuple(tuple(r) for r in ratios)
         flags = tuple(tuple(a) for a in attn)
-        spec = ModelSpec("probe", "v2", tuple(widths), (1, 1, 1, 1), num_vit=0, mlp_ratios=mlp_ratios, attention=flags)
+        num_vit = max(sum(flags[2]), sum(flags[3]))
+        spec = ModelSpec("probe", "v2", tuple(widths), tuple(depths), num_vit=num_vit, mlp_ratios=mlp_ratios,
+                         attention=flags)  # fmt: skip
         return spec, stage
     widths = [16, 32, 64, 128]
+    depths, num_vit = [1, 1, 1, 2], 1
     stage = {"stem": 0, "head": 3, "mb3d": 3}.get(kind, p.get("s", 1) - 1)
     if kind == "stem":
         widths[0] = p["w"]
     elif kind in ("head", "mb3d", "mb4d"):
         widths[stage] = p["w"]
+        if kind == "mb3d":
+            depths[3], num_vit = 1 + repeat, repeat
+        else:
+            depths[stage] = repeat + (1 if stage == 3 else 0)
     elif kind == "down":
         widths[stage - 1], widths[stage] = p["i"], p["o"]
-    return ModelSpec("probe", "v1", tuple(widths), (1, 1, 1, 2), num_vit=1), stage
+    return ModelSpec("probe", "v1", tuple(widths), tuple(depths), num_vit=num_vit), stage
 
 
-def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num_classes: int, batch: int):
-    """``(module, example_input)`` of the block an entry times, in the form the runtime runs."""
+def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num_classes: int, batch: int,
+                  context: int = 1) -> tuple[nn.Module, torch.Tensor, int]:  # fmt: skip
+    """``(module, example_input, copies)`` of the block an entry times, in the form the runtime runs: the block
+    alone, or for a chainable kind with ``context`` > 1 a chain of that many copies (each with its own weights)."""
     kind, p = _parse(key)
-    spec, stage = _probe_spec(family, kind, p)
+    copies = context if kind in CHAINABLE else 1
+    spec, stage = _probe_spec(family, kind, p, copies)
     model = build_from_arch(spec, img_size=img, num_classes=num_classes, distillation=True).eval()
     form = model if runtime == "torch" else deploy(model, img)
     h, w = img
     grids = [(ceil_div(h, 2 ** (i + 2)), ceil_div(w, 2 ** (i + 2))) for i in range(4)]
     st = form.stages[stage]
     if kind == "stem":
-        return form.stem, torch.randn(batch, 3, h, w)
+        return form.stem, torch.randn(batch, 3, h, w), 1
     if kind in ("down", "dual"):
         c, (gh, gw) = spec.widths[stage - 1], grids[stage - 1]
-        return st.downsample, torch.randn(batch, c, gh, gw)
+        return st.downsample, torch.randn(batch, c, gh, gw), 1
     c, (gh, gw) = spec.widths[stage], grids[stage]
     x = torch.randn(batch, c, gh, gw)
     if kind == "head":
         if family == "v1":
             x = x.flatten(2).transpose(1, 2) if runtime != "torch" else x
-        return (_EagerHead(model) if runtime == "torch" else _DeployHead(form)), x
+        return (_EagerHead(model) if runtime == "torch" else _DeployHead(form)), x, 1
     if family == "v2":
-        blk = st.blocks[0]
-        if runtime == "torch":
-            module = _Residual(blk.mlp, blk.ls2) if kind == "ffn" else _Residual(blk.attn, blk.ls1)
-        else:
-            module = blk.ffn if kind == "ffn" else blk.attn
-        return module, x
+        parts = []
+        for blk in list(st.blocks)[:copies]:
+            if runtime == "torch":
+                parts.append(_Residual(blk.mlp, blk.ls2) if kind == "ffn" else _Residual(blk.attn, blk.ls1))
+            else:
+                parts.append(blk.ffn if kind == "ffn" else blk.attn)
+        return (parts[0] if copies == 1 else nn.Sequential(*parts)), x, copies
     if kind == "mb4d":
-        return st.blocks[0], x
+        blocks = list(st.blocks)[:copies]
+        return (blocks[0] if copies == 1 else nn.Sequential(*blocks)), x, copies
     tokens = x.flatten(2).transpose(1, 2).contiguous()
-    blk = st.blocks[-1]
-    return (_TokenBlock(blk, (gh, gw)) if runtime == "torch" else blk), tokens
+    blocks = list(st.blocks)[-copies:]
+    parts = [_TokenBlock(b, (gh, gw)) if runtime == "torch" else b for b in blocks]
+    return (parts[0] if copies == 1 else nn.Sequential(*parts)), tokens, copies
 
 
-def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path):
-    """A zero-argument callable running ``module`` on ``example`` in ``runtime`` (module already in its form)."""
+#: ONNX files of blocks and networks, by what they are (shape, form, library versions), not by their weights: a
+#: latency does not depend on the weight values, so a table at 2 threads or a second check reuses every export
+EXPORT_CACHE = Path("~/.cache/efficientformer/onnx-latency")
+
+
+def export_cache_dir() -> Path:
+    return Path(os.environ.get("EFFICIENTFORMER_EXPORT_CACHE") or EXPORT_CACHE).expanduser()
+
+
+def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path,
+                     export_key: str | None = None):  # fmt: skip
+    """A zero-argument callable running ``module`` on ``example`` in ``runtime`` (module already in its form).
+
+    ``export_key`` (ONNX Runtime): what the module is (e.g. a table key and its settings); the export is kept in
+    :func:`export_cache_dir` under a hash of it and the library versions, and reused instead of exported again.
+    """
     module = module.eval()
     if runtime == "onnxruntime":
-        path = Path(tempfile.mkstemp(suffix=".onnx", dir=workdir)[1])
-        write_onnx(module, example, path)
+        if export_key is not None:
+            ident = f"{export_key}|{tuple(example.shape)}|torch {torch.__version__}|opset default"
+            path = export_cache_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.onnx"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkstemp(suffix=".onnx", dir=path.parent)[1])
+                write_onnx(module, example, tmp)
+                os.replace(tmp, path)  # atomic: a killed export never leaves a half file under the final name
+        else:
+            path = Path(tempfile.mkstemp(suffix=".onnx", dir=workdir)[1])
+            write_onnx(module, example, path)
         sess = ort_session(path, threads)
         name = sess.get_inputs()[0].name
         feed = {name: example.numpy()}
-        path.unlink(missing_ok=True)
+        if export_key is None:
+            path.unlink(missing_ok=True)
         return lambda: sess.run(None, feed)
 
     def call():
@@ -418,7 +467,8 @@ def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, thr
 def _settings(table: LatencyTable) -> tuple:
     m = table.meta
     return (m.get("family"), m.get("runtime"), m.get("threads"), m.get("img_size"), m.get("batch"),
-            m.get("num_classes"), m.get("statistic", "median"), m.get("clock", "wall"))  # fmt: skip
+            m.get("num_classes"), m.get("statistic", "median"), m.get("clock", "wall"),
+            m.get("context", 1))  # fmt: skip
 
 
 def summarise(times: list[float]) -> dict[str, float]:
@@ -441,6 +491,7 @@ def build_table(
     statistic: str = "median",
     clock: str = "wall",
     keys: Iterable[str] | None = None,
+    context: int = 1,
     progress: bool = True,
     save_every_s: float = 2.0,
     stop_after: int | None = None,
@@ -449,8 +500,13 @@ def build_table(
     """Measure (or finish measuring) a table; it is saved as it grows, so an interrupted build resumes.
 
     ``keys`` restricts the entries (default: every entry of ``space`` plus the published models of the family).
-    ``stop_after`` measures at most that many new entries and returns (used by tests to simulate a crash).
+    ``context`` > 1 times every shape-preserving block (FFN, attention, Meta4D, Meta3D) as a chain of that many
+    copies and stores the time per copy: the block fed by a block, as inside a network (nn-Meter's point, see
+    :mod:`.predictor`). ``stop_after`` measures at most that many new entries and returns (used by tests to
+    simulate a crash).
     """
+    if context < 1:
+        raise ValueError(f"--context must be at least 1, got {context}")
     if family not in ("v1", "v2"):
         raise ValueError(f"--family must be v1 or v2, got {family!r}")
     if runtime not in RUNTIMES:
@@ -484,6 +540,7 @@ def build_table(
         "runs": runs,
         "statistic": statistic,
         "clock": clock,
+        "context": context,
         "source": "measured",
         "space": space.to_dict(),
         "machine": machine_stamp(threads, runtime),
@@ -521,9 +578,10 @@ def build_table(
             if stop_after is not None and measured >= stop_after:
                 break
             with torch.no_grad():
-                module, example = _probe_module(family, key, runtime, img, num_classes, batch)
-                fn = runtime_callable(module, example, runtime, threads, Path(workdir))
-                times = time_callable(fn, warmup, runs, CLOCKS[clock])
+                module, example, copies = _probe_module(family, key, runtime, img, num_classes, batch, context)
+                ident = f"block {family} {key} ctx{context} img{img} classes{num_classes}"
+                fn = runtime_callable(module, example, runtime, threads, Path(workdir), export_key=ident)
+                times = [t / copies for t in time_callable(fn, warmup, runs, CLOCKS[clock])]
             stats = summarise(times)
             table.entries[key] = {"ms": stats[statistic], **stats}
             measured += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +34,10 @@ from torch.func import functional_call
 from ..models.arch import ArchError, build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import EfficientFormerV2
+from ..utils.io import atomic_torch_save, safe_torch_load
 from .space import V2Space, arch_key, normalise
+
+SUPERNET_FORMAT = "efficientformer-v2-supernet"
 
 SKELETON_CACHE = 64
 
@@ -45,6 +49,26 @@ def prefix(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor
     if t.ndim != len(shape) or any(s > n for s, n in zip(shape, t.shape, strict=True)):
         raise ArchError(f"cannot slice a supernet tensor of shape {tuple(t.shape)} to {tuple(shape)}")
     return t[tuple(slice(0, s) for s in shape)]
+
+
+def sliced_tensors(full: nn.Module, skel: nn.Module, detach: bool = False) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``skel`` (a smaller module of the same tree) as a view of the leading slice
+    of ``full``'s tensor of the same name: the one weight-sharing mechanism of both supernets (V2's subnets,
+    V1's narrowed MetaPath blocks)."""
+    tensors = dict(full.named_parameters())
+    tensors.update(dict(full.named_buffers()))
+    out = {}
+    for name, t in list(skel.named_parameters()) + list(skel.named_buffers()):
+        view = prefix(tensors[name], t.shape)
+        out[name] = view.detach() if detach else view
+    return out
+
+
+def sliced_call(full: nn.Module, skel: nn.Module, *args):
+    """Run ``skel`` (usually on the meta device: no storage of its own) on the sliced tensors of ``full``, in
+    ``full``'s train/eval mode; gradients and training-mode BatchNorm updates reach ``full``'s prefixes."""
+    skel.train(full.training)
+    return functional_call(skel, sliced_tensors(full, skel), args, strict=True)
 
 
 class V2Supernet(EfficientFormerV2):
@@ -98,21 +122,12 @@ class V2Supernet(EfficientFormerV2):
 
     def sliced_tensors(self, skel: nn.Module, detach: bool = False) -> dict[str, torch.Tensor]:
         """Every parameter and buffer of a skeleton, as a view of the leading slice of the supernet's tensor."""
-        full = dict(self.named_parameters())
-        full.update(dict(self.named_buffers()))
-        out = {}
-        for name, t in list(skel.named_parameters()) + list(skel.named_buffers()):
-            src = full[name]
-            view = prefix(src, t.shape)
-            out[name] = view.detach() if detach else view
-        return out
+        return sliced_tensors(self, skel, detach)
 
     def forward(self, x: torch.Tensor):  # type: ignore[override]
         if self.active is None:
             return super().forward(x)
-        skel = self.skeleton(self.active)
-        skel.train(self.training)
-        return functional_call(skel, self.sliced_tensors(skel), (x,), strict=True)
+        return sliced_call(self, self.skeleton(self.active), x)
 
     def run_subnet(self, spec: ModelSpec, x: torch.Tensor):
         """Forward ``x`` through ``spec`` without changing the active subnet."""
@@ -178,3 +193,28 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_batche
     if used == 0:
         raise ValueError("BatchNorm recalibration needs at least one batch of images")
     return used
+
+
+def save_supernet(net: V2Supernet, path: str | Path, data: str = "") -> Path:
+    """Write a trained supernet (its space, resolution, classes and weights) atomically."""
+    return atomic_torch_save(
+        {"format": SUPERNET_FORMAT, "space": net.space.to_dict(), "img_size": list(net.img_size),
+         "num_classes": net.num_classes, "data": data, "state_dict": net.state_dict()},
+        path,
+    )  # fmt: skip
+
+
+def load_supernet(path: str | Path) -> V2Supernet:
+    """A supernet written by :func:`save_supernet` (weights only, no pickled code), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"supernet checkpoint not found: {path}; train one with `efficientformer search supernet`"
+        )
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != SUPERNET_FORMAT:
+        raise ValueError(f"{path} is not a supernet checkpoint written by `efficientformer search supernet`")
+    net = V2Supernet(V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"],
+                     img_size=tuple(ckpt["img_size"]))  # fmt: skip
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()

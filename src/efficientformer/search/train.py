@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.func import functional_call
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import read_rgb
@@ -33,8 +32,9 @@ from ..runtime.distributed import DistInfo, process_group
 from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
+from ..runtime.trackers import parse_trackers
 from .space import V2Space
-from .supernet import V2Supernet
+from .supernet import V2Supernet, recalibrate_bn
 
 
 def _logits(out) -> torch.Tensor:
@@ -126,6 +126,10 @@ class SupernetConfig:
     device: str = param("auto")
     resume: bool = param(True)
     progress: bool = param(True)
+    log: str | None = param(None, help="experiment trackers beside log.jsonl: tensorboard,wandb,mlflow (any of them)")
+
+    def check(self) -> None:
+        parse_trackers(self.log)  # an unknown tracker name: one line naming log, before any work
 
 
 def train_supernet(cfg: SupernetConfig, space: V2Space, root: Path) -> tuple[V2Supernet, dict[str, Any]]:
@@ -184,6 +188,7 @@ def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: tor
             log_every=20, best_metric=None, metric_names=("val_top1", "val_top1_smallest"), progress=cfg.progress,
             describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f}" + (
                 f" | largest {r['val_top1']:.2f}% smallest {r['val_top1_smallest']:.2f}%" if "val_top1" in r else ""),
+            trackers=cfg.log or False,
         ),
         output=Path(cfg.output), info=info,
     )  # fmt: skip
@@ -249,13 +254,24 @@ def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.T
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring subnets
 # ---------------------------------------------------------------------------------------------------------------
-class SubnetEvaluator:
-    """Held-out accuracy (%) of a subnet on shared weights, after re-estimating its BatchNorm statistics.
+@torch.no_grad()
+def held_out_accuracy(model: nn.Module, calib: list[torch.Tensor], eval_images: torch.Tensor,
+                      eval_labels: torch.Tensor, eval_batch: int = 256) -> float:  # fmt: skip
+    """Top-1 (%) of ``model`` on uint8 ``eval_images`` after re-estimating its BatchNorm statistics on the uint8
+    ``calib`` batches (:func:`~.supernet.recalibrate_bn`). The one evaluator of both searches: V2 subnets (an
+    extracted standalone model) and V1 hard paths (a copy of the MetaPath supernet)."""
+    recalibrate_bn(model, (normalise(x) for x in calib))
+    correct = 0
+    for i in range(0, len(eval_labels), eval_batch):
+        logits = _logits(model(normalise(eval_images[i : i + eval_batch])))
+        correct += int((logits.argmax(-1) == eval_labels[i : i + eval_batch]).sum())
+    return 100.0 * correct / len(eval_labels)
 
-    The subnet runs on the supernet's sliced weights with *copies* of the BatchNorm buffers, which are reset and
-    re-estimated (cumulative average) on ``calib_images`` before scoring, so scoring never disturbs the supernet.
-    The result equals ``recalibrate_bn(supernet.extract(spec), calib)`` followed by evaluation.
-    """
+
+class SubnetEvaluator:
+    """Held-out accuracy (%) of a V2 subnet on shared weights: the subnet is extracted (a standalone model holding
+    copies of the supernet's sliced weights, so scoring never disturbs the supernet), its BatchNorm statistics
+    re-estimated on ``calib_images`` and its top-1 measured (:func:`held_out_accuracy`)."""
 
     def __init__(
         self,
@@ -273,29 +289,6 @@ class SubnetEvaluator:
 
     @torch.no_grad()
     def __call__(self, spec: ModelSpec) -> float:
-        net = self.supernet
-        net.space.check(spec)
-        skel = net.skeleton(spec)
-        tensors = net.sliced_tensors(skel, detach=True)
-        bns = [(n, m) for n, m in skel.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for name, _ in bns:
-            p = f"{name}." if name else ""
-            tensors[p + "running_mean"] = torch.zeros_like(tensors[p + "running_mean"])
-            tensors[p + "running_var"] = torch.ones_like(tensors[p + "running_var"])
-            tensors[p + "num_batches_tracked"] = torch.zeros_like(tensors[p + "num_batches_tracked"])
-        saved = [m.momentum for _, m in bns]
-        for _, m in bns:
-            m.momentum = None
-        try:
-            skel.train()
-            for x in self.calib:
-                functional_call(skel, tensors, (normalise(x),))
-        finally:
-            for (_, m), mom in zip(bns, saved, strict=True):
-                m.momentum = mom
-        skel.eval()
-        correct = 0
-        for i in range(0, len(self.eval_labels), self.eval_batch):
-            logits = _logits(functional_call(skel, tensors, (normalise(self.eval_images[i : i + self.eval_batch]),)))
-            correct += int((logits.argmax(-1) == self.eval_labels[i : i + self.eval_batch]).sum())
-        return 100.0 * correct / len(self.eval_labels)
+        self.supernet.space.check(spec)
+        model = self.supernet.extract(spec).to(self.eval_images.device)
+        return held_out_accuracy(model, self.calib, self.eval_images, self.eval_labels, self.eval_batch)

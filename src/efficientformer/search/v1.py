@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..data.samplers import TrainSampler
 from ..models.base import ModelSpec
@@ -40,8 +39,8 @@ from ..models.layers import ConvNorm, Stem, to_grid
 from ..runtime.distributed import process_group
 from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.schedule import epoch_scheduler
-from .supernet import prefix, recalibrate_bn
-from .train import memory_batches, normalise
+from .supernet import sliced_call
+from .train import held_out_accuracy, memory_batches
 from .v1space import V1Space
 
 MB4D, MB3D, IDENTITY = "mb4d", "mb3d", "id"
@@ -89,7 +88,8 @@ def canonical(path: V1Path) -> V1Path:
 
 
 class _Sliced:
-    """Runs a full-width module on the leading channels of its weights through a cached meta-device skeleton."""
+    """Runs a full-width module on the leading channels of its weights (:func:`~.supernet.sliced_call`, the V2
+    supernet's mechanism) through a skeleton built once per width on the meta device."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple, nn.Module] = {}
@@ -100,11 +100,7 @@ class _Sliced:
             with torch.device("meta"):
                 skel = build()
             self.cache[key] = skel
-        skel.train(module.training)
-        full = dict(module.named_parameters())
-        full.update(dict(module.named_buffers()))
-        tensors = {n: prefix(full[n], t.shape) for n, t in list(skel.named_parameters()) + list(skel.named_buffers())}
-        return functional_call(skel, tensors, args, strict=True)
+        return sliced_call(module, skel, *args)
 
 
 class V1MetaSupernet(nn.Module):
@@ -270,23 +266,18 @@ class _V1TrainConfig:
 
 
 class V1PathEvaluator:
-    """Held-out accuracy (%) of a hard path, after recalibrating BatchNorm on a copy of the supernet."""
+    """Held-out accuracy (%) of a hard path: a copy of the supernet running the path, BatchNorm recalibrated and
+    scored by the evaluator the V2 search uses (:func:`~.train.held_out_accuracy`)."""
 
     def __init__(self, net: V1MetaSupernet, eval_images, eval_labels, calib_images, batch: int = 256) -> None:
         self.net, self.batch = net, batch
-        self.eval_x, self.eval_y = normalise(eval_images), eval_labels
-        self.calib = [normalise(calib_images[i : i + 64]) for i in range(0, len(calib_images), 64)]
+        self.eval_x, self.eval_y = eval_images, eval_labels
+        self.calib = [calib_images[i : i + 64] for i in range(0, len(calib_images), 64)]
 
     @torch.no_grad()
     def __call__(self, path: V1Path) -> float:
-        net = copy.deepcopy(self.net)
-        recalibrate_bn(_PathModule(net, path), self.calib)
-        correct = 0
-        for i in range(0, len(self.eval_y), self.batch):
-            correct += int(
-                (net(self.eval_x[i : i + self.batch], path).argmax(-1) == self.eval_y[i : i + self.batch]).sum()
-            )
-        return 100.0 * correct / len(self.eval_y)
+        model = _PathModule(copy.deepcopy(self.net), path)
+        return held_out_accuracy(model, self.calib, self.eval_x, self.eval_y, self.batch)
 
 
 class _PathModule(nn.Module):

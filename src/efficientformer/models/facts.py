@@ -6,9 +6,9 @@ benchmark's top-1 column (``bench/latency.py``) and the pretrained-weights hub (
 variant means adding its spec (``efficientformer.py`` / ``efficientformer_v2.py``) and one row here.
 
 Sources: the official README and papers (snap-research/EfficientFormer; figures are the official ``toolbox.py``
-convention, both heads), the official ``toolbox.py`` counts to three decimals
-(run on the official model code; reproduced by ``bench/profile.py``), timm's result tables for the hub copies (crop 0.95), and the
-official LICENSE file.
+convention, both heads), the official ``toolbox.py`` counts to three decimals (run on the official model code;
+reproduced by ``bench/profile.py``), timm's result tables for the hub copies (crop 0.95), and the official LICENSE
+file.
 """
 
 from __future__ import annotations

@@ -117,3 +117,18 @@ def describe_eval_transform(
     img_size: int = EVAL_CROP, resize: int | None = None, interpolation: str = EVAL_INTERPOLATION
 ) -> str:
     return EvalTransform(img_size, resize, interpolation).describe()
+
+
+def eval_transform_of(
+    own, img_size: int | None = None, resize: int | None = None, interpolation: str | None = None
+) -> EvalTransform:
+    """:class:`EvalTransform` with a model's own resolution, crop fraction, interpolation and mean/std (``own``: a
+    :class:`efficientformer.models.ModelPreprocessing`), each overridden by an argument that is not None."""
+    return EvalTransform(
+        img_size=own.img_size if img_size is None else img_size,
+        resize=resize,
+        interpolation=own.interpolation if interpolation is None else interpolation,
+        mean=own.mean,
+        std=own.std,
+        crop_pct=own.crop_pct,
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, find_images, read_rgb
-from ..data.transforms import EvalTransform
+from ..data.transforms import EvalTransform, eval_transform_of
 from ..models import ModelPreprocessing
 from ..utils.optional import require
 from ..utils.timing import ort_session, time_callable
@@ -42,10 +42,7 @@ def load_image(path: Path, size: tuple[int, int], preprocessing: ModelPreprocess
     h, w = size
     if h != w:
         raise ValueError(f"the evaluation preprocessing crops a square; the ONNX model takes {h}x{w}")
-    if preprocessing is None:
-        return EvalTransform(img_size=h)(read_rgb(path)).numpy()
-    p = preprocessing
-    transform = EvalTransform(img_size=h, crop_pct=p.crop_pct, interpolation=p.interpolation, mean=p.mean, std=p.std)
+    transform = EvalTransform(img_size=h) if preprocessing is None else eval_transform_of(preprocessing, img_size=h)
     return transform(read_rgb(path)).numpy()
 
 

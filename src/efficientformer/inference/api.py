@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.classes import resolve_class_names
 from ..data.images import as_rgb_image
-from ..data.transforms import EvalTransform
+from ..data.transforms import EvalTransform, eval_transform_of
 from ..models import create_model, load_checkpoint, model_preprocessing, resolve_name
 from ..models.base import EfficientFormerBase
 from ..models.checkpoint import CheckpointError, read_checkpoint, stored_img_size, torch_load_weights
@@ -189,20 +189,11 @@ def preprocessing_for(
 ) -> EvalTransform:
     """The evaluation preprocessing of ``model``: its own resolution, crop fraction, interpolation and mean/std
     (see :func:`efficientformer.models.model_preprocessing`), each overridden by an argument that is not None."""
-    if isinstance(model, EfficientFormerBase):
-        own = model_preprocessing(model)
-        side, crop_pct, interp, mean, std = own.img_size, own.crop_pct, own.interpolation, own.mean, own.std
-    else:  # a module of another kind: the published protocol
+    if not isinstance(model, EfficientFormerBase):  # a module of another kind: the published protocol
         base = EvalTransform()
-        side, crop_pct, interp, mean, std = base.img_size, base.crop_pct, base.interpolation, base.mean, base.std
-    return EvalTransform(
-        img_size=side if img_size is None else img_size,
-        resize=resize,
-        interpolation=interp if interpolation is None else interpolation,
-        mean=mean,
-        std=std,
-        crop_pct=crop_pct,
-    )
+        return EvalTransform(img_size=base.img_size if img_size is None else img_size, resize=resize,
+                             interpolation=base.interpolation if interpolation is None else interpolation)  # fmt: skip
+    return eval_transform_of(model_preprocessing(model), img_size, resize, interpolation)
 
 
 def _num_outputs(net: nn.Module) -> int:

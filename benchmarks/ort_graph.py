@@ -19,6 +19,9 @@ Variants (each one change; outputs compared with the base file, exact changes mu
   NCHWc layout), an edge pad and a fixed depthwise 3x3 ``[1, 2, 1] x [1, 2, 1] / 16`` convolution (exact to
   rounding: bilinear x2 with half-pixel centres is that filter on the nearest-upsampled map);
 * ``no-gelu``: every ``Gelu`` removed (NOT the model: a bound on what any GELU kernel or fusion could buy);
+* ``act-relu`` / ``act-hardswish``: the same network with ReLU / Hardswish for GELU (the int8-friendly variants
+  ``<model>_relu`` / ``_hardswish``, other weights: NOT the published model; what ONNX Runtime does with an
+  activation it fuses into the convolution);
 * ``level-extended``: the base file with ONNX Runtime's layout optimisations (NCHWc) off
   (``ORT_ENABLE_EXTENDED``), to see what the blocked layout gives each network;
 * ``mobilenetv2_100``: timm's MobileNetV2, for the S0 / MobileNetV2 ratio in the same run.
@@ -249,7 +252,7 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--variants", default="base,upsample-nearest-dw,no-gelu,level-extended,mobilenetv2_100",
                    help="comma-separated, from: base, ms-gelu, upsample-ops, upsample-nearest-dw, tanh-gelu, no-gelu, "
-                   "level-extended, mobilenetv2_100")  # fmt: skip
+                   "act-relu, act-hardswish, level-extended, mobilenetv2_100")  # fmt: skip
     p.add_argument("--runs", type=int, default=30, help="timed calls per variant per repeat (interleaved in chunks)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -287,6 +290,10 @@ def main() -> None:
         paths["no-gelu"] = tmp / "nogelu.onnx"
     if "level-extended" in wanted:
         paths["level-extended"] = paths["base"]
+    for act in ("relu", "hardswish"):
+        if f"act-{act}" in wanted:
+            write_onnx(deploy(create_model(f"{args.model}_{act}", img_size=img).eval()), x, tmp / f"{act}.onnx")
+            paths[f"act-{act}"] = tmp / f"{act}.onnx"
     if "mobilenetv2_100" in wanted or args.profile or args.profile_only:
         import timm
 
@@ -312,11 +319,12 @@ def main() -> None:
         paths.pop("mobilenetv2_100", None)
     sessions = {k: session(v, level="extended" if k == "level-extended" else "all") for k, v in paths.items()}
     ref = sessions["base"].run(None, feed)[0]
-    diffs = {k: float(np.abs(s.run(None, feed)[0] - ref).max()) for k, s in sessions.items() if k != "mobilenetv2_100"}
+    diffs = {k: float(np.abs(s.run(None, feed)[0] - ref).max()) for k, s in sessions.items()
+             if k != "mobilenetv2_100" and not k.startswith("act-")}  # fmt: skip
     x2 = {"image": torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).numpy()}
     ref2 = sessions["base"].run(None, x2)[0]
     for k, s in sessions.items():  # a second input, so a change exact on one image is not exact by chance
-        if k != "mobilenetv2_100":
+        if k != "mobilenetv2_100" and not k.startswith("act-"):
             diffs[k] = max(diffs[k], float(np.abs(s.run(None, x2)[0] - ref2).max()))
     loads = [os.getloadavg()[0]]
     per_repeat: dict[str, list[float]] = {k: [] for k in sessions}

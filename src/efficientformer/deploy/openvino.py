@@ -78,10 +78,11 @@ def to_openvino(model: nn.Module | str | Path, example: torch.Tensor | None = No
 
 
 def float_layers(ov_model) -> list[str]:
-    """Names of the layers kept in float by INT8: the first convolution (raw normalised pixels) and the last
+    """Names of the layers kept in float by INT8: the two stem convolutions (as ONNX Runtime INT8; L1 on the digits:
+    100% agreement with fp32, 98.9% with the first one only) and the last
     matrix multiplication (the logits); see the module docstring."""
     ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in ("Convolution", "MatMul")]
-    convs = [op.get_friendly_name() for op in ops if op.get_type_name() == "Convolution"][:1]
+    convs = [op.get_friendly_name() for op in ops if op.get_type_name() == "Convolution"][:2]
     heads = [op.get_friendly_name() for op in ops if op.get_type_name() == "MatMul"][-1:]
     return convs + heads
 

@@ -129,3 +129,92 @@ def test_every_runtime_times_every_block_kind(runtime, family, tmp_path, monkeyp
         build_table(tmp_path / "t2.json", family, runtime, threads=2, img_size=64, warmup=1, runs=2, keys=keys,
                     **QUIET)  # fmt: skip
         assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "exports").glob("*.onnx"))] == mtimes
+
+
+def _skip_unless_available(runtime: str) -> None:
+    from efficientformer.search.latency import backend_of
+
+    ok, why = backend_of(runtime).available()
+    if not ok:
+        pytest.skip(f"{runtime}: {why}")
+    if runtime.startswith(("onnxruntime", "openvino")):
+        pytest.importorskip("onnxscript", reason="the ONNX exporter needs onnxscript")
+
+
+# every registry runtime a user deploys with, beyond deploy / onnxruntime above; each entry is an export (and for
+# INT8 a quantisation, for AOT a C++ compile), so one or two small entries each
+NEW_RUNTIMES = {
+    "onnxruntime-int8": ["ffn/s3/w64/h128", "stem/w16"],
+    "openvino": ["ffn/s3/w64/h128", "attn/s3/w64"],
+    "openvino-int8": ["ffn/s3/w64/h128", "stem/w16"],
+    "openvino-bf16": ["ffn/s3/w64/h128"],
+    "inductor-aot": ["ffn/s3/w64/h128"],
+}
+LIBRARY = {"onnxruntime-int8": "onnxruntime", "openvino": "openvino", "openvino-int8": "openvino",
+           "openvino-bf16": "openvino", "inductor-aot": "torch"}  # fmt: skip
+
+
+@pytest.mark.parametrize("runtime", list(NEW_RUNTIMES))
+def test_every_registry_runtime_builds_a_table_and_keeps_its_files(runtime, tmp_path, monkeypatch):
+    _skip_unless_available(runtime)
+    cache = tmp_path / "exports"
+    monkeypatch.setenv("EFFICIENTFORMER_EXPORT_CACHE", str(cache))
+    keys = NEW_RUNTIMES[runtime]
+    out = tmp_path / "t.json"
+    table = build_table(out, "v2", runtime, img_size=64, warmup=1, runs=3, keys=keys, statistic="min",
+                        clock="cpu", **QUIET)  # fmt: skip
+    assert set(table.entries) == set(keys) and all(e["ms"] > 0 for e in table.entries.values())
+    m = table.meta["machine"]
+    assert m["runtime"] == runtime and m["backend"] == runtime and m["versions"][LIBRARY[runtime]]
+    if runtime == "openvino-int8":
+        assert m["versions"]["nncf"]
+    # the files the backend derived from each block stay in the one exports cache: a second table reuses them
+    suffix = {"onnxruntime-int8": ".int8.onnx", "openvino-int8": ".ov-int8.xml", "inductor-aot": ".pt2"}
+    files = sorted(cache.glob(f"*{suffix.get(runtime, '.onnx')}"))
+    assert len(files) == len(keys)
+    mtimes = [p.stat().st_mtime_ns for p in sorted(cache.iterdir())]
+    build_table(tmp_path / "t2.json", "v2", runtime, img_size=64, warmup=1, runs=2, keys=keys, **QUIET)
+    assert [p.stat().st_mtime_ns for p in sorted(cache.iterdir())] == mtimes
+
+
+def test_int8_blocks_are_quantised_like_the_same_layers_of_a_network(tmp_path, monkeypatch):
+    # the network keeps its two stem convolutions in float: the stem entry must too, an inner block must not
+    # (its first convolution is not the network's first)
+    _skip_unless_available("onnxruntime-int8")
+    onnx = pytest.importorskip("onnx")
+    monkeypatch.setenv("EFFICIENTFORMER_EXPORT_CACHE", str(tmp_path / "exports"))
+    from efficientformer.search.latency import export_stem
+
+    build_table(tmp_path / "t.json", "v2", "onnxruntime-int8", img_size=64, warmup=1, runs=2,
+                keys=["stem/w16", "ffn/s3/w64/h128"], **QUIET)  # fmt: skip
+    ident = "block v2 {} ctx1 img(64, 64) classes1000"
+    shapes = {"stem/w16": (1, 3, 64, 64), "ffn/s3/w64/h128": (1, 64, 4, 4)}
+
+    def quantised_convs(key):
+        import torch
+
+        stem = export_stem(ident.format(key), torch.zeros(shapes[key]))
+        graph = onnx.load(str(tmp_path / "exports" / f"{stem}.int8.onnx")).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        return len(convs), sum(made_by.get(n.input[0]) == "DequantizeLinear" for n in convs)
+
+    total, quantised = quantised_convs("stem/w16")
+    assert total == 2 and quantised == 0
+    total, quantised = quantised_convs("ffn/s3/w64/h128")
+    assert total >= 2 and quantised == total
+
+
+def test_unknown_or_missing_runtime_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from efficientformer.search import latency
+
+    with pytest.raises(ValueError, match="--runtime must be one of .*openvino"):
+        build_table(tmp_path / "t.json", "v2", "tensorrt", keys=["stem/w16"], **QUIET)
+    import dataclasses
+
+    missing = dataclasses.replace(latency.BACKENDS["openvino"], available=lambda: (False, "not installed (pip x)"))
+    monkeypatch.setitem(latency.BACKENDS, "openvino", missing)
+    assert main(["search", "lut", "--family", "v2", "--runtime", "openvino", "--img-size", "64", "--output",
+                 str(tmp_path / "ov.json")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "openvino cannot run here: not installed" in err

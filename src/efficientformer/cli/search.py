@@ -15,7 +15,7 @@ from ..models.arch import arch_to_spec, is_arch_path, load_arch
 from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
 from ..search.greedy import MESConfig, SearchTargets
-from ..search.latency import LatencyTable, build_table, import_table
+from ..search.latency import RUNTIMES, LatencyTable, build_table, import_table
 from ..search.lut_check import check_keys, check_table, recheck_table, write_report
 from ..search.params import count_params
 from ..search.pipeline import BUDGETS, Pipeline, data_root, load_pipeline_config, run_v1_search, run_v2_search
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
 
     lut = sub.add_parser("lut", help="measure a latency lookup table (resumable)")
     lut.add_argument("--family", choices=("v1", "v2"), default="v2")
-    lut.add_argument("--runtime", choices=("torch", "deploy", "onnxruntime"), default="deploy")
+    lut.add_argument("--runtime", choices=RUNTIMES, default="deploy",
+                     help="a CPU backend of the deployment registry (torch: the eager model)")  # fmt: skip
     lut.add_argument("--threads", type=int, default=1)
     lut.add_argument("--img-size", type=int, default=224)
     lut.add_argument("--batch", type=int, default=1)

@@ -114,20 +114,27 @@ DEFAULT_OPSET = 20
 
 
 def write_onnx(
-    model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
 ) -> None:
     """The bare export (no checks): ``torch.export``-based exporter, input ``image``, output ``logits``, graph
     optimised by onnxscript. The benchmark exports timm's models with this too, so both sides get the same
-    exporter and settings."""
+    exporter and settings. A tuple ``example`` (a module of several inputs and outputs, as the latency tables
+    export many blocks at once): inputs ``image0, image1, ...``, outputs ``logits0, logits1, ...``."""
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    many = isinstance(example, tuple)
+    args = example if many else (example,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
-            (example,),
+            args,
             dynamo=True,
-            input_names=["image"],
-            output_names=["logits"],
+            input_names=[f"image{i}" for i in range(len(args))] if many else ["image"],
+            output_names=[f"logits{i}" for i in range(len(args))] if many else ["logits"],
             dynamic_shapes=dynamic,
             opset_version=max(opset, 18),  # the dynamo exporter's lowest opset is 18
             optimize=True,

@@ -19,6 +19,7 @@ DequantizeLinear and a QuantizeLinear (docs/deploy.md).
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -124,15 +125,34 @@ def quantize_openvino(ov_model, calibration: list[np.ndarray] | list[torch.Tenso
 
 def _prepare(precision: str):
     def prepare(model: nn.Module, example: torch.Tensor, ctx: BackendContext) -> Runner:
-        ov_model = to_openvino(model, example, ctx.workdir)
+        if not ctx.stem:
+            ov_model = to_openvino(model, example, ctx.workdir)
+        else:  # the shared files of this stem: the one ONNX export (the ONNX Runtime rows' too), the INT8 IR
+            from .backends import onnx_file
+
+            int8_xml = ctx.workdir / f"{ctx.stem}.ov-int8.xml"
+            if precision == "int8" and int8_xml.is_file():
+                return openvino_runner(openvino_compiled(int8_xml, ctx.threads, precision))
+            ov_model = to_openvino(onnx_file(model, example, ctx))
         if precision == "int8":
             calib = ctx.calibration or [
                 torch.randn(example.shape, generator=torch.Generator().manual_seed(i)) for i in range(16)
             ]
-            ov_model = quantize_openvino(ov_model, calib)
+            ov_model = quantize_openvino(ov_model, calib, keep_float=ctx.keep_float)
+            if ctx.stem:
+                _save_ir(ov_model, int8_xml)
         return openvino_runner(openvino_compiled(ov_model, ctx.threads, precision))
 
     return prepare
+
+
+def _save_ir(ov_model, xml: Path) -> None:
+    """``ov.save_model`` under temporary names, then renamed (.bin first): a killed save leaves no half IR."""
+    ov = require("openvino")
+    tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+    ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+    os.replace(tmp, xml)
 
 
 for _b in (

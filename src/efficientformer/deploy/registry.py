@@ -29,12 +29,15 @@ class BackendContext:
     """What a backend may need besides the model: threads, a scratch folder it may write into (the caller removes
     it), calibration batches for INT8 backends, and ``stem``: a name unique to this (model, implementation, batch)
     under which backends share files (the benchmark's ONNX Runtime fp32 and INT8 rows export once); empty (the
-    default): every prepare writes fresh files."""
+    default): every prepare writes fresh files. ``keep_float``: INT8 backends keep the stem convolutions and the
+    classifier in float (a whole network); a latency table's probe of an inner block sets it False, since its
+    first convolution is not the network's."""
 
     threads: int = 1
     workdir: Path = field(default_factory=lambda: Path("."))
     calibration: list[torch.Tensor] = field(default_factory=list)
     stem: str = ""
+    keep_float: bool = True
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,15 @@ V1 ``down/s{k}/i{i}/o{o}`` the conv downsample into stage k
 ``head/w{w}``           final norm, global pool and classifier
 ======================  ===========================================================================
 
-An attention + FFN block is ``attn`` + ``ffn``. Runtimes: ``torch`` (the eager model), ``deploy`` (the fused
-inference form from :func:`efficientformer.deploy.fuse.deploy`), ``onnxruntime`` (the deploy form exported with
-the project's ONNX exporter, run by ONNX Runtime on CPU).
+An attention + FFN block is ``attn`` + ``ffn``. Runtimes: every CPU backend of the deployment registry
+(:mod:`efficientformer.deploy.registry`; the benchmark's rows), so a block is prepared and run exactly as the
+benchmark and a deployed model run it: ``torch`` (the registry's ``eager``: the training-time model in eval mode),
+``deploy`` (the fused inference form from :func:`efficientformer.deploy.fuse.deploy`), ``onnxruntime`` and
+``onnxruntime-int8`` (the deploy form exported with the project's ONNX exporter; its static QDQ INT8 as
+``efficientformer quantize`` writes it), ``openvino``, ``openvino-bf16``, ``openvino-int8`` (that export in
+OpenVINO; NNCF INT8), ``inductor-aot`` (an AOTInductor package), and the registry's other torch backends. Every
+file a backend derives from a block (ONNX export, INT8 model, OpenVINO INT8 IR, AOT package) is kept in one
+exports cache (:func:`export_cache_dir`) under a name made of what the block is.
 
 Tables measured elsewhere (a phone with Core ML or ExecuTorch, say) are imported from CSV with the columns
 ``key,ms`` (see :func:`import_table` and ``docs/search.md``).
@@ -46,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..deploy.export import write_onnx
+from ..deploy.backends import BACKENDS, Backend, BackendContext, prepare_runner
 from ..deploy.fuse import deploy
 from ..models.arch import build_from_arch
 from ..models.base import ModelSpec
@@ -54,20 +60,47 @@ from ..models.efficientformer_v2 import V2_VARIANTS
 from ..models.layers import ceil_div, to_grid
 from ..utils.io import atomic_write_json
 from ..utils.machine import cpu_model, isa_flags
-from ..utils.timing import ort_session, p90, time_callable
+from ..utils.optional import require
+from ..utils.timing import p90, time_callable
 from .predictor import KindCalibration, NetworkFeatures, features
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
 
 FORMAT_NAME = "efficientformer-latency-table"
 FORMAT_VERSION = 1
-RUNTIMES = ("torch", "deploy", "onnxruntime")
+#: a table's runtime name -> the registry backend that runs it (``torch`` is the registry's ``eager``)
+RUNTIME_BACKENDS = {"torch": "eager"}
+
+
+def table_runtimes() -> tuple[str, ...]:
+    """Every runtime a table can be measured in: the registry's CPU backends (``torch`` for ``eager``)."""
+    names = [n for n, b in BACKENDS.items() if b.runtime != "cuda"]
+    return tuple(next((t for t, b in RUNTIME_BACKENDS.items() if b == n), n) for n in names)
+
+
+RUNTIMES = table_runtimes()
+
+
+def backend_of(runtime: str) -> Backend:
+    """The registry backend of a table runtime; a one-line ``ValueError`` naming the choices otherwise."""
+    name = RUNTIME_BACKENDS.get(runtime, runtime)
+    if name not in BACKENDS or BACKENDS[name].runtime == "cuda":
+        raise ValueError(f"--runtime must be one of {', '.join(table_runtimes())}, got {runtime!r}")
+    return BACKENDS[name]
+
+
+def eager_form(runtime: str) -> bool:
+    """Whether ``runtime`` runs the training-time model (else the folded deploy form)."""
+    return backend_of(runtime).form == "eval"
+
+
 #: ``median`` (the default) or ``min``: on a shared machine, long calls are preempted more often than short ones,
 #: which inflates whole-network medians relative to block medians; the minimum is the uncontended time.
 STATISTICS = ("median", "min")
-#: ``wall`` (the default) or ``cpu``: the calling thread's CPU time, which leaves out time spent preempted by
-#: other processes; meaningful with one thread only (torch and ONNX Runtime then compute on the calling thread).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+#: ``wall`` (the default) or ``cpu``: the process's CPU time (all its threads), which leaves out time spent
+#: preempted by other processes; meaningful with one thread only (torch and ONNX Runtime then compute on the
+#: calling thread, OpenVINO on its one worker thread, which is why it is the process's time, not the thread's).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class LatencyTableError(ValueError):
@@ -264,22 +297,38 @@ def import_table(
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------------------------------
+#: the libraries whose versions a table of a registry runtime group records (the exporter's too)
+RUNTIME_LIBRARIES = {
+    "onnxruntime": ("onnxruntime", "onnx", "onnxscript"),
+    "openvino": ("openvino", "onnx", "onnxscript"),
+}
+
+
+def _version(lib: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(lib)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_stamp(threads: int, runtime: str) -> dict[str, Any]:
     """CPU model, ISA flags, thread count, runtime and library versions, load average now."""
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    if runtime == "onnxruntime":
-        try:
-            import onnxruntime
-
-            versions["onnxruntime"] = onnxruntime.__version__
-        except ImportError:
-            versions["onnxruntime"] = None
+    backend = BACKENDS.get(RUNTIME_BACKENDS.get(runtime, runtime))
+    for lib in RUNTIME_LIBRARIES.get(backend.runtime if backend else runtime, ()):
+        versions[lib] = _version(lib)
+    if backend is not None and backend.precision == "int8" and backend.runtime == "openvino":
+        versions["nncf"] = _version("nncf")
     return {
         "cpu_model": cpu_model(),
         "isa": [name for name, present in isa_flags().items() if present],
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "runtime": runtime,
+        "backend": backend.name if backend else None,
+        "precision": backend.precision if backend else None,
         "platform": platform.platform(),
         "versions": versions,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -388,8 +437,9 @@ def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num
     kind, p = _parse(key)
     copies = context if kind in CHAINABLE else 1
     spec, stage = _probe_spec(family, kind, p, copies)
+    eager = eager_form(runtime)
     model = build_from_arch(spec, img_size=img, num_classes=num_classes, distillation=True).eval()
-    form = model if runtime == "torch" else deploy(model, img)
+    form = model if eager else deploy(model, img)
     h, w = img
     grids = [(ceil_div(h, 2 ** (i + 2)), ceil_div(w, 2 ** (i + 2))) for i in range(4)]
     st = form.stages[stage]
@@ -402,12 +452,12 @@ def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num
     x = torch.randn(batch, c, gh, gw)
     if kind == "head":
         if family == "v1":
-            x = x.flatten(2).transpose(1, 2) if runtime != "torch" else x
-        return (_EagerHead(model) if runtime == "torch" else _DeployHead(form)), x, 1
+            x = x.flatten(2).transpose(1, 2) if not eager else x
+        return (_EagerHead(model) if eager else _DeployHead(form)), x, 1
     if family == "v2":
         parts = []
         for blk in list(st.blocks)[:copies]:
-            if runtime == "torch":
+            if eager:
                 parts.append(_Residual(blk.mlp, blk.ls2) if kind == "ffn" else _Residual(blk.attn, blk.ls1))
             else:
                 parts.append(blk.ffn if kind == "ffn" else blk.attn)
@@ -417,12 +467,14 @@ def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num
         return (blocks[0] if copies == 1 else nn.Sequential(*blocks)), x, copies
     tokens = x.flatten(2).transpose(1, 2).contiguous()
     blocks = list(st.blocks)[-copies:]
-    parts = [_TokenBlock(b, (gh, gw)) if runtime == "torch" else b for b in blocks]
+    parts = [_TokenBlock(b, (gh, gw)) if eager else b for b in blocks]
     return (parts[0] if copies == 1 else nn.Sequential(*parts)), tokens, copies
 
 
-#: ONNX files of blocks and networks, by what they are (shape, form, library versions), not by their weights: a
-#: latency does not depend on the weight values, so a table at 2 threads or a second check reuses every export
+#: every file a backend derives from a block or network (ONNX export, ONNX Runtime INT8 model, OpenVINO INT8 IR,
+#: AOTInductor package), by what it is (shape, form, library versions), not by its weights: a latency does not
+#: depend on the weight values, so a table at 2 threads, a table in another runtime reading the same ONNX file
+#: (ONNX Runtime fp32 / INT8, OpenVINO), or a second check reuses every export
 EXPORT_CACHE = Path("~/.cache/efficientformer/onnx-latency")
 
 
@@ -430,38 +482,102 @@ def export_cache_dir() -> Path:
     return Path(os.environ.get("EFFICIENTFORMER_EXPORT_CACHE") or EXPORT_CACHE).expanduser()
 
 
+def export_stem(export_key: str, example: torch.Tensor) -> str:
+    """The name under which the exports cache keeps what a backend derives from the module ``export_key`` names."""
+    ident = f"{export_key}|{tuple(example.shape)}|torch {torch.__version__}|opset default"
+    return hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+class _SideBySide(nn.Module):
+    """Independent modules side by side (input ``i`` through module ``i`` is output ``i``): one exporter call for
+    many blocks."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(m(x) for m, x in zip(self.parts, xs, strict=True))
+
+
+def _rename(graph, old: str, new: str) -> None:
+    for v in (*graph.input, *graph.output, *graph.value_info):
+        if v.name == old:
+            v.name = new
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+
+
+def export_many(items: list[tuple[Path, nn.Module, torch.Tensor]]) -> None:
+    """Write the ONNX file of every ``(path, module, example)`` from ONE exporter call.
+
+    The exporter's cost is mostly per call (tracing, decompositions, onnxscript's optimiser passes), not per
+    operator: the modules are exported side by side as one graph (:class:`_SideBySide`, the project's
+    :func:`~efficientformer.deploy.export.write_onnx`) and each one's subgraph (its input to its output, the
+    initialisers it reads) is cut out with ``onnx.utils.Extractor`` and saved under its path with the names a
+    single export has (``image`` -> ``logits``). The modules share no inputs, so nothing of one is folded into
+    another; a file is written atomically (a temporary name, then renamed)."""
+    if not items:
+        return
+    from ..deploy.export import write_onnx
+
+    onnx = require("onnx")
+    with tempfile.TemporaryDirectory(prefix="lut-many-") as tmp:
+        whole = Path(tmp) / "many.onnx"
+        write_onnx(_SideBySide([m.eval() for _, m, _ in items]).eval(), tuple(x for *_, x in items), whole)
+        extractor = onnx.utils.Extractor(onnx.load(str(whole)))
+    for i, (path, _, _) in enumerate(items):
+        sub = extractor.extract_model([f"image{i}"], [f"logits{i}"])
+        _rename(sub.graph, f"image{i}", "image")
+        _rename(sub.graph, f"logits{i}", "logits")
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+        onnx.save(sub, str(partial))
+        os.replace(partial, path)
+
+
+def export_missing(modules: dict[str, tuple[str, nn.Module, torch.Tensor]], log: Callable[[str], None]) -> None:
+    """:func:`export_many` of the modules (``name -> (export_key, module, example)``) whose ONNX file the exports
+    cache lacks; if the combined export fails, each module is exported on its own later (by its backend)."""
+    cache = export_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    items = [(cache / f"{export_stem(k, x)}.onnx", m, x) for k, m, x in modules.values()]
+    items = [item for item in items if not item[0].is_file()]
+    try:
+        export_many(items)
+    except Exception as err:  # an exporter limitation with one combination: the per-module path still works
+        log(f"exporting {len(items)} modules at once failed ({type(err).__name__}: {str(err)[:200]}); "
+            "exporting them one by one")  # fmt: skip
+
+
+def uses_onnx(runtime: str) -> bool:
+    """Whether the runtime's backend starts from the ONNX export (ONNX Runtime, OpenVINO)."""
+    return backend_of(runtime).runtime in ("onnxruntime", "openvino")
+
+
 def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path,
-                     export_key: str | None = None):  # fmt: skip
-    """A zero-argument callable running ``module`` on ``example`` in ``runtime`` (module already in its form).
+                     export_key: str | None = None, keep_float: bool = True):  # fmt: skip
+    """A zero-argument callable running ``module`` (already in the runtime's form) on ``example`` in ``runtime``,
+    prepared by the deployment registry's backend of that runtime (:func:`backend_of`).
 
-    ``export_key`` (ONNX Runtime): what the module is (e.g. a table key and its settings); the export is kept in
-    :func:`export_cache_dir` under a hash of it and the library versions, and reused instead of exported again.
+    ``export_key``: what the module is (e.g. a table key and its settings); every file the backend writes (ONNX
+    export, INT8 model, AOT package) is kept in :func:`export_cache_dir` under :func:`export_stem` and reused
+    instead of made again; without it, files go to ``workdir``. ``keep_float``: the INT8 backends keep the stem
+    and the classifier in float (a whole network, the stem or head block), or not (an inner block).
     """
-    module = module.eval()
-    if runtime == "onnxruntime":
-        if export_key is not None:
-            ident = f"{export_key}|{tuple(example.shape)}|torch {torch.__version__}|opset default"
-            path = export_cache_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.onnx"
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkstemp(suffix=".onnx", dir=path.parent)[1])
-                write_onnx(module, example, tmp)
-                os.replace(tmp, path)  # atomic: a killed export never leaves a half file under the final name
-        else:
-            path = Path(tempfile.mkstemp(suffix=".onnx", dir=workdir)[1])
-            write_onnx(module, example, path)
-        sess = ort_session(path, threads)
-        name = sess.get_inputs()[0].name
-        feed = {name: example.numpy()}
-        if export_key is None:
-            path.unlink(missing_ok=True)
-        return lambda: sess.run(None, feed)
+    backend = backend_of(runtime)
+    if export_key is not None:
+        cache = export_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        ctx = BackendContext(threads, cache, stem=export_stem(export_key, example), keep_float=keep_float)
+    else:
+        ctx = BackendContext(threads, workdir, keep_float=keep_float)
+    runner = prepare_runner(backend.name, module.eval(), example, ctx)
+    return lambda: runner(example)
 
-    def call():
-        with torch.inference_mode():
-            return module(example)
 
-    return call
+#: the entries whose INT8 form keeps float layers, as in the network: the stem's convolutions, the classifier
+FLOAT_KINDS = ("stem/", "head/")
 
 
 def _settings(table: LatencyTable) -> tuple:
@@ -492,6 +608,7 @@ def build_table(
     clock: str = "wall",
     keys: Iterable[str] | None = None,
     context: int = 1,
+    export_batch: int = 16,
     progress: bool = True,
     save_every_s: float = 2.0,
     stop_after: int | None = None,
@@ -503,14 +620,16 @@ def build_table(
     ``context`` > 1 times every shape-preserving block (FFN, attention, Meta4D, Meta3D) as a chain of that many
     copies and stores the time per copy: the block fed by a block, as inside a network (nn-Meter's point, see
     :mod:`.predictor`). ``stop_after`` measures at most that many new entries and returns (used by tests to
-    simulate a crash).
+    simulate a crash). ``export_batch``: for a runtime that starts from the ONNX export, that many blocks are
+    exported in one exporter call (:func:`export_many`; 1: one call per block).
     """
     if context < 1:
         raise ValueError(f"--context must be at least 1, got {context}")
     if family not in ("v1", "v2"):
         raise ValueError(f"--family must be v1 or v2, got {family!r}")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    ok, why = backend_of(runtime).available()
+    if not ok:
+        raise ValueError(f"--runtime {runtime} cannot run here: {why}")
     if img_size % 32 or img_size < 32:
         raise ValueError(f"--img-size must be a positive multiple of 32, got {img_size}")
     if threads < 1:
@@ -573,14 +692,26 @@ def build_table(
         bar = tqdm(todo, desc=f"lut {family}/{runtime}", unit="entry")
     last_save = time.monotonic()
     measured = 0
+    probes: dict[str, tuple[nn.Module, torch.Tensor, int]] = {}
+
+    def ident(key: str) -> str:
+        return f"block {family} {key} ctx{context} img{img} classes{num_classes}"
+
     with tempfile.TemporaryDirectory(prefix="lut-") as workdir:
-        for key in bar:
+        for n, key in enumerate(bar):
             if stop_after is not None and measured >= stop_after:
                 break
             with torch.no_grad():
-                module, example, copies = _probe_module(family, key, runtime, img, num_classes, batch, context)
-                ident = f"block {family} {key} ctx{context} img{img} classes{num_classes}"
-                fn = runtime_callable(module, example, runtime, threads, Path(workdir), export_key=ident)
+                if uses_onnx(runtime) and export_batch > 1 and key not in probes:
+                    # the next blocks' probes, and the ONNX exports not cached yet in one exporter call
+                    probes = {k: _probe_module(family, k, runtime, img, num_classes, batch, context)
+                              for k in todo[n : n + export_batch]}  # fmt: skip
+                    export_missing({k: (ident(k), m, x) for k, (m, x, _) in probes.items()}, log)
+                module, example, copies = probes.pop(key, None) or _probe_module(
+                    family, key, runtime, img, num_classes, batch, context
+                )
+                fn = runtime_callable(module, example, runtime, threads, Path(workdir), export_key=ident(key),
+                                      keep_float=key.startswith(FLOAT_KINDS))  # fmt: skip
                 times = [t / copies for t in time_callable(fn, warmup, runs, CLOCKS[clock])]
             stats = summarise(times)
             table.entries[key] = {"ms": stats[statistic], **stats}

@@ -25,8 +25,19 @@ from ..models.arch import arch_to_spec, build_from_arch, spec_to_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..utils.io import atomic_write_json
-from ..utils.timing import time_callable
-from .latency import CLOCKS, LatencyTable, machine_stamp, network_keys, runtime_callable, summarise
+from ..utils.timing import time_callable, time_interleaved
+from .latency import (
+    CLOCKS,
+    LatencyTable,
+    backend_of,
+    eager_form,
+    export_missing,
+    machine_stamp,
+    network_keys,
+    runtime_callable,
+    summarise,
+    uses_onnx,
+)
 from .predictor import accuracy, fit_affine, fit_kinds, kendall_tau, leave_one_out, mape
 from .space import V2Space
 from .v1space import V1_PUBLISHED, V1Space
@@ -61,15 +72,23 @@ def check_specs(table: LatencyTable, n_random: int, seed: int) -> list[ModelSpec
     return [s for s in specs if not table.missing(s)]
 
 
-def measure_network(spec: ModelSpec, table: LatencyTable, warmup: int, runs: int, workdir: Path) -> dict[str, float]:
-    """End-to-end timing of ``spec`` with the table's settings: median, min, p90 and count (ms)."""
+def network_form(spec: ModelSpec, table: LatencyTable) -> tuple[str, torch.nn.Module, torch.Tensor]:
+    """``(export_key, module, example)`` of ``spec`` as the table's runtime runs it (eval model or deploy form)."""
     m = table.meta
-    img, batch, threads = int(m["img_size"]), int(m.get("batch", 1)), int(m.get("threads", 1))
+    img, batch = int(m["img_size"]), int(m.get("batch", 1))
     model = build_from_arch(spec, img_size=img, num_classes=int(m.get("num_classes", 1000))).eval()
-    form = model if m["runtime"] == "torch" else deploy(model, img)
-    example = torch.randn(batch, 3, img, img)
+    form = model if eager_form(m["runtime"]) else deploy(model, img)
     ident = f"network {json.dumps(spec_to_arch(spec), sort_keys=True)} img{img} classes{m.get('num_classes', 1000)}"
-    fn = runtime_callable(form, example, m["runtime"], threads, workdir, export_key=ident)
+    return ident, form, torch.randn(batch, 3, img, img)
+
+
+def measure_network(spec: ModelSpec, table: LatencyTable, warmup: int, runs: int, workdir: Path,
+                    form: tuple[str, torch.nn.Module, torch.Tensor] | None = None) -> dict[str, float]:  # fmt: skip
+    """End-to-end timing of ``spec`` with the table's settings: median, min, p90 and count (ms). ``form``: its
+    :func:`network_form`, if already built."""
+    m = table.meta
+    ident, module, example = form or network_form(spec, table)
+    fn = runtime_callable(module, example, m["runtime"], int(m.get("threads", 1)), workdir, export_key=ident)
     times = time_callable(fn, warmup, runs, CLOCKS[m.get("clock", "wall")])
     return summarise(times)
 
@@ -81,15 +100,25 @@ def check_table(
     seed: int = 0,
     warmup: int = 5,
     runs: int = 20,
+    export_batch: int = 4,
+    interleave: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure the networks, compare with the table; returns the rows and the error summary."""
-    if table.meta.get("runtime") not in ("torch", "deploy", "onnxruntime"):
+    """Measure the networks, compare with the table; returns the rows and the error summary. ``export_batch``:
+    for a runtime that starts from the ONNX export, that many networks are exported in one exporter call.
+    ``interleave``: every network is prepared first, then timed in rounds of one call each (rotating order), so
+    a busy minute of a shared machine lands on all of them alike instead of on whichever was being timed."""
+    runtime = table.meta.get("runtime")
+    try:
+        ok, why = backend_of(str(runtime)).available()
+    except ValueError:
         raise ValueError(
-            f"this table was measured on runtime {table.meta.get('runtime')!r}; lut-check can only time torch, "
-            "deploy or onnxruntime here (check an imported table on the device it came from)"
-        )
+            f"this table was measured on runtime {runtime!r}, which this machine cannot time (check an imported "
+            "table on the device it came from)"
+        ) from None
+    if not ok:
+        raise ValueError(f"this table was measured on runtime {runtime!r}, which cannot run here: {why}")
     torch.set_num_threads(int(table.meta.get("threads", 1)))
     specs = check_specs(table, n_random, seed)
     it = specs
@@ -99,8 +128,14 @@ def check_table(
         it = tqdm(specs, desc="lut-check", unit="net")
     rows = []
     start_load = machine_stamp(int(table.meta.get("threads", 1)), table.meta["runtime"])["loadavg"]
+    forms: dict[int, tuple[str, torch.nn.Module, torch.Tensor]] = {}
+    fns, m = {}, table.meta
     with tempfile.TemporaryDirectory(prefix="lutcheck-") as workdir, torch.no_grad():
-        for spec in it:
+        for n, spec in enumerate(it):
+            if uses_onnx(str(runtime)) and export_batch > 1 and n not in forms:
+                # the next networks, and their ONNX exports not cached yet in one exporter call
+                forms = {i: network_form(s, table) for i, s in enumerate(specs[n : n + export_batch], start=n)}
+                export_missing({str(i): f for i, f in forms.items()}, log)
             rows.append(
                 {
                     "name": spec.name,
@@ -111,9 +146,19 @@ def check_table(
                     "sum_ms": table.block_sum(spec),
                 }
             )
-            stats = measure_network(spec, table, warmup, runs, Path(workdir))
-            rows[-1]["measured_ms"] = stats[table.meta.get("statistic", "median")]
-            rows[-1]["measured_stats"] = stats
+            if not interleave:
+                rows[-1]["measured_stats"] = measure_network(spec, table, warmup, runs, Path(workdir),
+                                                             forms.pop(n, None))  # fmt: skip
+                continue
+            ident, module, example = forms.pop(n, None) or network_form(spec, table)
+            fns[n] = runtime_callable(module, example, m["runtime"], int(m.get("threads", 1)), Path(workdir),
+                                      export_key=ident)  # fmt: skip
+        if interleave:  # every network sees the same minutes of a shared machine
+            times = time_interleaved(fns, warmup, runs, progress=progress, clock=CLOCKS[m.get("clock", "wall")])
+            for n, r in enumerate(rows):
+                r["measured_stats"] = summarise(times[n])
+    for r in rows:
+        r["measured_ms"] = r["measured_stats"][m.get("statistic", "median")]
     return {"table": dict(table.meta), "summary": summarise_check(table, rows, warmup, runs, start_load),
             "rows": rows}  # fmt: skip
 

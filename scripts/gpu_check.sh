@@ -6,6 +6,11 @@
 # Prints the environment and the tests' output; exits non-zero when a check fails. Extra arguments go to pytest
 # (e.g. -k preemption).
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    echo "usage: scripts/gpu_check.sh [PYTEST ARGS...]   (PYTHON=... picks the interpreter when there is no .venv)"
+    exit 0
+fi
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi

@@ -121,6 +121,58 @@ def test_segmentation_resume_is_exact(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_segmentation_signal_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
+    """SIGTERM during step 7 (epoch 2 of 4 steps): the dense run finishes the step, writes a mid-epoch checkpoint and
+    stops with exit status 75 (the runtime's loop, as for classification); the same command resumes and ends with
+    the weights, optimiser state and log of 10 straight steps (constant lr, 2 loader workers)."""
+    import os
+    import signal
+
+    from efficientformer.dense import loops
+    from efficientformer.dense.synthetic import make_ade
+    from efficientformer.runtime.signals import PREEMPTED_EXIT_CODE, Preempted
+
+    data = make_ade(tmp_path / "ade", train=8, val=1, size=64, seed=3)
+    common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
+              "scale=128,64", "batch_size=2", "workers=2", "threads=1", "fpn_channels=16", "head_channels=8",
+              "poly_power=0", "eval_every=0", "steps=10", "log_every=1"]  # fmt: skip
+    straight, stopped = tmp_path / "a", tmp_path / "b"
+    assert _cli(["segment", "train", "--output", str(straight), *common]) == 0
+    real_fit = loops.fit
+
+    def fit(plan):
+        real_step, calls = plan.task.step, []
+
+        def step(model, batch):
+            calls.append(1)
+            if len(calls) == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_step(model, batch)
+
+        plan.task.step = step
+        return real_fit(plan)
+
+    monkeypatch.setattr(loops, "fit", fit)
+    with pytest.raises(Preempted) as preempted:
+        _cli(["segment", "train", "--output", str(stopped), *common])
+    assert preempted.value.code == PREEMPTED_EXIT_CODE and "stopped by SIGTERM after iteration 7 of 10" in str(
+        preempted.value)  # fmt: skip
+    mid = safe_torch_load(stopped / "last.pth")["progress"]
+    assert (mid["iteration"], mid["epoch"], mid["epoch_batches"]) == (7, 1, 3)
+    monkeypatch.undo()
+    assert _cli(["segment", "train", "--output", str(stopped), *common]) == 0
+    a, b = safe_torch_load(straight / "last.pth"), safe_torch_load(stopped / "last.pth")
+    assert a["progress"]["iteration"] == b["progress"]["iteration"] == 10
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, group in a["optimizer"]["state"].items():
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][n]))
+                   for n, v in group.items())  # fmt: skip
+    logs = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (straight, stopped)]
+    assert [r["loss"] for r in logs[0] if r.get("kind") == "train"] == \
+        [r["loss"] for r in logs[1] if r.get("kind") == "train"]  # fmt: skip
+
+
 def test_detection_resume_mid_epoch_is_exact(tmp_path):
     """3 iterations (stopping inside epoch 2) + resume to 4 gives the weights of 4 straight iterations."""
     pytest.importorskip("pycocotools")

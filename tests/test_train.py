@@ -607,6 +607,35 @@ def test_posterize_zero_bits_is_black_and_a_failing_augmentation_names_the_op(tm
         assert folder[0][0] is None  # a file that cannot be read is still skipped
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_augmentation_is_one_line_naming_the_op_with_and_without_workers(tmp_path, monkeypatch, capsys,
+                                                                                     workers):  # fmt: skip
+    """Through loader workers PyTorch re-raises a worker's error as "Caught AugmentationError in DataLoader worker
+    process 0."; the loop raises it again with the worker's own message, so the CLI's one line names the op and the
+    file in both cases."""
+    from timm.data.auto_augment import AugmentOp
+
+    from efficientformer.cli import main
+    from efficientformer.train import engine
+
+    def broken(img, *args, **kwargs):
+        raise ValueError("boom")
+
+    def transform(cfg):
+        op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10, hparams={"magnitude_std": 0})
+        op.aug_fn = broken
+        return op
+
+    monkeypatch.setattr(engine, "train_transform", transform)
+    data = colour_folder(tmp_path / "data", n_train=4, n_val=1)
+    overrides = [f"{k}={v}" for k, v in {**TINY, "batch_size": 2, "workers": workers}.items()]
+    code = main(["train", "--data", str(data), "--output", str(tmp_path / "run"), *overrides])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert "AugmentationError: augmentation AugmentOp(PosterizeIncreasing) failed on " in lines[0], lines
+    assert ".png: ValueError: boom" in lines[0] and "DataLoader worker" not in lines[0], lines
+
+
 @pytest.mark.parametrize("name", ["efficientformer_l1", "efficientformerv2_s0"])
 def test_grad_checkpointing_gives_the_same_gradients(name):
     """set_grad_checkpointing() (as timm's models offer it) recomputes each block in the backward pass: the loss and

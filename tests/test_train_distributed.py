@@ -53,6 +53,57 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert abs(b["history"][0]["train_loss"] - a["history"][0]["train_loss"]) < 1e-4
 
 
+def test_accumulated_micro_batches_skip_the_gradient_all_reduce(tmp_path):
+    """The loop's DDP path of gradient accumulation: with grad_accum=4 the gradients are all-reduced once per
+    optimiser step (the first 3 batches run under no_sync), counted by a DDP communication hook on a one-process
+    gloo group, and the step is the one of the mean loss over the 4 batches, as without DDP."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from efficientformer.runtime import loop
+    from efficientformer.runtime.distributed import DistInfo
+    from efficientformer.runtime.precision import Precision
+
+    def run(grad_accum: int, ddp: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        calls = []
+        train_model = model
+        if ddp:
+            train_model = nn.parallel.DistributedDataParallel(model)
+
+            def hook(state, bucket):
+                calls.append(1)
+                done = torch.futures.Future()
+                done.set_result(bucket.buffer())
+                return done
+
+            train_model.register_comm_hook(None, hook)
+        task = loop.Task(name="t", model=model, optimizer=optimizer, batches=None, evaluate=None, config=None,
+                         step=lambda m, b: loop.Step(m(b).square().mean(), b.shape[0]))  # fmt: skip
+        plan = loop.Plan(task=task, schedule=loop.Schedule(steps_per_epoch=2, total_steps=2, grad_accum=grad_accum),
+                         output=tmp_path, info=DistInfo())  # fmt: skip
+        gen = torch.Generator().manual_seed(1)
+        batches = iter([torch.randn(2, 4, generator=gen) for _ in range(8)])
+        state, meters = loop.RunState(), loop.Meters(torch.device("cpu"), 0.1)
+        for _ in range(8 // grad_accum):
+            assert loop._optimizer_step(plan, train_model, batches, Precision("none", torch.device("cpu")), state,
+                                        meters)  # fmt: skip
+        return model.state_dict(), len(calls), state.epoch_batches
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        accumulated, reduces, consumed = run(4, ddp=True)
+        _, every_batch, _ = run(1, ddp=True)
+    finally:
+        dist.destroy_process_group()
+    plain, _, _ = run(4, ddp=False)
+    assert consumed == 8 and every_batch == 8  # without accumulation: one all-reduce per batch
+    assert reduces == 2  # 2 optimiser steps of 4 batches: 2 all-reduces, not 8
+    assert all(torch.allclose(accumulated[k], plain[k], atol=1e-7) for k in plain)
+
+
 def test_submitit_local_executor_runs_and_requeues(tmp_path):
     submitit = pytest.importorskip("submitit")
     from efficientformer.train.config import build_config

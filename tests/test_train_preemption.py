@@ -5,17 +5,20 @@ accumulation; one run per output folder."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from test_train import REPO, TINY, colour_folder
 
 from efficientformer.runtime import loop
+from efficientformer.runtime.checkpoint import CheckpointReadError
 from efficientformer.runtime.signals import PREEMPTED_EXIT_CODE, Preempted
 from efficientformer.train import engine
 from efficientformer.train.config import build_config
@@ -101,8 +104,27 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(straight, tmp_path, monke
     assert (mid["iteration"], mid["epoch"], mid["epoch_batches"]) == (stop_at + 1, 1, stop_at + 1 - STEPS_PER_EPOCH)
     assert not list(out.glob(".*.tmp"))
     monkeypatch.undo()
+    if workers == 0:  # another accumulation cannot continue a mid-epoch checkpoint: one line, nothing changed
+        with pytest.raises(CheckpointReadError) as refused:
+            engine.train(_cfg(data, out, grad_accum=2))
+        assert "\n" not in str(refused.value) and "part-way through epoch 2" in str(refused.value)
+        assert "resume with grad_accum=1" in str(refused.value)
+        assert safe_torch_load(out / "last.pth")["progress"] == mid
     engine.train(_cfg(data, out, workers=workers))  # the same command resumes
     assert_same_run(reference, safe_torch_load(out / "last.pth"))
+
+
+def test_another_grad_accum_at_an_epoch_end_is_refused_when_the_steps_per_epoch_change(straight, tmp_path):
+    """At an epoch end grad_accum may change only with the steps per epoch kept (the run's step counts are in
+    optimiser steps): 4 x 2 here would make 4 steps of an epoch of 8."""
+    data, reference = straight
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save(reference, out / "last.pth")
+    with pytest.raises(CheckpointReadError) as refused:
+        engine.train(_cfg(data, out, grad_accum=2))
+    line = str(refused.value)
+    assert "\n" not in line and "8 optimiser steps per epoch, now 4" in line and "grad_accum=1" in line
 
 
 def test_periodic_mid_epoch_checkpoint_resumes_bit_identical(straight, tmp_path, monkeypatch):
@@ -124,6 +146,94 @@ def test_periodic_mid_epoch_checkpoint_resumes_bit_identical(straight, tmp_path,
     monkeypatch.undo()
     engine.train(_cfg(data, snapshot, checkpoint_every=5))
     assert_same_run(reference, safe_torch_load(snapshot / "last.pth"))
+
+
+def test_checkpoints_by_minutes_resume_bit_identical(straight, tmp_path, monkeypatch):
+    """checkpoint_minutes=1 on a fake clock that advances 20 s at each reading: rank 0's clock writes a mid-epoch
+    checkpoint every few steps; resuming from the first one inside epoch 2 ends as the straight run."""
+    data, reference = straight
+    out, snapshot = tmp_path / "run", tmp_path / "snapshot"
+    real_save, saved = loop.save_checkpoint, []
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.now += 20.0
+            return cls.now
+
+        perf_counter = staticmethod(time.perf_counter)
+
+    def save(path, state):
+        real_save(path, state)
+        progress = state["progress"]
+        saved.append((progress["iteration"], progress["epoch_batches"]))
+        if progress["epoch"] == 1 and progress["epoch_batches"] and not snapshot.exists():
+            shutil.copytree(path.parent, snapshot, ignore=shutil.ignore_patterns(".lock"))
+
+    monkeypatch.setattr(loop, "time", Clock)
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    engine.train(_cfg(data, out, checkpoint_minutes=1))
+    assert_same_run(reference, safe_torch_load(out / "last.pth"))
+    mid_epoch = [s for s in saved if s[1]]
+    assert len(mid_epoch) >= 3, saved  # by the clock, not by steps (checkpoint_every is 0)
+    resumed_at = safe_torch_load(snapshot / "last.pth")["progress"]
+    assert resumed_at["epoch"] == 1 and 0 < resumed_at["epoch_batches"] < STEPS_PER_EPOCH
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    engine.train(_cfg(data, snapshot, checkpoint_minutes=1))
+    assert_same_run(reference, safe_torch_load(snapshot / "last.pth"))
+
+
+def test_submitit_requeues_after_the_mid_epoch_checkpoint_and_resumes_from_it(straight, tmp_path, monkeypatch,
+                                                                               capsys):  # fmt: skip
+    """submitit's own protocol, without a cluster: its ``process_job`` (what every task of a job runs) with its
+    local job environment, twice, as its controller does when a task exits with the requeue code. The first
+    attempt gets submitit's signal (USR2) in epoch 2: the loop checkpoints, and submitit's handler calls
+    ``TrainJob.checkpoint()``, dumps the resubmission and requeues; the second attempt resumes from the mid-epoch
+    checkpoint (not from the start) and ends as the straight run."""
+    submitit = pytest.importorskip("submitit")
+    from submitit.core.submission import process_job
+    from submitit.core.utils import DelayedSubmission
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+    from efficientformer.train.slurm import TrainJob
+
+    data, reference = straight
+    out, folder = tmp_path / "run", tmp_path / "submitit"
+    folder.mkdir()
+    for key, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "1",
+                       "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+                       "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(folder))
+    paths = submitit.JobEnvironment().paths
+    delayed = DelayedSubmission(TrainJob(_cfg(data, out)))
+    delayed.set_timeout(60, 3)
+    delayed.dump(paths.submitted_pickle)
+    usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGCONT, usr)}  # process_job sets them
+    stop_at = STEPS_PER_EPOCH + 3
+    try:
+        with pytest.MonkeyPatch.context() as probe:
+            _signal_at(probe, stop_at, usr)
+            with pytest.raises(SystemExit) as requeued:
+                process_job(folder)
+        assert requeued.value.code == LOCAL_REQUEUE_RETURN_CODE  # submitit's "requeue me"
+        mid = safe_torch_load(out / "last.pth")["progress"]
+        assert (mid["iteration"], mid["epoch"], mid["epoch_batches"]) == (stop_at + 1, 1, 4)
+        assert not paths.result_pickle.exists()  # not finished: requeued
+        capsys.readouterr()
+        process_job(folder)  # the requeued attempt runs the resubmission TrainJob.checkpoint() returned
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    printed = capsys.readouterr().out
+    assert f"resuming from {out / 'last.pth'}: iteration {stop_at + 1} of {3 * STEPS_PER_EPOCH}, epoch 1, batch 4" \
+        in printed  # fmt: skip
+    status, summary = pickle.loads(paths.result_pickle.read_bytes())
+    assert status == "success" and summary["epochs"] == 3
+    assert_same_run(reference, safe_torch_load(out / "last.pth"))
 
 
 def test_second_run_into_a_live_folder_is_refused_and_a_stale_lock_taken_over(tmp_path):
@@ -154,32 +264,61 @@ def test_second_run_into_a_live_folder_is_refused_and_a_stale_lock_taken_over(tm
         assert f'"pid": {os.getpid()}' in (out / ".lock").read_text()
 
 
+TWO_PROCESSES = [f"{k}={v}" for k, v in {**RANDOM, "batch_size": 2, "grad_accum": 2, "log_every": 4}.items()]
+PER_EPOCH_2 = 32 // (2 * 2 * 2)  # 4 optimiser steps of 2 processes x 2 batches x 2 images
+
+
+def _torchrun(data, out, script: list[str], *extra: str, restarts: int = 0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           f"--max-restarts={restarts}", *script, "--data", str(data), "--output", str(out), *TWO_PROCESSES, *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
+
+
+def _probe(at_step: int, signal_name: str, rank: int) -> list[str]:
+    """The probe signals ``rank`` during the first batch of optimiser step ``at_step + 1`` (it counts batches)."""
+    return [str(REPO / "tests" / "preempt_probe.py"), f"--probe-at={2 * at_step}", f"--probe-signal={signal_name}",
+            f"--probe-rank={rank}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight_two(tmp_path_factory):
+    """The uninterrupted 2-process run (gloo, gradient accumulation) the 2-process tests must reproduce."""
+    root = tmp_path_factory.mktemp("straight2")
+    data = colour_folder(root / "data", n_train=16, n_val=4)
+    res = _torchrun(data, root / "run", ["-m", "efficientformer", "train"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return data, safe_torch_load(root / "run" / "last.pth")
+
+
 @pytest.mark.slow
-def test_two_processes_signal_on_one_rank_then_resume_is_bit_identical(tmp_path):
+def test_two_processes_signal_on_one_rank_then_resume_is_bit_identical(straight_two, tmp_path):
     """2 gloo processes with gradient accumulation; only rank 1 gets SIGUSR1 in epoch 2: both stop after the same
     step (one collective), the mid-epoch checkpoint is written, the workers exit 75, and the same command resumes
     to the result of a straight 2-process run, bit for bit."""
-    data = colour_folder(tmp_path / "data", n_train=16, n_val=4)
-    args = [f"{k}={v}" for k, v in {**RANDOM, "batch_size": 2, "grad_accum": 2, "log_every": 4}.items()]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-
-    def run(script: list[str], out, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*torchrun, *script, "--data", str(data), "--output", str(out), *args, *extra],
-                              cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
-
-    res = run(["-m", "efficientformer", "train"], straight)
-    assert res.returncode == 0, res.stderr[-3000:]
-    per_epoch = 32 // (2 * 2 * 2)  # 4 optimiser steps of 2 processes x 2 batches x 2 images
-    # rank 1 signals itself during the first batch of step per_epoch + 2 (batch calls count micro-batches)
-    res = run([str(REPO / "tests" / "preempt_probe.py"), f"--probe-at={2 * (per_epoch + 1)}", "--probe-signal=SIGUSR1",
-               "--probe-rank=1"], stopped)  # fmt: skip
+    data, reference = straight_two
+    out = tmp_path / "stopped"
+    res = _torchrun(data, out, _probe(PER_EPOCH_2 + 1, "SIGUSR1", rank=1))
     assert res.returncode != 0 and "exitcode: 75" in res.stderr, res.stderr[-3000:]
-    assert f"stopped by SIGUSR1 after iteration {per_epoch + 2} of {3 * per_epoch} (epoch 2, batch 4)" in res.stdout
-    res = run(["-m", "efficientformer", "train"], stopped)
+    assert f"stopped by SIGUSR1 after iteration {PER_EPOCH_2 + 2} of {3 * PER_EPOCH_2} (epoch 2, batch 4)" in res.stdout
+    res = _torchrun(data, out, ["-m", "efficientformer", "train"])
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"iteration {per_epoch + 2} of {3 * per_epoch}, epoch 1, batch 4" in res.stdout
-    assert_same_run(safe_torch_load(straight / "last.pth"), safe_torch_load(stopped / "last.pth"))
+    assert f"iteration {PER_EPOCH_2 + 2} of {3 * PER_EPOCH_2}, epoch 1, batch 4" in res.stdout
+    assert_same_run(reference, safe_torch_load(out / "last.pth"))
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_resumes_by_itself_bit_identical(straight_two, tmp_path):
+    """``torchrun --max-restarts=1``: rank 0 (the one holding the folder's lock) gets SIGTERM in epoch 2; both
+    workers checkpoint and exit 75, the agent restarts them, and they resume from the mid-epoch checkpoint by
+    themselves (the process group in a store scoped to the attempt: runtime.distributed.elastic_attempt_store)
+    and end bit-identical to the straight run; torchrun itself exits 0."""
+    data, reference = straight_two
+    out = tmp_path / "elastic"
+    res = _torchrun(data, out, _probe(PER_EPOCH_2 + 1, "SIGTERM", rank=0), restarts=1)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"stopped by SIGTERM after iteration {PER_EPOCH_2 + 2} of {3 * PER_EPOCH_2} (epoch 2, batch 4)" in res.stdout
+    assert f"iteration {PER_EPOCH_2 + 2} of {3 * PER_EPOCH_2}, epoch 1, batch 4" in res.stdout  # resumed, not restarted
+    assert_same_run(reference, safe_torch_load(out / "last.pth"))
 
 
 def test_grad_accum_4x8_is_far_closer_to_one_step_of_32_than_one_step_of_8(tmp_path, capsys):

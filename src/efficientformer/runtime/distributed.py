@@ -8,6 +8,7 @@ them there, once per logging interval.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 
 
 @dataclass
@@ -73,8 +75,28 @@ def setup(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not active():
-        dist.init_process_group(backend=backend_for(dev))
+        store = elastic_attempt_store()
+        if store is None:
+            dist.init_process_group(backend=backend_for(dev))
+        else:
+            dist.init_process_group(backend=backend_for(dev), store=store, rank=rank, world_size=world)
     return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
+
+
+def elastic_attempt_store(timeout: datetime.timedelta = default_pg_timeout) -> dist.Store | None:
+    """Under ``torchrun`` (which hosts the store the workers share): that store, its keys scoped to this attempt
+    (``TORCHELASTIC_RESTART_COUNT``); None elsewhere.
+
+    torchrun's agent keeps one store for all its attempts, and the process group writes the same key names in
+    each: after ``--max-restarts`` restarts the workers, a rank reading another's address can find the *previous*
+    attempt's (a dead port), and gloo fails with ``connectFullMesh failed`` or hangs, as NCCL reads a stale unique
+    id (pytorch/pytorch#135712). Every rank of an attempt has the same restart count (all ranks stop together on a
+    signal, so every agent counts the same failure); a fresh prefix per attempt leaves nothing stale to read."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"efficientformer/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
 
 
 def cleanup() -> None:
@@ -162,4 +184,5 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused: bool = False) -> nn.
 __all__ = [
     "DistInfo", "setup", "resolve_device", "cleanup", "process_group", "all_reduce_sum", "all_gather_objects",
     "broadcast_buffers", "broadcast_module", "barrier", "shard", "unwrap", "wrap_ddp", "backend_for", "active",
+    "elastic_attempt_store",
 ]  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,7 @@ from ..utils.io import check_writable_dir, remove_stale_temporaries
 from .checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
+    CheckpointReadError,
     gather_rng_states,
     load_state,
     read_checkpoint,
@@ -284,7 +286,7 @@ def _optimizer_step(plan: Plan, train_model: nn.Module, batches: Iterator, preci
     ddp = _ddp_of(train_model)
     with_loss = 0
     while with_loss < schedule.grad_accum:
-        batch = next(batches, _END)
+        batch = _next_batch(batches)
         if batch is _END:
             return False
         state.epoch_batches += 1
@@ -312,6 +314,37 @@ def _optimizer_step(plan: Plan, train_model: nn.Module, batches: Iterator, preci
     state.iteration, state.epoch_iter, meters.epoch_steps = state.iteration + 1, state.epoch_iter + 1, \
         meters.epoch_steps + 1  # fmt: skip
     return True
+
+
+def _next_batch(batches: Iterator) -> Any:
+    """The next batch (``_END`` after the last). An error raised in a DataLoader worker process reaches the main
+    process as PyTorch's re-raise, whose message is "Caught X in DataLoader worker process N." followed by the
+    worker's traceback as text; it is raised again with the worker's own message (an ``AugmentationError`` naming
+    the op and the file, say), so the one line a user sees is the same with and without workers."""
+    try:
+        return next(batches, _END)
+    except Exception as err:
+        original = _worker_message(err)
+        if original is None:
+            raise
+        try:
+            again = type(err)(original)
+        except Exception:  # noqa: BLE001 - an exception type that takes other arguments: keep PyTorch's
+            raise err from None
+        raise again from err
+
+
+def _worker_message(err: BaseException) -> str | None:
+    """The original message inside PyTorch's re-raise of a DataLoader worker's exception; None for any other."""
+    text = str(err)
+    if not (text.startswith("Caught ") and " in DataLoader worker process " in text.split("\n", 1)[0]):
+        return None
+    header = re.compile(rf"^(?:[\w.]+\.)?{re.escape(type(err).__name__)}: (.*)$")
+    for line in reversed(text.splitlines()):
+        found = header.match(line)
+        if found:
+            return found.group(1)
+    return None
 
 
 def _close(batches: Iterator) -> None:
@@ -443,6 +476,7 @@ def _save(plan: Plan, state: RunState, meters: Meters, precision: Precision, imp
             "epoch_partial": partial,
             "data_seed": task.seed,
             "grad_accum": schedule.grad_accum,
+            "steps_per_epoch": schedule.steps_per_epoch,
         },  # fmt: skip
         "rng": rng,
         "world_size": plan.info.world,
@@ -472,7 +506,7 @@ def _resume(plan: Plan, precision: Precision, path: Path) -> RunState:
         load_state(precision, ckpt["scaler"], "gradient scaler state", path)
     progress = ckpt.get("progress", {})
     epoch_iter = int(progress.get("epoch_iter", 0))
-    saved_accum = int(progress.get("grad_accum", 1))
+    _check_grad_accum(progress, schedule, path)
     state = RunState(
         iteration=int(progress.get("iteration", 0)),
         epoch=int(progress.get("epoch", 0)),
@@ -491,12 +525,35 @@ def _resume(plan: Plan, precision: Precision, path: Path) -> RunState:
     exact = restore_rng(ckpt.get("rng"), info, task.seed, state.epoch)
     if info.is_main:
         note = "" if exact else " (saved with another number of processes: random streams reseeded)"
-        if saved_accum != schedule.grad_accum and state.epoch_batches:
-            note += f" (saved with grad_accum={saved_accum}, now {schedule.grad_accum})"
         where = f", batch {state.epoch_batches}" if state.epoch_batches else ""
         print(f"resuming from {path}: iteration {state.iteration} of {schedule.total_steps}, epoch {state.epoch}"
               f"{where}{note}", flush=True)  # fmt: skip
     return state
+
+
+def _check_grad_accum(progress: dict, schedule: Schedule, path: Path) -> None:
+    """Refuse, in one line, a resume whose ``grad_accum`` differs from the checkpoint's where that cannot continue
+    the run: part-way through an epoch (the position is counted in batches of the old optimiser steps), and at an
+    epoch end when the epoch's number of optimiser steps changed (the run's step counts would be in other units).
+    A change that keeps the steps per epoch (fewer processes, more accumulation: the same effective batch) is
+    allowed at an epoch end."""
+    saved = int(progress.get("grad_accum", 1))
+    if saved == schedule.grad_accum:
+        return
+    batches, spe = int(progress.get("epoch_batches", 0)), progress.get("steps_per_epoch")
+    redo = (f"resume with grad_accum={saved}, or start a new --output (finetune= takes its weights)")
+    if batches:
+        raise CheckpointReadError(
+            f"cannot resume from {path} with grad_accum={schedule.grad_accum}: it was written part-way through epoch "
+            f"{int(progress.get('epoch', 0)) + 1} (batch {batches}) with grad_accum={saved}, and a mid-epoch "
+            f"checkpoint continues only with the accumulation it was written with; {redo}"
+        )
+    if spe is not None and int(spe) != schedule.steps_per_epoch:
+        raise CheckpointReadError(
+            f"cannot resume from {path} with grad_accum={schedule.grad_accum}: it was written with grad_accum={saved} "
+            f"and {int(spe)} optimiser steps per epoch, now {schedule.steps_per_epoch} (its iteration count and "
+            f"schedule are in its own steps); keep batch_size x grad_accum x processes, or {redo}"
+        )
 
 
 __all__ = [

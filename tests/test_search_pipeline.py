@@ -13,7 +13,7 @@ from PIL import Image
 from efficientformer.cli import main
 from efficientformer.data.proxy import _photos, render
 from efficientformer.models.arch import load_arch
-from efficientformer.search.pipeline import STAGES, Pipeline, load_pipeline_config
+from efficientformer.search.pipeline import STAGES, Pipeline, load_pipeline_config, target_label
 
 STAGE_EXPORT = Pipeline.stage_export
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "search" / "v2_proxy.yaml"
@@ -87,7 +87,8 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     # 3. rerun: it continues at export and finishes, without redoing table, check, supernet, search, retrain
     pipe = Pipeline(dict(cfg), out, **quiet)
     results = pipe.run()
-    assert all(pipe.timing[s]["cached"] for s in ("table", "check", "references", "supernet", "search", "retrain"))
+    done_before = ("table", "check", "references", "supernet", "search", "retrain", "ranking")
+    assert all(pipe.timing[s]["cached"] for s in done_before)
     assert not pipe.timing["export"]["cached"] and not pipe.timing["measure"]["cached"]
     for name, mtime in before.items():
         assert (out / "stages" / name).stat().st_mtime_ns == mtime, name
@@ -95,21 +96,35 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
 
     # the report: measured latency beside the prediction, the target measured in the same run, plots
     report = json.loads((out / "report.json").read_text())
-    searched = report["measured"]["searched"]
+    label = target_label(cfg["target_like"])
+    searched = report["measured"][label]
     assert searched["measured_ms"] > 0 and searched["predicted_ms"] > 0
     assert report["measured"]["mobilenetv2_100"]["family"] == "timm"  # measured in the same run and runtime
-    assert report["target_ms"] == pytest.approx(0.85 * largest)
-    assert results["search"]["stopped"] == "target met" and results["search"]["final"]["latency_ms"] <= 0.85 * largest
+    assert report["target_ms"] == {label: pytest.approx(0.85 * largest)}
+    found = results["search"]["found"][label]
+    assert found["stopped"] == "target met" and found["final"]["latency_ms"] <= 0.85 * largest
     assert results["search"]["evaluations"] > 1
     assert set(report["check"]["methods_leave_one_out"]) == {"sum", "affine", "per-kind"}
-    assert report["stages"]["supernet"]["steps_per_s"] > 0 and report["stages"]["search"]["candidates_per_s"] > 0
-    assert report["export"]["searched"]["max_abs_diff"] < 1e-3 and Path(report["export"]["searched"]["onnx"]).is_file()
-    assert report["retrain"]["searched"]["runs"][0]["val_top1"] is not None
+    assert report["rates"]["supernet_steps_per_s"] > 0 and report["rates"]["candidates_scored_per_s"] > 0
+    assert report["export"][label]["max_abs_diff"] < 1e-3 and (out / report["export"][label]["onnx"]).is_file()
+    # timm's MobileNetV2 trained through the same trainer and recipe, exported as it is
+    timm_run = report["retrain"]["timm:mobilenetv2_100"]
+    assert timm_run["runs"][0]["val_top1"] is not None and report["export"]["timm:mobilenetv2_100"]["form"] == "as is"
+    assert report["retrain"][label]["runs"][0]["val_top1"] is not None
+    assert f"{label} - timm:mobilenetv2_100" in report["comparisons"]
+    # the supernet's ranking against stand-alone training: three distinct subnets (the searched one among them)
+    ranking = report["ranking"]
+    assert len({json.dumps(r["arch"], sort_keys=True) for r in ranking["subnets"]}) == 3
+    assert label in {r["label"] for r in ranking["subnets"]}
+    assert -1.0 <= ranking["kendall_tau"]["mean"] <= 1.0
+    assert all(r["runs"][0]["val_top1"] is not None for r in ranking["subnets"])
+    # the shipped report names files relative to the run folder, never the machine's temporary paths
+    assert str(tmp_path) not in (out / "report.json").read_text()
     for plot in report["plots"].values():
-        assert Path(plot).is_file() and Path(plot).stat().st_size > 5000
+        assert (out / plot).is_file() and (out / plot).stat().st_size > 5000
     text = (out / "report.md").read_text()
     assert "Kendall tau" in text and "mobilenetv2_100" in text and "Time per stage" in text
-    arch = load_arch(results["search"]["arch"])
+    arch = load_arch(found["arch"])
     assert arch["search"]["machine"]["cpu_model"]  # the found architecture carries the machine stamp
 
     # 4. a finished pipeline reruns from its records; the CLI prints which stages were cached
@@ -126,9 +141,13 @@ def test_comparison_has_the_difference_and_its_standard_error():
     from efficientformer.search.pipeline import _comparisons
 
     runs = [{"val_top1": 0}] * 3
-    retrain = {"searched": {"mean": 78.0, "sd": 1.0, "runs": runs}, "s0": {"mean": 77.0, "sd": 2.0, "runs": runs},
+    retrain = {"searched@s0": {"mean": 78.0, "sd": 1.0, "runs": runs},
+               "s0": {"mean": 77.0, "sd": 2.0, "runs": runs, "ema_mean": 76.0, "ema_sd": 1.0},
                "one": {"mean": 70.0, "sd": None, "runs": runs[:1]}}  # fmt: skip
-    out = _comparisons(retrain)
-    assert out["s0"]["difference"] == pytest.approx(1.0)
-    assert out["s0"]["standard_error"] == pytest.approx((1 / 3 + 4 / 3) ** 0.5)
-    assert out["one"]["standard_error"] is None
+    measured = {"searched@s0": {"measured_ms": 9.0}, "s0": {"measured_ms": 10.0}}
+    out = _comparisons(retrain, measured, {"searched@s0": 10.0})
+    assert out["searched@s0 - s0"]["difference"] == pytest.approx(1.0)
+    assert out["searched@s0 - s0"]["standard_error"] == pytest.approx((1 / 3 + 4 / 3) ** 0.5)
+    assert out["searched@s0 - s0"]["ema_difference"] is None  # the searched side has no EMA figures
+    assert out["searched@s0 - s0"]["latency_ratio"] == pytest.approx(0.9) and out["searched@s0 - s0"]["target"]
+    assert out["searched@s0 - one"]["standard_error"] is None and not out["searched@s0 - one"]["target"]

@@ -151,7 +151,8 @@ def register(subparsers) -> None:
     )
     pl.add_argument("--target-like", default=None,
                     help="a reference measured in the same runtime (mobilenetv2_100, efficientformerv2_s0, an "
-                         "architecture file) or a latency in ms")  # fmt: skip
+                         "architecture file) or a latency in ms; several, comma-separated, share one walk "
+                         "(default: the config's target_like)")  # fmt: skip
     pl.add_argument("--data", default=None, help="override the config's data ('proxy' or an ImageNet-style folder)")
     pl.add_argument("--table-cache", default=None, help="folder of reusable latency tables "
                     "(default ~/.cache/efficientformer/latency-tables)")  # fmt: skip

@@ -589,8 +589,10 @@ def load_checkpoint(
     key for key but compute another function, so that is refused unless ``change_activation`` (default: allowed
     exactly when ``strict=False``, i.e. when fine-tuning from the checkpoint).
     """
-    if not isinstance(model, EfficientFormerBase):
-        raise TypeError(f"load_checkpoint expects an EfficientFormer model, got {type(model).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_checkpoint expects a model (nn.Module), got {type(model).__name__}")
+    if not isinstance(model, EfficientFormerBase):  # another library's model (create_model("timm:NAME"))
+        return _load_plain(model, source, strict, use_ema)
     raw, desc = _read_object(source)
     state, container = _state_of(raw, desc, use_ema)
     layout = detect_layout(state)
@@ -654,6 +656,28 @@ def load_checkpoint(
             f"unexpected {_short_list(report.unexpected)} (is it a checkpoint of another model or a backbone only?)"
         )
     model.load_state_dict({k: v for k, v in converted.items() if k in target}, strict=False)
+    return report
+
+
+def _load_plain(model: nn.Module, source: str | Path | Mapping, strict: bool, use_ema: bool) -> LoadReport:
+    """Weights of a model that is not ours (a ``timm:`` model) in its own keys, e.g. our training checkpoint of
+    it: no layout conversion; with ``strict=False`` tensors of another shape (heads of another class count) are
+    dropped and missing or unexpected keys reported."""
+    state, container, desc = read_checkpoint(source, use_ema)
+    report = LoadReport(source=desc, layout="plain", container=container)
+    target = model.state_dict()
+    check_dtypes(state, target, desc)
+    mismatched = [k for k, v in state.items() if k in target and v.shape != target[k].shape]
+    report.missing = sorted(k for k in target if k not in state)
+    report.unexpected = sorted(k for k in state if k not in target)
+    if strict and (mismatched or report.missing or report.unexpected):
+        raise CheckpointError(
+            f"{desc} does not fit {type(model).__name__}: shape mismatch {_short_list(mismatched)}; missing "
+            f"{_short_list(report.missing)}; unexpected {_short_list(report.unexpected)} (a checkpoint of another "
+            "model?)"
+        )
+    report.dropped = mismatched
+    model.load_state_dict({k: v for k, v in state.items() if k in target and k not in mismatched}, strict=False)
     return report
 
 

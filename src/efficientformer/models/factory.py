@@ -111,6 +111,9 @@ def create_model(
     :func:`efficientformer.load_checkpoint`; with another class count the heads are dropped, with another
     resolution the bias tables are resampled.
 
+    ``timm:NAME`` builds timm's model ``NAME`` (e.g. ``timm:mobilenetv2_100``) with the same arguments, so a
+    baseline from another family trains, evaluates and exports through the same code (:func:`_create_timm`).
+
     A searched architecture builds the same way: ``name`` may be an architecture file (``.yaml``/``.yml``/
     ``.json``, as ``efficientformer search`` writes), or ``arch=`` may hold the file or its mapping (``name`` is
     then free text, e.g. ``"efficientformerv2_custom"``); such models have no published weights.
@@ -120,6 +123,12 @@ def create_model(
     builds the same model). ReLU and Hardswish fold into INT8 convolutions; the weights are those of the GELU
     model (same keys), which need fine-tuning to recover the accuracy (see ``benchmarks/int8_activation.md``).
     """
+    if is_timm_name(name):
+        return _create_timm(
+            name, arch=arch, num_classes=num_classes, img_size=img_size, distillation=distillation,
+            drop_path_rate=drop_path_rate, pretrained=pretrained, checkpoint=checkpoint, features_only=features_only,
+            out_indices=out_indices, act=act, **kwargs,
+        )  # fmt: skip
     if is_hub_name(name):
         if arch is not None:
             raise ValueError("a Hub repository says its own architecture; pass either hf-hub:... or arch=, not both")
@@ -163,6 +172,71 @@ def create_model(
         # non-strict only to drop heads of another class count: the model named here must match the activation
         # a training checkpoint records
         load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000, change_activation=False)
+    return model
+
+
+#: ``create_model("timm:NAME")``: timm's model ``NAME``, e.g. a baseline trained with our recipe.
+TIMM_PREFIX = "timm:"
+
+
+def is_timm_name(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
+
+
+def _create_timm(
+    name: str,
+    *,
+    arch: Any,
+    num_classes: int | None,
+    img_size: int | tuple[int, int] | None,
+    distillation: bool | None,
+    drop_path_rate: float | None,
+    pretrained: bool,
+    checkpoint: str | Path | dict | None,
+    features_only: bool,
+    out_indices: tuple[int, ...],
+    act: str | None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``create_model("timm:NAME")``: timm's model with our argument checks. Such a model has one head (no
+    distillation head), no activation swap and no deploy form (it is exported as it is); ``img_size`` is the
+    resolution it is fed (recorded in ``pretrained_cfg``; timm's convolutional networks run at any size);
+    ``drop_path_rate`` goes to the models that support it; ``checkpoint`` is a training checkpoint of ours or a
+    state dict in timm's keys."""
+    from ..utils.optional import require
+
+    timm = require("timm")
+    model_name = name[len(TIMM_PREFIX) :]
+    if not model_name or not timm.is_model(model_name):
+        raise ValueError(f"{name!r}: timm has no model {model_name!r}; list them with timm.list_models('*mobilenet*')")
+    if arch is not None:
+        raise ValueError("a timm: model is timm's architecture; pass either timm:NAME or arch=, not both")
+    if distillation:
+        raise ValueError(f"{name} has one classifier head: train it with distillation=none")
+    if act is not None:
+        raise ValueError(f"{name}: act= swaps the activations of our models only; drop it for timm models")
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    args = check_model_args(DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
+                            DEFAULT_IMG_SIZE if img_size is None else img_size, False, drop_path_rate, features_only,
+                            out_indices)  # fmt: skip
+    build: dict[str, Any] = {"num_classes": args["num_classes"], **kwargs}
+    if args["drop_path_rate"] is not None:
+        build["drop_path_rate"] = args["drop_path_rate"]
+    if features_only:
+        build.update(features_only=True, out_indices=args["out_indices"])
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, **build)
+    except TypeError as err:  # e.g. drop_path_rate on a model without drop path
+        raise ValueError(f"{name} does not take these arguments ({err})") from None
+    height, width = _grid(args["img_size"])
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update(architecture=name, input_size=(3, height, width), num_classes=args["num_classes"], source="timm")
+    cfg.setdefault("label_names", None)
+    model.pretrained_cfg = cfg
+    model.img_size = args["img_size"]
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000)
     return model
 
 

@@ -11,15 +11,23 @@ of the training runtime with its own ``last.pth``.
    (CPU model, ISA, library versions); a matching one is reused (or finished, when a build was interrupted).
 2. ``check``: end-to-end latency of the published models in the space and ``random`` random subnets against
    the table; fits the per-kind calibration (:mod:`.predictor`), stored in the table for every later prediction.
-3. ``references``: the reference models (``--target-like`` and the config's ``references``; timm names such as
-   ``mobilenetv2_100`` are timm's models) measured end to end in the same runtime, threads and resolution.
+3. ``references``: the reference models (the targets and the config's ``references``; timm names such as
+   ``mobilenetv2_100`` or ``timm:mobilenetv2_100`` are timm's models) measured end to end in the same runtime,
+   threads and resolution.
 4. ``supernet``: the weight-sharing supernet trained with the sandwich rule on the training runtime.
-5. ``search``: the greedy MES walk to the target (a reference's measured latency, or a number in ms).
-6. ``retrain``: the searched model and the config's ``retrain.references`` trained from scratch, ``seeds``
-   seeds each, with the same recipe and budget (``retrain.config``).
-7. ``export``: every trained model (seed 0) in its deploy form, exported to ONNX, checked against PyTorch.
-8. ``measure``: the searched model and the references timed end to end, interleaved, beside the prediction.
-9. ``report``: ``report.md``, ``report.json`` and the plots.
+5. ``search``: the greedy MES walk, once, down to the lowest target; each target (a reference's measured
+   latency, or a number in ms) gets the first point of the walk at or below it (what a walk stopped at that
+   target would have returned), labelled ``searched@<target>``.
+6. ``retrain``: every searched model and the config's ``retrain.references`` (ours, architecture files or
+   ``timm:NAME``) trained from scratch, ``seeds`` seeds each, with the same recipe and budget (``retrain.config``).
+7. ``ranking``: does the supernet rank architectures as stand-alone training does? ``ranking.subnets`` points
+   of the space spread over the latency range (the searched models, the published models in the space, the
+   smallest and largest subnet, random subnets at latency quantiles) retrained like the rest and scored on the
+   supernet; Kendall's tau between the two.
+8. ``export``: every trained model (seed 0) in its deploy form (timm's models as they are), exported to ONNX,
+   checked against PyTorch.
+9. ``measure``: the searched models and the references timed end to end, interleaved, beside the prediction.
+10. ``report``: ``report.md``, ``report.json`` (paths relative to the run folder) and the plots.
 
 Budgets: ``tiny`` (CI: a tiny space, a few steps, minutes), ``proxy`` (this machine, the bundled proxy task),
 ``full`` (ImageNet on a cluster: the same stages, the config's ``budgets.full`` block sets the data and sizes).
@@ -32,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -48,7 +57,7 @@ from ..deploy.fuse import deploy
 from ..models.arch import arch_to_spec, build_from_arch, is_arch_path, load_arch, save_arch, spec_to_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
-from ..models.factory import create_model
+from ..models.factory import TIMM_PREFIX, create_model, is_timm_name
 from ..models.registry import get_spec, resolve_name
 from ..runtime.config import load_config
 from ..train.config import build_config
@@ -60,13 +69,14 @@ from .greedy import GreedySearch, MESConfig, SearchTargets, plot_trajectory, wri
 from .latency import CLOCKS, LatencyTable, build_table, machine_stamp, runtime_callable, summarise, v2_space_keys
 from .lut_check import check_table, write_report
 from .params import count_params
-from .space import V2Space
+from .predictor import kendall_tau
+from .space import V2Space, arch_key
 from .supernet import load_supernet, save_supernet
 from .train import SubnetEvaluator, SupernetConfig, load_split, train_supernet
 from .v1 import V1MetaSupernet, V1PathEvaluator, slim, train_v1_supernet
 from .v1space import V1Space
 
-STAGES = ("table", "check", "references", "supernet", "search", "retrain", "export", "measure", "report")
+STAGES = ("table", "check", "references", "supernet", "search", "retrain", "ranking", "export", "measure", "report")
 BUDGETS = ("tiny", "proxy", "full")
 PROXY_SIZE = 64
 TABLE_CACHE = Path("~/.cache/efficientformer/latency-tables")
@@ -84,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "search": {"actions_per_step": 4, "calib_images": 192, "eval_images": None},
     "retrain": {"config": "configs/search/proxy_train.yaml", "seeds": 3, "references": ["efficientformerv2_s0"],
                 "overrides": {}},
+    "ranking": {"subnets": 0, "seeds": 1, "seed": 0},
     "measure": {"warmup": 5, "runs": 30},
 }  # fmt: skip
 
@@ -112,10 +123,22 @@ def reference_spec(name: str) -> ModelSpec | None:
     """Our model behind a reference name or architecture file; ``None`` for another library's model (timm)."""
     if is_arch_path(name):
         return arch_to_spec(load_arch(name))
+    if is_timm_name(name):
+        return None
     try:
         return get_spec(resolve_name(name)[0])
     except (KeyError, ValueError):
         return None
+
+
+def measure_key(name: str) -> str:
+    """The name a reference is measured under: ``timm:mobilenetv2_100`` and ``mobilenetv2_100`` are one model."""
+    return name[len(TIMM_PREFIX) :] if is_timm_name(name) else name
+
+
+def target_label(target: Any) -> str:
+    """``searched@mobilenetv2_100``, ``searched@7.5ms``: the searched model of one target."""
+    return f"searched@{float(target):g}ms" if _is_number(target) else f"searched@{measure_key(str(target))}"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -153,8 +176,9 @@ class Pipeline:
                  table_cache: str | Path | None = None, progress: bool = True,
                  log: Callable[[str], None] = print) -> None:  # fmt: skip
         self.cfg = cfg
-        if target_like is not None:
-            cfg["target_like"] = target_like
+        if target_like is not None:  # "a,b": several targets, one walk (see the module docstring)
+            parts = [t.strip() for t in str(target_like).split(",") if t.strip()]
+            cfg["target_like"] = parts[0] if len(parts) == 1 else parts
         self.out = Path(output)
         self.space = V2Space.from_dict(cfg["space"]) if cfg["space"] else V2Space()
         self.mes = MESConfig.from_dict(cfg.get("mes"))
@@ -268,16 +292,28 @@ class Pipeline:
                 "json": str(paths["json"]), "plot": str(paths.get("plot", ""))}, {}  # fmt: skip
 
     # -- 3. references ---------------------------------------------------------------------------------------------
+    def targets(self) -> list[Any]:
+        """The targets (reference names or numbers in ms): ``target_like`` is one or a list."""
+        t = self.cfg["target_like"]
+        targets = [] if t is None else list(t) if isinstance(t, list | tuple) else [t]
+        labels = [target_label(x) for x in targets]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"target_like names a target twice: {targets}")
+        return targets
+
     def reference_names(self) -> list[str]:
-        names = list(self.cfg["references"])
-        target = self.cfg["target_like"]
-        if target is not None and not _is_number(target) and target not in names:
-            names.append(str(target))
+        """The models measured beside the searched ones: ``references``, the named targets and the retrained
+        references (each once, under :func:`measure_key`)."""
+        names: list[str] = []
+        extra = [t for t in self.targets() if not _is_number(t)] + list(self.cfg["retrain"]["references"])
+        for name in list(self.cfg["references"]) + extra:
+            if measure_key(str(name)) not in names:
+                names.append(measure_key(str(name)))
         return names
 
     def check_references(self) -> None:
         for name in self.reference_names() + list(self.cfg["retrain"]["references"]):
-            if reference_spec(name) is None and not require("timm").is_model(name):
+            if reference_spec(name) is None and not require("timm").is_model(measure_key(name)):
                 raise ValueError(f"reference {name!r} is neither one of our models, an architecture file, a latency "
                                  "in ms nor a timm model name (e.g. mobilenetv2_100)")  # fmt: skip
 
@@ -306,7 +342,7 @@ class Pipeline:
                                   "params": count_params(spec, img), "family": "ours"}  # fmt: skip
                 else:
                     timm = require("timm")
-                    net = timm.create_model(str(model), pretrained=False, num_classes=1000).eval()
+                    net = timm.create_model(measure_key(str(model)), pretrained=False, num_classes=1000).eval()
                     out[label] = {"predicted_ms": None, "params": sum(p.numel() for p in net.parameters()),
                                   "family": "timm"}  # fmt: skip
                 fns[label] = runtime_callable(net, example, t["runtime"], int(t["threads"]), Path(tmp))
@@ -320,13 +356,13 @@ class Pipeline:
                          "runs": m["runs"], "loadavg": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
         return out
 
-    def target_ms(self) -> float:
-        target = self.cfg["target_like"]
-        if target is None:
+    def target_ms(self) -> dict[str, float]:
+        """Each target's latency (ms), by its label (:func:`target_label`)."""
+        targets = self.targets()
+        if not targets:
             raise ValueError("give the pipeline a target: --target-like MODEL or --target-like MS")
-        if _is_number(target):
-            return float(target)
-        return float(self.results["references"][str(target)]["measured_ms"])
+        return {target_label(t): float(t) if _is_number(t) else
+                float(self.results["references"][measure_key(str(t))]["measured_ms"]) for t in targets}  # fmt: skip
 
     # -- 4. supernet -----------------------------------------------------------------------------------------------
     def stage_supernet(self) -> tuple[dict, dict]:
@@ -349,50 +385,138 @@ class Pipeline:
         s = self.cfg["search"]
         net = load_supernet(self.results["supernet"]["path"])
         table = self.table()
-        target = self.target_ms()
-        res = run_v2_search(net, table, SearchTargets(latency_ms=target), self.root, self.out / "search",
+        targets = self.target_ms()
+        out = self.out / "search"
+        res = run_v2_search(net, table, SearchTargets(latency_ms=min(targets.values())), self.root, out,
                             mes=self.mes, actions_per_step=int(s["actions_per_step"]),
                             calib_images=int(s["calib_images"]), eval_images=s["eval_images"],
                             lines={k: v["measured_ms"] for k, v in self.results["references"].items()
                                    if not k.startswith("_") and v["family"] == "timm"},
                             log=self.log)  # fmt: skip
+        rows = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()[1:]]
+        stamp = load_arch(res["arch"])["search"]
+        found = {}
+        for label, ms in targets.items():  # the first point of the walk at or below each target
+            row = next((r for r in rows if r["latency_ms"] <= ms), rows[-1])
+            extra = {**stamp, "accuracy_heldout": row["accuracy"], "table_latency_ms": row["latency_ms"],
+                     "params": row["params"], "mes": row["mes"], "target_ms": ms, "step": row["step"],
+                     "stopped": "target met" if row["latency_ms"] <= ms else stamp["stopped"]}  # fmt: skip
+            arch = {**row["arch"], "name": "efficientformerv2_searched", "search": extra}
+            path = save_arch(arch, out / f"{label.replace('@', '_at_')}.yaml")
+            final = {k: row[k] for k in ("accuracy", "latency_ms", "params", "mes", "arch")}
+            found[label] = {"arch": str(path), "target_ms": ms, "step": row["step"], "stopped": extra["stopped"],
+                            "final": final}  # fmt: skip
+        res["found"] = found
         return res, {
             "candidates": res["evaluations"],
             "candidates_per_s": round(res["evaluations"] / res["seconds"], 3),
         }
 
+    def searched(self) -> dict[str, str]:
+        """``{searched@<target>: architecture file}``."""
+        return {label: info["arch"] for label, info in self.results["search"]["found"].items()}
+
     # -- 6. retrain ------------------------------------------------------------------------------------------------
     def retrain_models(self) -> dict[str, str]:
-        models = {"searched": self.results["search"]["arch"]}
+        models = self.searched()
         for name in self.cfg["retrain"]["references"]:
             models[name] = name
         return models
+
+    def retrain_run(self, model: str, folder: Path, seed: int) -> dict[str, Any]:
+        """One training run of the recipe (``retrain.config`` + ``overrides``), or its summary when it finished."""
+        r = self.cfg["retrain"]
+        summary_path = folder / "summary.json"
+        if summary_path.is_file():  # a seed that finished before an interruption
+            summary = json.loads(summary_path.read_text())
+        else:
+            self.log(f"[pipeline] train {model} seed {seed} -> {folder}")
+            overrides = {**(r.get("overrides") or {}), "model": str(model), "data": str(self.root),
+                         "output": str(folder), "seed": seed, "progress": self.progress}  # fmt: skip
+            summary = train(build_config(r["config"], overrides))
+        return {"seed": seed, "val_top1": summary.get("val_top1"), "ema_top1": summary.get("ema_top1"),
+                "checkpoint": summary.get("checkpoint"), "seconds": summary.get("seconds")}  # fmt: skip
 
     def stage_retrain(self) -> tuple[dict, dict]:
         r = self.cfg["retrain"]
         out: dict[str, Any] = {}
         started = time.perf_counter()
         for label, model in self.retrain_models().items():
-            runs = []
-            for seed in range(int(r["seeds"])):
-                folder = self.out / "retrain" / label / f"seed{seed}"
-                summary_path = folder / "summary.json"
-                if summary_path.is_file():  # a seed that finished before an interruption
-                    summary = json.loads(summary_path.read_text())
-                else:
-                    self.log(f"[pipeline] retrain {label} seed {seed}")
-                    overrides = {**(r.get("overrides") or {}), "model": str(model), "data": str(self.root),
-                                 "output": str(folder), "seed": seed, "progress": self.progress}  # fmt: skip
-                    summary = train(build_config(r["config"], overrides))
-                runs.append({"seed": seed, "val_top1": summary.get("val_top1"), "ema_top1": summary.get("ema_top1"),
-                             "checkpoint": summary.get("checkpoint"), "seconds": summary.get("seconds")})  # fmt: skip
-            accs = [x["val_top1"] for x in runs if x["val_top1"] is not None]
-            out[label] = {"model": str(model), "runs": runs, "mean": statistics.mean(accs) if accs else None,
-                          "sd": statistics.stdev(accs) if len(accs) > 1 else None}  # fmt: skip
+            folder = self.out / "retrain" / label.replace(":", "_")
+            runs = [self.retrain_run(model, folder / f"seed{seed}", seed) for seed in range(int(r["seeds"]))]
+            out[label] = {"model": str(model), "runs": runs, **_spread(runs)}
         return out, {"seconds_per_run": round((time.perf_counter() - started) / max(1, sum(
             len(v["runs"]) for v in out.values())), 2)}  # fmt: skip
 
-    # -- 7. export -------------------------------------------------------------------------------------------------
+    # -- 7. ranking -----------------------------------------------------------------------------------------------
+    def ranking_subnets(self) -> dict[str, ModelSpec]:
+        """``ranking.subnets`` points of the space spread over the latency range: the searched models and the
+        retrained references in the space, the published models in it, the smallest and the largest subnet, and
+        random subnets (seeded) nearest to evenly spaced table latencies between the smallest and the largest."""
+        n, table, space = int(self.cfg["ranking"]["subnets"]), self.table(), self.space
+        chosen: dict[str, ModelSpec] = {}
+        fixed = [(label, reference_spec(model)) for label, model in self.retrain_models().items()]
+        fixed += [*V2_VARIANTS.items(), ("smallest", space.smallest()), ("largest", space.largest())]
+        for label, spec in fixed:  # each network once
+            if (
+                spec is not None
+                and space.contains(spec)
+                and arch_key(spec) not in {arch_key(x) for x in chosen.values()}
+            ):
+                chosen[label] = spec
+        lo, hi = table.predict(space.smallest()), table.predict(space.largest())
+        rng = random.Random(int(self.cfg["ranking"]["seed"]))
+        pool = [space.sample(rng) for _ in range(400)]
+        pool = [(table.predict(x), x) for x in pool if not table.missing(x)]
+        keys = {arch_key(x) for x in chosen.values()}
+        wanted = max(0, n - len(chosen))
+        for k in range(wanted):
+            aim = lo + (hi - lo) * (k + 1) / (wanted + 1)
+            free = [(abs(ms - aim), i) for i, (ms, x) in enumerate(pool) if arch_key(x) not in keys]
+            if not free:
+                break
+            spec = pool[min(free)[1]][1]
+            keys.add(arch_key(spec))
+            chosen[f"random{k}"] = spec
+        return chosen
+
+    def stage_ranking(self) -> tuple[dict, dict]:
+        rk = self.cfg["ranking"]
+        if int(rk["subnets"]) <= 0:
+            return {"subnets": []}, {}
+        started = time.perf_counter()
+        table, seeds = self.table(), int(rk["seeds"])
+        net = load_supernet(self.results["supernet"]["path"])
+        img = net.img_size[0]
+        s = self.cfg["search"]
+        eval_x, eval_y = load_split(held_out_split(self.root, self.log), img, limit=s["eval_images"])
+        calib_x, _ = load_split(self.root / "train", img, limit=int(s["calib_images"]))
+        evaluator = SubnetEvaluator(net, eval_x, eval_y, calib_x)
+        retrained = self.results["retrain"]
+        rows = []
+        for label, spec in self.ranking_subnets().items():
+            if label in retrained:
+                runs = retrained[label]["runs"][:seeds]
+            else:
+                arch = save_arch({**spec_to_arch(spec), "name": "efficientformerv2_custom"},
+                                 self.out / "ranking" / f"{label}.yaml")  # fmt: skip
+                runs = [self.retrain_run(str(arch), self.out / "ranking" / label / f"seed{k}", k) for k in range(seeds)]
+            rows.append({"label": label, "arch": spec_to_arch(spec), "predicted_ms": table.predict(spec),
+                         "params": count_params(spec, int(self.cfg["table"]["img_size"])),
+                         "supernet_top1": evaluator(spec), "runs": runs, **_spread(runs)})  # fmt: skip
+        sup = [r["supernet_top1"] for r in rows]
+        tau = {key: kendall_tau(sup, [r[key] for r in rows]) if all(r[key] is not None for r in rows) else None
+               for key in ("mean", "ema_mean")}  # fmt: skip
+        out = {
+            "subnets": rows,
+            "kendall_tau": tau,
+            "seeds": seeds,
+            "supernet_img_size": img,
+            "latency_range_ms": [min(r["predicted_ms"] for r in rows), max(r["predicted_ms"] for r in rows)],
+        }
+        return out, {"seconds_per_subnet": round((time.perf_counter() - started) / len(rows), 2)}
+
+    # -- 8. export -------------------------------------------------------------------------------------------------
     def stage_export(self) -> tuple[dict, dict]:
         ort = require("onnxruntime")
         out = {}
@@ -404,8 +528,8 @@ class Pipeline:
             distill = (ckpt.get("config", {}).get("distillation") or "none") != "none"
             model = create_model(info["model"], num_classes=classes, img_size=img, distillation=distill,
                                  checkpoint=run["checkpoint"]).eval()  # fmt: skip
-            form = deploy(model, img)
-            path = self.out / "export" / f"{label}.onnx"
+            form = model if is_timm_name(info["model"]) else deploy(model, img)  # timm's models: no deploy form
+            path = self.out / "export" / f"{label.replace(':', '_')}.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)
             x = torch.randn(2, 3, img, img, generator=torch.Generator().manual_seed(0))
             write_onnx(form, x, path)
@@ -416,21 +540,32 @@ class Pipeline:
             diff = float((got - ref).abs().max())
             if not diff < 1e-3:
                 raise ValueError(f"the ONNX export of {label} differs from PyTorch by {diff:.2e} (limit 1e-3)")
-            out[label] = {"onnx": str(path), "img_size": img, "classes": classes, "max_abs_diff": diff}
+            out[label] = {"onnx": str(path), "img_size": img, "classes": classes, "max_abs_diff": diff,
+                          "form": "as is" if form is model else "deploy"}  # fmt: skip
         return out, {}
 
-    # -- 8. measure ------------------------------------------------------------------------------------------------
+    # -- 9. measure ------------------------------------------------------------------------------------------------
     def stage_measure(self) -> tuple[dict, dict]:
-        models: dict[str, Any] = {"searched": arch_to_spec(load_arch(self.results["search"]["arch"]))}
+        models: dict[str, Any] = {k: arch_to_spec(load_arch(v)) for k, v in self.searched().items()}
         for name in self.reference_names():
             models[name] = name
         return self.measure(models), {}
 
-    # -- 9. report -------------------------------------------------------------------------------------------------
+    # -- 10. report ------------------------------------------------------------------------------------------------
     def stage_report(self) -> tuple[dict, dict]:
         report = build_report(self)
         return {"report_md": str(self.out / "report.md"), "report_json": str(self.out / "report.json"),
                 "plots": report["plots"]}, {}  # fmt: skip
+
+
+def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample sd over seeds of the final top-1 (``mean``/``sd``) and of the EMA model's (``ema_*``)."""
+    out: dict[str, Any] = {}
+    for key, prefix in (("val_top1", ""), ("ema_top1", "ema_")):
+        accs = [x[key] for x in runs if x.get(key) is not None]
+        out[f"{prefix}mean"] = statistics.mean(accs) if accs else None
+        out[f"{prefix}sd"] = statistics.stdev(accs) if len(accs) > 1 else None
+    return out
 
 
 def _is_number(value: Any) -> bool:
@@ -557,31 +692,70 @@ def build_report(p: Pipeline) -> dict[str, Any]:
     measured = {k: v for k, v in r["measure"].items() if not k.startswith("_")}
     retrain = r["retrain"]
     plots = _plots(p, measured, retrain)
+    search = {k: r["search"][k] for k in ("found", "stopped", "evaluations", "seconds")}
+    rates = {"supernet_steps_per_s": p.timing["supernet"].get("steps_per_s"),
+             "candidates_scored_per_s": p.timing["search"].get("candidates_per_s"),
+             "retrain_seconds_per_run": p.timing["retrain"].get("seconds_per_run")}  # fmt: skip
     report = {"config": p.cfg["config"], "budget": p.cfg["budget"], "target_like": p.cfg["target_like"],
               "target_ms": p.target_ms(), "machine": r["table"]["machine"], "table": r["table"]["path"],
-              "check": r["check"]["summary"], "measured": r["measure"], "retrain": retrain, "export": r["export"],
-              "search": {k: r["search"][k] for k in ("arch", "final", "stopped", "evaluations", "seconds")},
-              "stages": p.timing, "plots": plots, "comparisons": _comparisons(retrain)}  # fmt: skip
+              "check": r["check"]["summary"], "measured": r["measure"], "retrain": retrain,
+              "recipe": {"config": p.cfg["retrain"]["config"], "overrides": p.cfg["retrain"]["overrides"],
+                         "seeds": p.cfg["retrain"]["seeds"]},
+              "ranking": r["ranking"], "export": r["export"], "search": search, "stages": p.timing, "rates": rates,
+              "plots": plots, "comparisons": _comparisons(retrain, measured, p.target_ms())}  # fmt: skip
+    report = _portable(report, p.out)
     atomic_write_json(p.out / "report.json", report)
     atomic_write_text(p.out / "report.md", _markdown(p, report))
     return report
 
 
-def _comparisons(retrain: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The searched model's mean accuracy minus each retrained reference's, with the difference's standard error
-    (sd^2/n summed over both sides) where both have at least two seeds."""
-    out: dict[str, dict[str, Any]] = {}
-    s = retrain.get("searched")
-    if not s or s["mean"] is None:
-        return out
-    for name, r in retrain.items():
-        if name == "searched" or r["mean"] is None:
+def _portable(obj: Any, out: Path) -> Any:
+    """``obj`` with every absolute path made shareable: inside the run folder relative to it, the working
+    directory's files relative to it, under the home folder as ``~/...`` (the table cache), anything else (a
+    temporary folder) by its file name alone."""
+    if isinstance(obj, dict):
+        return {k: _portable(v, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v, out) for v in obj]
+    if not isinstance(obj, str) or not obj.startswith("/"):
+        return obj
+    path = Path(obj)
+    for base, prefix in ((out.resolve(), ""), (Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            return prefix + str(path.resolve().relative_to(base))
+        except ValueError:
             continue
-        se = None
-        if s["sd"] is not None and r["sd"] is not None:
-            se = math.sqrt(s["sd"] ** 2 / len(s["runs"]) + r["sd"] ** 2 / len(r["runs"]))
-        out[name] = {"difference": s["mean"] - r["mean"], "standard_error": se,
-                     "seeds": min(len(s["runs"]), len(r["runs"]))}  # fmt: skip
+    return path.name
+
+
+def _comparisons(retrain: dict[str, Any], measured: dict[str, Any] | None = None,
+                 targets: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each searched model's mean accuracy minus each retrained reference's (``searched@x - ref``), final and EMA
+    top-1, with the difference's standard error (sd^2/n summed over both sides) where both have at least two
+    seeds, and both measured latencies; ``target`` marks the pair a search aimed at."""
+    measured, targets = measured or {}, targets or {}
+    out: dict[str, dict[str, Any]] = {}
+    for label, s in retrain.items():
+        if not label.startswith("searched") or s["mean"] is None:
+            continue
+        for name, r in retrain.items():
+            if name.startswith("searched") or r["mean"] is None:
+                continue
+            row: dict[str, Any] = {"seeds": min(len(s["runs"]), len(r["runs"]))}
+            for prefix in ("", "ema_"):
+                a, b = s.get(f"{prefix}mean"), r.get(f"{prefix}mean")
+                sa, sb = s.get(f"{prefix}sd"), r.get(f"{prefix}sd")
+                row[f"{prefix}difference"] = a - b if a is not None and b is not None else None
+                row[f"{prefix}standard_error"] = (math.sqrt(sa**2 / len(s["runs"]) + sb**2 / len(r["runs"]))
+                                                  if sa is not None and sb is not None else None)  # fmt: skip
+            ms_s, ms_r = (
+                measured.get(label, {}).get("measured_ms"),
+                measured.get(measure_key(name), {}).get("measured_ms"),
+            )
+            row.update(searched_ms=ms_s, reference_ms=ms_r,
+                       latency_ratio=ms_s / ms_r if ms_s is not None and ms_r is not None else None,
+                       target=label == target_label(measure_key(name)) and label in targets)  # fmt: skip
+            out[f"{label} - {name}"] = row
     return out
 
 
@@ -598,7 +772,9 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
     traj = [json.loads(line) for line in Path(p.results["search"]["trajectory"]).read_text().splitlines()[1:]]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.plot([t["latency_ms"] for t in traj], [t["accuracy"] for t in traj], "-o", ms=3, lw=1, label="greedy walk")
-    ax.plot(traj[-1]["latency_ms"], traj[-1]["accuracy"], "r*", ms=14, label="searched")
+    for k, (label, info) in enumerate(p.results["search"]["found"].items()):
+        f = info["final"]
+        ax.plot(f["latency_ms"], f["accuracy"], "*", ms=14, color=f"C{k + 3}", label=label)
     for name, pt in p.results["search"]["published"].items():
         ax.plot(pt["latency_ms"], pt["accuracy"], "ks", ms=6)
         ax.annotate(name.replace("efficientformerv2_", "V2-").upper(), (pt["latency_ms"], pt["accuracy"]),
@@ -608,13 +784,14 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
             ax.axvline(m["measured_ms"], color="tab:green", ls=":", lw=1.2)
             ax.text(m["measured_ms"], ax.get_ylim()[0], f" {name} (measured)", rotation=90, fontsize=7,
                     va="bottom", color="tab:green")  # fmt: skip
-    ax.axvline(p.target_ms(), color="tab:red", ls="--", lw=0.8, label="target")
-    ax.set_xlabel("predicted latency (ms; timm models: measured)")
+    for ms in p.target_ms().values():
+        ax.axvline(ms, color="tab:red", ls="--", lw=0.8)
+    ax.set_xlabel("predicted latency (ms; timm models: measured); dashed: targets")
     ax.set_ylabel("held-out accuracy on the supernet (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     plots["trajectory"] = str(p.out / "trajectory.png")
-    fig.savefig(plots["trajectory"], dpi=120)
+    fig.savefig(plots["trajectory"], dpi=100)
     plt.close(fig)
     # predicted against measured: the check's networks (leave-one-out) and this run's models
     check = json.loads(Path(p.results["check"]["json"]).read_text())
@@ -635,33 +812,52 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     plots["latency"] = str(p.out / "predicted_vs_measured.png")
-    fig.savefig(plots["latency"], dpi=120)
+    fig.savefig(plots["latency"], dpi=100)
     plt.close(fig)
     # accuracy against measured latency, error bars over seeds
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, info in retrain.items():
-        key = "searched" if label == "searched" else info["model"]
+        key = label if label.startswith("searched") else measure_key(info["model"])
         if key not in measured or info["mean"] is None:
             continue
         ax.errorbar(measured[key]["measured_ms"], info["mean"], yerr=info["sd"] or 0.0, fmt="o", capsize=4,
                     label=f"{label} ({len(info['runs'])} seeds)")  # fmt: skip
-    for name, m in measured.items():
-        if m["family"] == "timm":
-            ax.axvline(m["measured_ms"], color="tab:green", ls=":", lw=1.2, label=f"{name} latency")
-    ax.set_xlabel(f"measured latency, {p.cfg['table']['runtime']} (ms)")
-    ax.set_ylabel("val top-1 after retraining (%)")
+    ax.set_xlabel(f"measured latency, {p.cfg['table']['runtime']}, {p.cfg['table']['threads']} thread(s), "
+                  f"{p.cfg['table']['img_size']} px (ms)")  # fmt: skip
+    ax.set_ylabel("val top-1 after retraining (%, mean +- sd)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     plots["accuracy"] = str(p.out / "accuracy_vs_latency.png")
-    fig.savefig(plots["accuracy"], dpi=120)
+    fig.savefig(plots["accuracy"], dpi=100)
     plt.close(fig)
+    rows = p.results["ranking"]["subnets"]
+    if rows:  # the supernet's score against stand-alone training
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        sc = ax.scatter([r["supernet_top1"] for r in rows], [r["mean"] for r in rows],
+                        c=[r["predicted_ms"] for r in rows], cmap="viridis", s=30)  # fmt: skip
+        for r in rows:
+            ax.annotate(r["label"].replace("efficientformerv2_", "V2-"), (r["supernet_top1"], r["mean"]), fontsize=7)
+        fig.colorbar(sc, label="predicted latency (ms)")
+        tau = p.results["ranking"]["kendall_tau"]["mean"]
+        ax.set_title(f"Kendall tau {tau:.2f} over {len(rows)} subnets" if tau is not None else "", fontsize=9)
+        ax.set_xlabel("supernet held-out top-1 (%)")
+        ax.set_ylabel(f"stand-alone val top-1 (%, {p.results['ranking']['seeds']} seed(s))")
+        fig.tight_layout()
+        plots["ranking"] = str(p.out / "ranking.png")
+        fig.savefig(plots["ranking"], dpi=100)
+        plt.close(fig)
     return plots
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def _markdown(p: Pipeline, rep: dict[str, Any]) -> str:
     t, m = p.cfg["table"], rep["machine"]
+    targets = ", ".join(f"{k} = {v:.3f} ms" for k, v in rep["target_ms"].items())
     lines = [f"# Search pipeline report ({rep['budget']} budget)", "",
-             f"Config `{rep['config']}`; target: {rep['target_like']} = {rep['target_ms']:.3f} ms. Machine: "
+             f"Config `{rep['config']}`; targets: {targets}. Machine: "
              f"{m.get('cpu_model')} [{' '.join(m.get('isa', []))}], {t['runtime']}, {t['threads']} thread(s), "
              f"{t['img_size']} px, {t['clock']} clock; load average at the table {m.get('loadavg')}.", "",
              "## Latency predictor (leave-one-out over the table check's networks)", "",
@@ -681,24 +877,42 @@ def _markdown(p: Pipeline, rep: dict[str, Any]) -> str:
         err = f"{100 * (pred - v['measured_ms']) / v['measured_ms']:+.1f}%" if pred is not None else "-"
         lines.append(f"| {name} | {pred:.3f} ms |" if pred is not None else f"| {name} | - |")
         lines[-1] += f" {v['measured_ms']:.3f} ms | {err} | {v['params'] / 1e6:.2f} M |"
-    lines += ["", "## Retrained (same recipe and budget)", "", "| model | seeds | val top-1 mean | sd | runs |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    rc = rep["recipe"]
+    lines += ["", f"## Retrained (`{rc['config']}` with {rc['overrides']}, the same for every model)", "",
+              "| model | seeds | val top-1 mean | sd | EMA top-1 mean | sd | val top-1 per seed |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for label, info in rep["retrain"].items():
-        mean = f"{info['mean']:.2f}%" if info["mean"] is not None else "-"
-        sd = f"{info['sd']:.2f}" if info["sd"] is not None else "-"
         accs = ", ".join(f"{x['val_top1']:.2f}" for x in info["runs"] if x["val_top1"] is not None)
-        lines.append(f"| {label} | {len(info['runs'])} | {mean} | {sd} | {accs} |")
-    for name, d in rep["comparisons"].items():
-        lines.append(f"\nsearched - {name}: {d['difference']:+.2f} points, standard error "
-                     f"{d['standard_error']:.2f} ({d['seeds']} seeds each)" if d["standard_error"] is not None else
-                     f"\nsearched - {name}: {d['difference']:+.2f} points (one seed: no standard error)")  # fmt: skip
+        lines.append(f"| {label} | {len(info['runs'])} | {_fmt(info['mean'])} | {_fmt(info['sd'])} | "
+                     f"{_fmt(info.get('ema_mean'))} | {_fmt(info.get('ema_sd'))} | {accs} |")  # fmt: skip
+    if rep["comparisons"]:
+        lines += ["", "| comparison | seeds | difference (s.e.) | EMA difference (s.e.) | latency (ms) | ratio |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, d in rep["comparisons"].items():
+            lines.append(f"| {name}{' (target)' if d['target'] else ''} | {d['seeds']} | "
+                         f"{_fmt(d['difference'], '+.2f')} ({_fmt(d['standard_error'])}) | "
+                         f"{_fmt(d['ema_difference'], '+.2f')} ({_fmt(d['ema_standard_error'])}) | "
+                         f"{_fmt(d['searched_ms'], '.3f')} vs {_fmt(d['reference_ms'], '.3f')} | "
+                         f"{_fmt(d['latency_ratio'], '.3f')} |")  # fmt: skip
+    rk = rep["ranking"]
+    if rk["subnets"]:
+        tau = rk["kendall_tau"]
+        lines += ["", f"## Supernet ranking: Kendall tau {_fmt(tau['mean'], '.3f')} (final top-1), "
+                  f"{_fmt(tau['ema_mean'], '.3f')} (EMA top-1) over {len(rk['subnets'])} subnets, "
+                  f"{rk['seeds']} seed(s) each, supernet at {rk['supernet_img_size']} px", "",
+                  "| subnet | predicted ms | params | supernet top-1 | stand-alone top-1 | EMA top-1 |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sorted(rk["subnets"], key=lambda r: r["predicted_ms"]):
+            lines.append(f"| {r['label']} | {r['predicted_ms']:.2f} | {r['params'] / 1e6:.2f} M | "
+                         f"{r['supernet_top1']:.2f} | {_fmt(r['mean'])} | {_fmt(r['ema_mean'])} |")  # fmt: skip
     s = rep["search"]
-    lines += ["", f"Searched: `{s['arch']}`, {s['stopped']} after {s['evaluations']} subnet evaluations, "
-              f"table latency {s['final']['latency_ms']:.3f} ms.", "", "## Time per stage", "",
-              "| stage | seconds | rate | cached |", "|---|---|---|---|"]  # fmt: skip
+    lines += ["", f"Search: {s['stopped']} after {s['evaluations']} subnet evaluations ({s['seconds']:.0f} s)."]
+    for label, f in s["found"].items():
+        lines.append(f"- {label}: `{f['arch']}`, step {f['step']}, table latency {f['final']['latency_ms']:.3f} ms "
+                     f"(target {f['target_ms']:.3f} ms), supernet top-1 {f['final']['accuracy']:.2f}%")  # fmt: skip
+    lines += ["", "## Time per stage", "", "| stage | seconds | rate | cached |", "|---|---|---|---|"]
     for name, tm in rep["stages"].items():
-        rate = ", ".join(f"{k} {v}" for k, v in tm.items() if k.endswith("_per_s"))
+        rate = ", ".join(f"{k} {v}" for k, v in tm.items() if k.endswith(("_per_s", "per_run", "per_subnet")))
         lines.append(f"| {name} | {tm.get('seconds', 0):.1f} | {rate} | {tm.get('cached')} |")
     lines += ["", "Plots: " + ", ".join(f"[{k}]({Path(v).name})" for k, v in rep["plots"].items()), ""]
-    lines.append("timm references are measured for latency only; they are not retrained by the pipeline.")
     return "\n".join(lines) + "\n"

@@ -269,8 +269,21 @@ PER_EPOCH_2 = 32 // (2 * 2 * 2)  # 4 optimiser steps of 2 processes x 2 batches 
 
 
 def _torchrun(data, out, script: list[str], *extra: str, restarts: int = 0) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           f"--max-restarts={restarts}", *script, "--data", str(data), "--output", str(out), *TWO_PROCESSES, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={restarts}",
+        *script,
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        *TWO_PROCESSES,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
 
 

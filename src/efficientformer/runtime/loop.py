@@ -541,7 +541,7 @@ def _check_grad_accum(progress: dict, schedule: Schedule, path: Path) -> None:
     if saved == schedule.grad_accum:
         return
     batches, spe = int(progress.get("epoch_batches", 0)), progress.get("steps_per_epoch")
-    redo = (f"resume with grad_accum={saved}, or start a new --output (finetune= takes its weights)")
+    redo = f"resume with grad_accum={saved}, or start a new --output (finetune= takes its weights)"
     if batches:
         raise CheckpointReadError(
             f"cannot resume from {path} with grad_accum={schedule.grad_accum}: it was written part-way through epoch "

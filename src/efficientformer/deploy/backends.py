@@ -13,9 +13,7 @@ Usage (the benchmark and the search's latency tables do exactly this)::
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,11 +21,19 @@ from torch import nn
 from ..utils.machine import bf16_support
 from ..utils.timing import ort_session
 from . import cuda, openvino  # noqa: F401  (they register their backends)
-from .export import write_onnx
 from .inductor import AOTInductorModel, compile_aot, compile_frozen
 from .pt2e import quantize_pt2e_x86
 from .quantize import quantize_static_qdq
-from .registry import BACKENDS, Backend, BackendContext, Runner, get_backend, prepare_runner, register_backend
+from .registry import (
+    BACKENDS,
+    Backend,
+    BackendContext,
+    Runner,
+    get_backend,
+    onnx_file,
+    prepare_runner,
+    register_backend,
+)
 
 __all__ = ["BACKENDS", "Backend", "BackendContext", "Runner", "get_backend", "prepare_runner", "register_backend"]
 
@@ -89,23 +95,6 @@ class _Reader:
 
     def get_next(self):
         return self.data.pop() if self.data else None
-
-
-def onnx_file(model: nn.Module, example: torch.Tensor, ctx: BackendContext):
-    """The ONNX export of ``model`` at ``example``'s shape in ``ctx.workdir`` (written once per stem; a fresh file
-    without one)."""
-    if not ctx.stem:
-        fd, name = tempfile.mkstemp(suffix=".onnx", dir=ctx.workdir)
-        os.close(fd)
-        os.unlink(name)
-        path = Path(name)
-    else:
-        path = ctx.workdir / f"{ctx.stem}.onnx"
-    if not path.exists():
-        partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-        write_onnx(model, example, partial)
-        os.replace(partial, path)  # a killed export never leaves a half file under the name later calls reuse
-    return path
 
 
 def ort_int8_file(model: nn.Module, example: torch.Tensor, ctx: BackendContext):

@@ -35,7 +35,7 @@ from ..utils.optional import require
 from ..utils.timing import openvino_compiled, openvino_runner, time_callable
 from .export import ExportReport, _check, _fixed_shape, _inputs, _size, check_output_path, write_onnx
 from .quantize import logit_agreement
-from .registry import Backend, BackendContext, Runner, register_backend
+from .registry import Backend, BackendContext, Runner, onnx_file, register_backend
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -128,8 +128,6 @@ def _prepare(precision: str):
         if not ctx.stem:
             ov_model = to_openvino(model, example, ctx.workdir)
         else:  # the shared files of this stem: the one ONNX export (the ONNX Runtime rows' too), the INT8 IR
-            from .backends import onnx_file
-
             int8_xml = ctx.workdir / f"{ctx.stem}.ov-int8.xml"
             if precision == "int8" and int8_xml.is_file():
                 return openvino_runner(openvino_compiled(int8_xml, ctx.threads, precision))

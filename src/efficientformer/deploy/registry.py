@@ -13,12 +13,16 @@ handed as they are. Backends register themselves at import (:mod:`.backends` imp
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .export import write_onnx
 
 #: ``runner(x) -> logits``: float32 tensor in, float32 tensor out
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -81,3 +85,20 @@ def prepare_runner(name: str, model: nn.Module, example: torch.Tensor, context: 
     if not ok:
         raise RuntimeError(f"backend {name!r} cannot run here: {why}")
     return backend.prepare(model.eval(), example, context or BackendContext())
+
+
+def onnx_file(model: nn.Module, example: torch.Tensor, ctx: BackendContext):
+    """The ONNX export of ``model`` at ``example``'s shape in ``ctx.workdir`` (written once per stem; a fresh file
+    without one)."""
+    if not ctx.stem:
+        fd, name = tempfile.mkstemp(suffix=".onnx", dir=ctx.workdir)
+        os.close(fd)
+        os.unlink(name)
+        path = Path(name)
+    else:
+        path = ctx.workdir / f"{ctx.stem}.onnx"
+    if not path.exists():
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+        write_onnx(model, example, partial)
+        os.replace(partial, path)  # a killed export never leaves a half file under the name later calls reuse
+    return path

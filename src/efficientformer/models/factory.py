@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..utils.optional import require
 from .arch import arch_spec, build_from_arch, is_arch_path
 from .base import EfficientFormerBase
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, variant_of
@@ -203,8 +204,6 @@ def _create_timm(
     resolution it is fed (recorded in ``pretrained_cfg``; timm's convolutional networks run at any size);
     ``drop_path_rate`` goes to the models that support it; ``checkpoint`` is a training checkpoint of ours or a
     state dict in timm's keys."""
-    from ..utils.optional import require
-
     timm = require("timm")
     model_name = name[len(TIMM_PREFIX) :]
     if not model_name or not timm.is_model(model_name):

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ..deploy.backends import BACKENDS, Backend, BackendContext, prepare_runner
+from ..deploy.export import write_onnx
 from ..deploy.fuse import deploy
 from ..models.arch import build_from_arch
 from ..models.base import ModelSpec
@@ -520,8 +521,6 @@ def export_many(items: list[tuple[Path, nn.Module, torch.Tensor]]) -> None:
     another; a file is written atomically (a temporary name, then renamed)."""
     if not items:
         return
-    from ..deploy.export import write_onnx
-
     onnx = require("onnx")
     with tempfile.TemporaryDirectory(prefix="lut-many-") as tmp:
         whole = Path(tmp) / "many.onnx"

@@ -131,24 +131,35 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="trained weights for our model")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--folder", default=None, help="score ROOT/val, calibrate on ROOT/train instead of the photos")
-    p.add_argument("--backends", default="openvino-bf16,openvino-int8,onnxruntime-int8,inductor-bf16,pt2e-int8",
-                   help="comma-separated registry backends to score against eager fp32")  # fmt: skip
+    p.add_argument(
+        "--backends",
+        default="openvino-bf16,openvino-int8,onnxruntime-int8,inductor-bf16,pt2e-int8",
+        help="comma-separated registry backends to score against eager fp32",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, weights = build(args.model, args.checkpoint, args.img_size)
-    held_out, calib, n_photos = (folder_set(Path(args.folder).expanduser(), args.img_size) if args.folder
-                                 else photo_set(args.img_size))  # fmt: skip
+    held_out, calib, n_photos = (
+        folder_set(Path(args.folder).expanduser(), args.img_size) if args.folder else photo_set(args.img_size)
+    )
     with torch.inference_mode():
         ref = torch.cat([model(x[None]) for x in held_out]).numpy()
-    result = {"model": args.model, "photos": n_photos, "weights": weights, "img_size": args.img_size,
-              "images": len(held_out),
-              "calibration_images": len(calib), "set": args.folder or "package photos (skimage, sklearn, LFW)",
-              "fp32_distinct_top1": int(len(set(ref.argmax(1).tolist()))), "backends": {},
-              "machine": {k: machine_report(args.threads)[k] for k in ("cpu_model", "isa")},
-              "loadavg": os.getloadavg()}  # fmt: skip
+    result = {
+        "model": args.model,
+        "photos": n_photos,
+        "weights": weights,
+        "img_size": args.img_size,
+        "images": len(held_out),
+        "calibration_images": len(calib),
+        "set": args.folder or "package photos (skimage, sklearn, LFW)",
+        "fp32_distinct_top1": int(len(set(ref.argmax(1).tolist()))),
+        "backends": {},
+        "machine": {k: machine_report(args.threads)[k] for k in ("cpu_model", "isa")},
+        "loadavg": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backends.split(","):
             ctx = BackendContext(args.threads, Path(tmp), [c[None] for c in calib], f"{name}-m")

@@ -156,21 +156,31 @@ def main() -> None:
         times = cpu_times(fns, args.warmup, args.runs)
         torch.set_num_threads(1)
         wall_times = cpu_times(wall, args.warmup, args.runs, time.perf_counter) if wall else {}
-    rows = [{"model": m, "backend": b, "median_cpu_ms": statistics.median(t), "min_cpu_ms": min(t)}
-            for (m, b), t in times.items()]  # fmt: skip
+    rows = [
+        {"model": m, "backend": b, "median_cpu_ms": statistics.median(t), "min_cpu_ms": min(t)}
+        for (m, b), t in times.items()
+    ]
     med = {(r["model"], r["backend"]): r["median_cpu_ms"] for r in rows}
-    print(f"1 thread, CPU time per call (median of {args.runs} interleaved rounds), load {load_start} -> "
-          f"{os.getloadavg()}")  # fmt: skip
+    print(
+        f"1 thread, CPU time per call (median of {args.runs} interleaved rounds), load {load_start} -> "
+        f"{os.getloadavg()}"
+    )
     for r in rows:
         ort = med.get((r["model"], "onnxruntime"))
         vs = f"  / onnxruntime {r['median_cpu_ms'] / ort:.3f}" if ort else ""
         print(f"  {r['model']:22s} {r['backend']:13s} {r['median_cpu_ms']:7.2f} ms{vs}")
-    result = {"machine": machine_report(1), "loadavg": [load_start, os.getloadavg()], "runs": args.runs,
-              "img_size": img, "rows": rows}  # fmt: skip
+    result = {
+        "machine": machine_report(1),
+        "loadavg": [load_start, os.getloadavg()],
+        "runs": args.runs,
+        "img_size": img,
+        "rows": rows,
+    }
     if wall_times:
         wmed = {k: statistics.median(t) for k, t in wall_times.items()}
-        result["wall_scaling"] = [{"model": m, "backend": b, "threads": n, "median_wall_ms": v}
-                                  for (m, b, n), v in wmed.items()]  # fmt: skip
+        result["wall_scaling"] = [
+            {"model": m, "backend": b, "threads": n, "median_wall_ms": v} for (m, b, n), v in wmed.items()
+        ]
         print("wall clock, 1 and 2 threads (median), and the 2-thread speed-up:")
         for (m, b, n), v in wmed.items():
             if n == 2:

@@ -143,38 +143,82 @@ def main() -> None:
                 try:
                     fn = inference_fn(model, batch, img, dtype, cl, comp)
                     ms = cuda_time(fn, args.warmup, args.iters, args.repeats)
-                    record({"task": "inference", "model": name, "impl": impl, "form": form, "dtype": dtype,
-                            "channels_last": cl, "batch": batch, "ms": ms, "img_s": batch * 1e3 / ms})  # fmt: skip
+                    record(
+                        {
+                            "task": "inference",
+                            "model": name,
+                            "impl": impl,
+                            "form": form,
+                            "dtype": dtype,
+                            "channels_last": cl,
+                            "batch": batch,
+                            "ms": ms,
+                            "img_s": batch * 1e3 / ms,
+                        }
+                    )
                 except Exception as e:  # one configuration failing must not lose the rest of the table
-                    record({"task": "inference", "model": name, "impl": impl, "form": form, "dtype": dtype,
-                            "batch": batch, "error": _err(e)})  # fmt: skip
+                    record(
+                        {
+                            "task": "inference",
+                            "model": name,
+                            "impl": impl,
+                            "form": form,
+                            "dtype": dtype,
+                            "batch": batch,
+                            "error": _err(e),
+                        }
+                    )
                 torch.compiler.reset()
         if args.no_train:
             continue
         for impl, combo in TRAINING:
             model = timm_model(name, img) if impl == "timm" else create_model(name, img_size=img, distillation=False)
-            flags = (default_flags(name, "cuda", args.train_batch, img) if combo == "default"
-                     else parse_combo(combo))  # fmt: skip
+            flags = default_flags(name, "cuda", args.train_batch, img) if combo == "default" else parse_combo(combo)
             dtype = "bf16" if "bf16" in flags else "fp16" if "fp16" in flags else "fp32"
             cl, comp = "cl" in flags, "compile" in flags
             try:
                 fn = make_step(model, args.train_batch, img, "cuda", flags)
                 ms = cuda_time(fn, args.warmup, max(5, args.iters // 2), args.repeats)
-                record({"task": "train", "model": name, "impl": impl, "combo": combo, "dtype": dtype,
-                        "channels_last": cl, "compile": comp, "batch": args.train_batch, "ms": ms,
-                        "img_s": args.train_batch * 1e3 / ms})  # fmt: skip
+                record(
+                    {
+                        "task": "train",
+                        "model": name,
+                        "impl": impl,
+                        "combo": combo,
+                        "dtype": dtype,
+                        "channels_last": cl,
+                        "compile": comp,
+                        "batch": args.train_batch,
+                        "ms": ms,
+                        "img_s": args.train_batch * 1e3 / ms,
+                    }
+                )
             except Exception as e:
-                record({"task": "train", "model": name, "impl": impl, "combo": combo, "dtype": dtype,
-                        "compile": comp, "error": _err(e)})  # fmt: skip
+                record(
+                    {
+                        "task": "train",
+                        "model": name,
+                        "impl": impl,
+                        "combo": combo,
+                        "dtype": dtype,
+                        "compile": comp,
+                        "error": _err(e),
+                    }
+                )
             torch.compiler.reset()
-    lines = [f"GPU: {env['gpu']}, torch {env['torch']}, {env['time']}", "",
-             "| task | model | impl | form | dtype | channels_last | batch | ms | img/s |",
-             "|---|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"GPU: {env['gpu']}, torch {env['torch']}, {env['time']}",
+        "",
+        "| task | model | impl | form | dtype | channels_last | batch | ms | img/s |",
+        "|---|---|---|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         form = r.get("form", r.get("combo", ""))
         val = f"{r['ms']:.2f} | {r['img_s']:.0f}" if "ms" in r else f"error: {r['error']} |"
-        lines.append(f"| {r['task']} | {r['model']} | {r['impl']} | {form} | {r['dtype']} "
-                     f"| {r.get('channels_last', '')} | {r.get('batch', '')} | {val} |")  # fmt: skip
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['impl']} | {form} | {r['dtype']} "
+            f"| {r.get('channels_last', '')} | {r.get('batch', '')} | {val} |"
+        )
     (out / "gpu_results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -22,9 +22,14 @@ import statistics
 from pathlib import Path
 
 AGREE_START, AGREE_END = "<!-- agreement:start -->", "<!-- agreement:end -->"
-NAMES = {"efficientformerv2_s0": "V2-S0", "efficientformerv2_s1": "V2-S1", "efficientformer_l1": "L1",
-         "mobilenetv2_100": "MobileNetV2 (timm)", "mobilenetv3_large_100": "MobileNetV3-Large (timm)",
-         "mobilenetv4_conv_small": "MobileNetV4-Conv-Small (timm)"}  # fmt: skip
+NAMES = {
+    "efficientformerv2_s0": "V2-S0",
+    "efficientformerv2_s1": "V2-S1",
+    "efficientformer_l1": "L1",
+    "mobilenetv2_100": "MobileNetV2 (timm)",
+    "mobilenetv3_large_100": "MobileNetV3-Large (timm)",
+    "mobilenetv4_conv_small": "MobileNetV4-Conv-Small (timm)",
+}
 
 
 def _label(row: dict) -> str:
@@ -83,23 +88,30 @@ def table(bench: dict, agreements: dict[str, dict], reference: str = "mobilenetv
         a = agreements.get(model, {}).get("backends", {}).get(best["backend"])
         if a and "top1_agreement" in a:
             d = agreements[model]
-            agree = (f"{100 * a['top1_agreement']:.1f}% of {d['images']} ({100 * a['max_logit_diff_rel']:.1f}% of the "
-                     f"largest logit; {d['weights']}, fp32 top-1 spans {d['fp32_distinct_top1']} classes)")  # fmt: skip
+            agree = (
+                f"{100 * a['top1_agreement']:.1f}% of {d['images']} ({100 * a['max_logit_diff_rel']:.1f}% of the "
+                f"largest logit; {d['weights']}, fp32 top-1 spans {d['fp32_distinct_top1']} classes)"
+            )
         reps = " / ".join(f"{v:.2f}" for v in best.get("repeat_medians_ms", []))
         fp32_text = f"{fp32['backend']} {fp32['median_ms']:.2f}" if fp32 else ""
         pt = min((r for r in rs if runtime_of(r["backend"]) == "torch"), key=lambda r: r["median_ms"], default=None)
         pt_text = f"| {pt['backend']} ({pt['precision']}) {pt['median_ms']:.2f} " if pt else "| "
         pt_text = pt_text if torch_rows else ""
-        lines.append(f"| {NAMES.get(model, model)} | {_label(best)} | {best['median_ms']:.2f} | {reps} | {fp32_text} "
-                     f"{pt_text}| {ratio} | {agree} |")  # fmt: skip
+        lines.append(
+            f"| {NAMES.get(model, model)} | {_label(best)} | {best['median_ms']:.2f} | {reps} | {fp32_text} "
+            f"{pt_text}| {ratio} | {agree} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def agreement_table(files: list[dict]) -> str:
     """Every agreement_photos.py result: per backend, top-1 agreement with fp32 and the largest logit difference
     (share of the largest fp32 logit), all scored images and the photographs alone."""
-    lines = ["| network (weights; images; distinct fp32 top-1 classes) | backend | top-1 agreement | largest logit "
-             "diff | photos only: agreement, logit diff |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| network (weights; images; distinct fp32 top-1 classes) | backend | top-1 agreement | largest logit "
+        "diff | photos only: agreement, logit diff |",
+        "|---|---|---:|---:|---:|",
+    ]
     for d in files:
         what = f"{NAMES.get(d['model'], d['model'])} ({d['weights']}; {d['images']}; {d['fp32_distinct_top1']})"
         for name, a in d["backends"].items():
@@ -108,8 +120,9 @@ def agreement_table(files: list[dict]) -> str:
                 continue
             photos = a.get("photos_only")
             ph = f"{100 * photos['top1_agreement']:.1f}%, {100 * photos['max_logit_diff_rel']:.1f}%" if photos else ""
-            lines.append(f"| {what} | {name} | {100 * a['top1_agreement']:.1f}% | {100 * a['max_logit_diff_rel']:.1f}% "
-                         f"| {ph} |")  # fmt: skip
+            lines.append(
+                f"| {what} | {name} | {100 * a['top1_agreement']:.1f}% | {100 * a['max_logit_diff_rel']:.1f}% | {ph} |"
+            )
     return "\n".join(lines) + "\n"
 
 

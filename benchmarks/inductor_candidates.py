@@ -48,9 +48,20 @@ from efficientformer.utils.machine import pin_allocator
 from efficientformer.utils.optional import require
 from efficientformer.utils.timing import ort_session, time_blocks
 
-CANDIDATES = ("cpp", "aot", "autotune", "channels-last", "conv1x1-linear", "linear-autotune", "linear-cpp-gemm",
-              "loops-1thread",
-              "big-chunks", "onednn-graph", "ort", "ort-spin")  # fmt: skip
+CANDIDATES = (
+    "cpp",
+    "aot",
+    "autotune",
+    "channels-last",
+    "conv1x1-linear",
+    "linear-autotune",
+    "linear-cpp-gemm",
+    "loops-1thread",
+    "big-chunks",
+    "onednn-graph",
+    "ort",
+    "ort-spin",
+)
 
 
 def _linear_forward(self: FusedConv2d, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,8 +139,12 @@ def main() -> None:
     p.add_argument("--model", default="efficientformerv2_s0")
     p.add_argument("--candidates", default="cpp,aot,ort")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--clock", choices=("wall", "thread"), default="wall",
-                   help="thread: CPU time of the calling thread (meaningful at --threads 1 only)")  # fmt: skip
+    p.add_argument(
+        "--clock",
+        choices=("wall", "thread"),
+        default="wall",
+        help="thread: CPU time of the calling thread (meaningful at --threads 1 only)",
+    )
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=40)
@@ -165,8 +180,10 @@ def main() -> None:
                     times[key].append((time.thread_time() - t) * 1e3)
         else:
             times = time_blocks(groups, args.warmup, args.runs, args.runs)
-    print(f"{args.model}, {args.threads} thread(s), {args.clock} clock, {args.runs} rounds, load {load} -> "
-          f"{os.getloadavg()}")  # fmt: skip
+    print(
+        f"{args.model}, {args.threads} thread(s), {args.clock} clock, {args.runs} rounds, load {load} -> "
+        f"{os.getloadavg()}"
+    )
     ort_med = statistics.median(times["ort"]) if "ort" in times else None
     for k, v in times.items():
         med = statistics.median(v)

@@ -65,18 +65,24 @@ def main(argv: list[str] | None = None) -> int:
         r = rows_of(path)
         for method, m in r["methods"].items():
             if args.markdown:
-                print(f"| {r['runtime']} | {r['family']} | {r['threads']} | {r['statistic']} | {method} | "
-                      f"{m['kendall_tau']:.3f} | {m['mape_percent']:.1f}% | {m['within_10_percent']:.0f}% | "
-                      f"{r['networks']} | {r['load']} |")  # fmt: skip
+                print(
+                    f"| {r['runtime']} | {r['family']} | {r['threads']} | {r['statistic']} | {method} | "
+                    f"{m['kendall_tau']:.3f} | {m['mape_percent']:.1f}% | {m['within_10_percent']:.0f}% | "
+                    f"{r['networks']} | {r['load']} |"
+                )
             else:
-                print(f"{r['runtime']:17s} {r['family']} t{r['threads']} {r['statistic']:6s} {method:9s} "
-                      f"tau {m['kendall_tau']:.3f}  MAPE {m['mape_percent']:5.1f}%  within10 "
-                      f"{m['within_10_percent']:5.1f}%  nets {r['networks']}  load {r['load']}  ({path})")  # fmt: skip
+                print(
+                    f"{r['runtime']:17s} {r['family']} t{r['threads']} {r['statistic']:6s} {method:9s} "
+                    f"tau {m['kendall_tau']:.3f}  MAPE {m['mape_percent']:5.1f}%  within10 "
+                    f"{m['within_10_percent']:5.1f}%  nets {r['networks']}  load {r['load']}  ({path})"
+                )
     for first, second in args.repeat:
         f = noise_floor(first, second)
-        print(f"noise floor {first} -> {second}: {f['networks']} networks, tau {f['kendall_tau']:.3f}, "
-              f"MAPE {f['mape_percent']:.1f}%, within +-10% {f['within_10_percent']:.0f}%, median |diff| "
-              f"{f['median_diff_percent']:.1f}%, max {f['max_diff_percent']:.1f}%")  # fmt: skip
+        print(
+            f"noise floor {first} -> {second}: {f['networks']} networks, tau {f['kendall_tau']:.3f}, "
+            f"MAPE {f['mape_percent']:.1f}%, within +-10% {f['within_10_percent']:.0f}%, median |diff| "
+            f"{f['median_diff_percent']:.1f}%, max {f['max_diff_percent']:.1f}%"
+        )
     return 0
 
 

@@ -148,8 +148,10 @@ def remove_gelu(src: Path, dst: Path) -> None:
 def session(path: Path, profile: bool = False, level: str = "all", optimized: Path | None = None):
     o = ort.SessionOptions()
     o.intra_op_num_threads, o.inter_op_num_threads = 1, 1
-    o.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]  # fmt: skip
+    o.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }[level]
     if optimized is not None:
         o.optimized_model_filepath = str(optimized)
     if profile:
@@ -182,7 +184,7 @@ def detailed_profile(path: Path, feed: dict, runs: int = 20) -> dict:
             " +" + next(a.s.decode() for a in n.attribute if a.name == "activation")
             if any(a.name == "activation" for a in n.attribute)
             else ""
-        )  # fmt: skip
+        )
         for n in onnx.load(str(tmp / "optimized.onnx")).graph.node
     )
     s = session(path, profile=True)
@@ -210,10 +212,16 @@ def detailed_profile(path: Path, feed: dict, runs: int = 20) -> dict:
                 convs[kind][1] += macs / 1e9 / runs
                 convs[kind][2] += 1 / runs
     os.remove(f)
-    conv_rows = {k: {"ms": v[0], "gmac": v[1], "nodes": round(v[2]), "gmac_per_s": v[1] / (v[0] / 1e3)}
-                 for k, v in sorted(convs.items(), key=lambda kv: -kv[1][0])}  # fmt: skip
-    return {"ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "total_ms": sum(ops.values()),
-            "convs": conv_rows, "runtime_nodes": dict(runtime_nodes.most_common())}  # fmt: skip
+    conv_rows = {
+        k: {"ms": v[0], "gmac": v[1], "nodes": round(v[2]), "gmac_per_s": v[1] / (v[0] / 1e3)}
+        for k, v in sorted(convs.items(), key=lambda kv: -kv[1][0])
+    }
+    return {
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "total_ms": sum(ops.values()),
+        "convs": conv_rows,
+        "runtime_nodes": dict(runtime_nodes.most_common()),
+    }
 
 
 def qdq_placement(int8_path: Path) -> dict[str, dict[str, int]]:
@@ -237,8 +245,10 @@ def print_profile(name: str, prof: dict) -> None:
     total = prof["total_ms"]
     conv_ms = sum(v["ms"] for v in prof["convs"].values())
     conv_gmac = sum(v["gmac"] for v in prof["convs"].values())
-    print(f"\n{name}: {total:.2f} ms of kernel time per call; convolutions {conv_ms:.2f} ms, {conv_gmac:.3f} GMAC, "
-          f"{conv_gmac / (conv_ms / 1e3):.1f} GMAC/s")  # fmt: skip
+    print(
+        f"\n{name}: {total:.2f} ms of kernel time per call; convolutions {conv_ms:.2f} ms, {conv_gmac:.3f} GMAC, "
+        f"{conv_gmac / (conv_ms / 1e3):.1f} GMAC/s"
+    )
     for op, ms in prof["ops"].items():
         print(f"  {op:22s} {ms:7.3f} ms {100 * ms / total:5.1f}%")
     for kind, v in prof["convs"].items():
@@ -250,9 +260,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientformerv2_s0")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--variants", default="base,upsample-nearest-dw,no-gelu,level-extended,mobilenetv2_100",
-                   help="comma-separated, from: base, ms-gelu, upsample-ops, upsample-nearest-dw, tanh-gelu, no-gelu, "
-                   "act-relu, act-hardswish, level-extended, mobilenetv2_100")  # fmt: skip
+    p.add_argument(
+        "--variants",
+        default="base,upsample-nearest-dw,no-gelu,level-extended,mobilenetv2_100",
+        help="comma-separated, from: base, ms-gelu, upsample-ops, upsample-nearest-dw, tanh-gelu, no-gelu, "
+        "act-relu, act-hardswish, level-extended, mobilenetv2_100",
+    )
     p.add_argument("--runs", type=int, default=30, help="timed calls per variant per repeat (interleaved in chunks)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -312,15 +325,22 @@ def main() -> None:
             print_profile(args.model if k == "base" else k, prof)
         if args.profile_only:
             if args.json:
-                Path(args.json).write_text(json.dumps({"model": args.model, "loadavg": os.getloadavg(),
-                                                       "profiles": profiles, "qdq": qdq}, indent=2) + "\n")  # fmt: skip
+                Path(args.json).write_text(
+                    json.dumps(
+                        {"model": args.model, "loadavg": os.getloadavg(), "profiles": profiles, "qdq": qdq}, indent=2
+                    )
+                    + "\n"
+                )
             return
     if "mobilenetv2_100" not in wanted:
         paths.pop("mobilenetv2_100", None)
     sessions = {k: session(v, level="extended" if k == "level-extended" else "all") for k, v in paths.items()}
     ref = sessions["base"].run(None, feed)[0]
-    diffs = {k: float(np.abs(s.run(None, feed)[0] - ref).max()) for k, s in sessions.items()
-             if k != "mobilenetv2_100" and not k.startswith("act-")}  # fmt: skip
+    diffs = {
+        k: float(np.abs(s.run(None, feed)[0] - ref).max())
+        for k, s in sessions.items()
+        if k != "mobilenetv2_100" and not k.startswith("act-")
+    }
     x2 = {"image": torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).numpy()}
     ref2 = sessions["base"].run(None, x2)[0]
     for k, s in sessions.items():  # a second input, so a change exact on one image is not exact by chance
@@ -336,10 +356,16 @@ def main() -> None:
         for k, v in chunks.items():
             per_repeat[k].append(statistics.median(v))
         loads.append(os.getloadavg()[0])
-    result = {"model": args.model, "img_size": img, "clock": "thread CPU time, 1 intra-op thread", "loadavg": loads,
-              "machine": {k: machine_report(1)[k] for k in ("cpu_model", "isa")}, "max_abs_diff_vs_base": diffs,
-              "base_nodes": collections.Counter(n.op_type for n in onnx.load(str(paths["base"])).graph.node),
-              "variants": {}}  # fmt: skip
+    result = {
+        "model": args.model,
+        "img_size": img,
+        "clock": "thread CPU time, 1 intra-op thread",
+        "loadavg": loads,
+        "machine": {k: machine_report(1)[k] for k in ("cpu_model", "isa")},
+        "max_abs_diff_vs_base": diffs,
+        "base_nodes": collections.Counter(n.op_type for n in onnx.load(str(paths["base"])).graph.node),
+        "variants": {},
+    }
     for k, meds in per_repeat.items():
         ratios = [a / b for a, b in zip(meds, per_repeat["base"], strict=True)]
         result["variants"][k] = {

@@ -40,8 +40,12 @@ def _ratios(res: dict, pick) -> list[dict]:
     for c in res.get("comparisons", []):
         num = (c["model"], "ours", c["numerator"], c["batch"])
         den_model = "mobilenetv2_100" if c["denominator"] == "mobilenetv2_100" else c["model"]
-        den = (den_model, "timm" if den_model == "mobilenetv2_100" else "ours",
-               c["numerator"] if den_model == "mobilenetv2_100" else c["denominator"], c["batch"])  # fmt: skip
+        den = (
+            den_model,
+            "timm" if den_model == "mobilenetv2_100" else "ours",
+            c["numerator"] if den_model == "mobilenetv2_100" else c["denominator"],
+            c["batch"],
+        )
         if num in t and den in t:
             out.append({**c, "value": t[num] / t[den]})
     return out
@@ -50,8 +54,12 @@ def _ratios(res: dict, pick) -> list[dict]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="benchmark JSON files of the same command")
-    p.add_argument("--statistic", default="median", choices=("median", "min", "p25"),
-                   help="per-row statistic the ratios are formed from (min/p25 need rows with times_ms)")  # fmt: skip
+    p.add_argument(
+        "--statistic",
+        default="median",
+        choices=("median", "min", "p25"),
+        help="per-row statistic the ratios are formed from (min/p25 need rows with times_ms)",
+    )
     p.add_argument("--tolerance", type=float, default=5.0, help="allowed deviation from the mean, percent")
     args = p.parse_args()
     results = [json.loads(Path(f).read_text()) for f in args.files]

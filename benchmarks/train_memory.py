@@ -45,8 +45,13 @@ def measure(model_name: str, checkpointing: bool, batch: int, size: int, threads
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     optimizer.step()
     ema = copy.deepcopy(model)
-    state = {"model": model.state_dict(), "model_ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-             "progress": {"iteration": 1, "epoch": 0, "epoch_batches": 1}, "rng": gather_rng_states()}  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "model_ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": {"iteration": 1, "epoch": 0, "epoch_batches": 1},
+        "rng": gather_rng_states(),
+    }
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "last.pth"
@@ -55,9 +60,16 @@ def measure(model_name: str, checkpointing: bool, batch: int, size: int, threads
             save_checkpoint(path, state)
             times.append(time.perf_counter() - t0)
         size_mb = path.stat().st_size / 2**20
-    return {"model": model_name, "grad_checkpointing": checkpointing, "batch": batch, "img_size": size,
-            "forward_backward_peak_mib": round((peak - before) / 1024, 1), "forward_backward_s": round(step_s, 2),
-            "checkpoint_write_s": round(statistics.median(times), 3), "checkpoint_mib": round(size_mb, 1)}  # fmt: skip
+    return {
+        "model": model_name,
+        "grad_checkpointing": checkpointing,
+        "batch": batch,
+        "img_size": size,
+        "forward_backward_peak_mib": round((peak - before) / 1024, 1),
+        "forward_backward_s": round(step_s, 2),
+        "checkpoint_write_s": round(statistics.median(times), 3),
+        "checkpoint_mib": round(size_mb, 1),
+    }
 
 
 def main() -> None:
@@ -76,9 +88,24 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         for checkpointing in ("0", "1"):
-            res = subprocess.run([sys.executable, __file__, "--one", name, checkpointing, "--batch", str(args.batch),
-                                  "--img-size", str(args.img_size), "--threads", str(args.threads)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    name,
+                    checkpointing,
+                    "--batch",
+                    str(args.batch),
+                    "--img-size",
+                    str(args.img_size),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     print(f"load average {os.getloadavg()}, {platform.processor() or platform.machine()}")

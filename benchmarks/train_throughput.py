@@ -137,16 +137,20 @@ def main() -> None:
     print("| model | configuration | img/s | vs timm eager |\n|---|---|---:|---:|")
     for name in args.models:
         torch.manual_seed(0)
-        steps = {("timm", "eager"): make_step(build("timm", name, args.img_size), args.batch, args.img_size,
-                                              args.device, frozenset())}  # fmt: skip
+        steps = {
+            ("timm", "eager"): make_step(
+                build("timm", name, args.img_size), args.batch, args.img_size, args.device, frozenset()
+            )
+        }
         shown = {}
         for label, flags in combos:
             if label == "default":
                 flags = default_flags(name, args.device, args.batch, args.img_size)
                 shown[label] = f"default ({'+'.join(sorted(flags - {'toolkit-optimizer'})) or 'fp32'})"
             torch.manual_seed(0)
-            steps[("ours", label)] = make_step(build("ours", name, args.img_size), args.batch, args.img_size,
-                                               args.device, flags)  # fmt: skip
+            steps[("ours", label)] = make_step(
+                build("ours", name, args.img_size), args.batch, args.img_size, args.device, flags
+            )
 
         def repeat(fn):
             return lambda: [fn() for _ in range(args.steps)]

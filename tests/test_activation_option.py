@@ -100,8 +100,10 @@ def test_activation_survives_checkpoint_arch_and_deploy_round_trips(tmp_path):
     with pytest.raises(CheckpointError, match="--model efficientformerv2_s0_relu"):
         create_model("efficientformerv2_s0", img_size=32, num_classes=10, checkpoint=tmp_path / "relu.pth")
     # fine-tuning (strict=False) from a GELU run into the ReLU model is allowed, and said
-    gelu_ckpt = {"model": create_model("efficientformerv2_s0", img_size=32, num_classes=10).state_dict(),
-                 "model_name": "efficientformerv2_s0"}  # fmt: skip
+    gelu_ckpt = {
+        "model": create_model("efficientformerv2_s0", img_size=32, num_classes=10).state_dict(),
+        "model_name": "efficientformerv2_s0",
+    }
     target = create_model("efficientformerv2_s0_relu", img_size=32, num_classes=10)
     report = load_checkpoint(target, gelu_ckpt, strict=False)
     assert any("activation changed" in n for n in report.notes)
@@ -164,9 +166,16 @@ def test_onnx_export_of_swapped_model(tmp_path, act):
 
 def tiny_v2_arch(act: str) -> dict:
     """A small V2 (one attention block in stages 3 and 4, incl. the stride-2 one) that compiles in seconds."""
-    return {"format": "efficientformer-arch", "family": "v2", "name": "tiny", "widths": [16, 16, 32, 32],
-            "depths": [1, 1, 2, 2], "mlp_ratios": [[2], [2], [2, 2], [2, 2]], "attention": [[], [], [1], [1]],
-            "act": act}  # fmt: skip
+    return {
+        "format": "efficientformer-arch",
+        "family": "v2",
+        "name": "tiny",
+        "widths": [16, 16, 32, 32],
+        "depths": [1, 1, 2, 2],
+        "mlp_ratios": [[2], [2], [2, 2], [2, 2]],
+        "attention": [[], [], [1], [1]],
+        "act": act,
+    }
 
 
 @pytest.mark.slow

@@ -117,16 +117,75 @@ def test_architecture_file_where_a_model_name_goes(tmp_path, arch_file, capsys, 
         latency.resolve_models(str(tmp_path / "missing.yaml"))
     assert run_cli(["profile", "--model", str(arch_file), "--img-size", "32", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["macs"] > 0
-    assert run_cli(["export", "--model", str(arch_file), "--format", "onnx", "--img-size", "32",
-                    "--output", str(tmp_path / "a.onnx"), "--deploy"]) == 0  # fmt: skip
+    assert (
+        run_cli(
+            [
+                "export",
+                "--model",
+                str(arch_file),
+                "--format",
+                "onnx",
+                "--img-size",
+                "32",
+                "--output",
+                str(tmp_path / "a.onnx"),
+                "--deploy",
+            ]
+        )
+        == 0
+    )
     assert "max |diff|" in capsys.readouterr().out
-    assert run_cli(["quantize", "--model", str(arch_file), "--img-size", "32", "--calib-dir", str(image_folder),
-                    "--mode", "dynamic", "--runs", "2", "--output-dir", str(tmp_path / "q")]) == 0  # fmt: skip
+    assert (
+        run_cli(
+            [
+                "quantize",
+                "--model",
+                str(arch_file),
+                "--img-size",
+                "32",
+                "--calib-dir",
+                str(image_folder),
+                "--mode",
+                "dynamic",
+                "--runs",
+                "2",
+                "--output-dir",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "bench"
-    assert run_cli(["benchmark", "--model", str(arch_file), "--backend", "deploy", "--img-size", "32", "--runs", "2",
-                    "--warmup", "1", "--repeats", "1", "--threads", "1", "--no-timm", "--no-baseline",
-                    "--no-ceiling", "--omp-wait-policy", "inherit", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert (
+        run_cli(
+            [
+                "benchmark",
+                "--model",
+                str(arch_file),
+                "--backend",
+                "deploy",
+                "--img-size",
+                "32",
+                "--runs",
+                "2",
+                "--warmup",
+                "1",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--no-timm",
+                "--no-baseline",
+                "--no-ceiling",
+                "--omp-wait-policy",
+                "inherit",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "benchmark.json").read_text())["rows"]
     assert [(r["model"], r["backend"]) for r in rows] == [(str(arch_file), "deploy")]
 
@@ -173,8 +232,23 @@ def s0_photos():
 @pytest.mark.slow
 def test_openvino_export_parity_and_cli(tmp_path, capsys):
     pytest.importorskip("openvino")
-    assert run_cli(["export", "--model", "efficientformerv2_s0", "--format", "openvino", "--img-size", "32",
-                    "--deploy", "--output", str(tmp_path / "s0")]) == 0  # fmt: skip
+    assert (
+        run_cli(
+            [
+                "export",
+                "--model",
+                "efficientformerv2_s0",
+                "--format",
+                "openvino",
+                "--img-size",
+                "32",
+                "--deploy",
+                "--output",
+                str(tmp_path / "s0"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert (tmp_path / "s0.xml").is_file() and (tmp_path / "s0.bin").is_file() and "openvino" in out
     diff = float(out.split("max |diff| vs PyTorch ")[1].split()[0])
@@ -226,9 +300,25 @@ def test_openvino_int8_agrees_on_real_photos_and_quantize_cli(s0_photos, tmp_pat
     folder.mkdir()
     for i, img in enumerate((x[:8] * 50 + 128).clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()):
         Image.fromarray(img).save(folder / f"{i}.png")
-    args = ["quantize", "--backend", "openvino", "--model", "efficientformerv2_s0", "--img-size", "64",
-            "--calib-dir", str(folder), "--eval-dir", str(folder), "--runs", "3", "--output-dir", str(tmp_path / "q"),
-            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    args = [
+        "quantize",
+        "--backend",
+        "openvino",
+        "--model",
+        "efficientformerv2_s0",
+        "--img-size",
+        "64",
+        "--calib-dir",
+        str(folder),
+        "--eval-dir",
+        str(folder),
+        "--runs",
+        "3",
+        "--output-dir",
+        str(tmp_path / "q"),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     assert run_cli(args) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["eval_images"] == 8 and 0 <= report["variants"]["int8"]["top1_agreement"] <= 1

@@ -17,8 +17,14 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py"))
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_script_imports_and_shows_help(script):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
-                         text=True, timeout=120, env=env, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "usage" in res.stdout.lower()
 
@@ -45,8 +51,15 @@ def test_upsample_as_nearest_and_depthwise_filter_is_bilinear(shape):
 
 
 def _row(model, impl, backend, precision, ms):
-    return {"model": model, "impl": impl, "backend": backend, "precision": precision, "batch": 1, "median_ms": ms,
-            "repeat_medians_ms": [ms, ms * 1.1, ms * 0.9]}  # fmt: skip
+    return {
+        "model": model,
+        "impl": impl,
+        "backend": backend,
+        "precision": precision,
+        "batch": 1,
+        "median_ms": ms,
+        "repeat_medians_ms": [ms, ms * 1.1, ms * 0.9],
+    }
 
 
 def test_headline_table_picks_fastest_and_fastest_pytorch():
@@ -59,7 +72,7 @@ def test_headline_table_picks_fastest_and_fastest_pytorch():
             "isa": ["AVX2"],
             "loadavg_samples": [0.5, 0.7],
             "time": "2026-12-04 22:00:00 UTC",
-        },  # fmt: skip
+        },
         "rows": [
             _row("efficientformerv2_s0", "ours", "deploy", "fp32", 20.0),
             _row("efficientformerv2_s0", "ours", "inductor-aot", "fp32", 15.0),

@@ -75,6 +75,7 @@ def test_missing_data_and_pretrained_are_one_line_when_the_run_starts(tmp_path):
     from efficientformer.dense import loops
 
     with pytest.raises((ValueError, OSError)) as refused:
-        loops.train_segmentation(load_config(SegmentConfig, None, [f"data={tmp_path / 'nope'}", "device=cpu",
-                                                                   f"output={tmp_path / 'out'}"]))  # fmt: skip
+        loops.train_segmentation(
+            load_config(SegmentConfig, None, [f"data={tmp_path / 'nope'}", "device=cpu", f"output={tmp_path / 'out'}"])
+        )
     assert "\n" not in str(refused.value) and "nope" in str(refused.value)

@@ -27,14 +27,37 @@ from efficientformer.dense.segmentation import SegmentConfig
 
 torch.set_num_threads(1)
 
-TINY_DET = {"min_size": 64, "max_size": 96, "anchor_sizes": (8, 16, 32, 64, 128), "fpn_channels": 16,
-            "box_head_dim": 32, "mask_head_channels": 8, "box_batch_size": 32, "rpn_batch_size": 32,
-            "batch_size": 2, "workers": 0, "threads": 1, "epochs": 1, "steps": 1, "eval_every": 0,
-            "model": "efficientformerv2_s0"}  # fmt: skip
+TINY_DET = {
+    "min_size": 64,
+    "max_size": 96,
+    "anchor_sizes": (8, 16, 32, 64, 128),
+    "fpn_channels": 16,
+    "box_head_dim": 32,
+    "mask_head_channels": 8,
+    "box_batch_size": 32,
+    "rpn_batch_size": 32,
+    "batch_size": 2,
+    "workers": 0,
+    "threads": 1,
+    "epochs": 1,
+    "steps": 1,
+    "eval_every": 0,
+    "model": "efficientformerv2_s0",
+}
 # V1 backbone here, so that the output norms take part
-TINY_SEG = {"model": "efficientformer_l1", "num_classes": 4, "crop_size": 64, "scale": (128, 64), "steps": 1,
-            "batch_size": 2, "workers": 0, "threads": 1, "fpn_channels": 16, "head_channels": 8,
-            "eval_every": 0}  # fmt: skip
+TINY_SEG = {
+    "model": "efficientformer_l1",
+    "num_classes": 4,
+    "crop_size": 64,
+    "scale": (128, 64),
+    "steps": 1,
+    "batch_size": 2,
+    "workers": 0,
+    "threads": 1,
+    "fpn_channels": 16,
+    "head_channels": 8,
+    "eval_every": 0,
+}
 
 
 class Oracle(torch.nn.Module):
@@ -60,8 +83,14 @@ class Oracle(torch.nn.Module):
             k = torch.arange(n)
             labels = torch.where((k + int(t["image_id"])) % 3 == 0, t["labels"] % 3 + 1, t["labels"])
             boxes = t["boxes"] + torch.stack([k % 4, k % 3, k % 4, k % 2], 1).float()
-            outs.append({"boxes": boxes, "labels": labels, "scores": 0.9 - 0.1 * k.float(),
-                         "masks": t["masks"][:, None].float()})  # fmt: skip
+            outs.append(
+                {
+                    "boxes": boxes,
+                    "labels": labels,
+                    "scores": 0.9 - 0.1 * k.float(),
+                    "masks": t["masks"][:, None].float(),
+                }
+            )
         return outs
 
 
@@ -83,8 +112,9 @@ def _run_all(root: Path, rank: int = 0, world_size: int = 1) -> dict:
 
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         result = _run_all(Path(root), rank, world_size)

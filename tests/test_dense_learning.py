@@ -67,8 +67,10 @@ def test_detection_learns_evaluates_predicts(tmp_path):
 
     image = next((data / "images" / "val").iterdir())
     png = tmp_path / "pred.png"
-    assert _cli(["detect", "predict", "--checkpoint", str(out / "last.pth"), "--image", str(image),
-                 "--output", str(png)]) == 0  # fmt: skip
+    assert (
+        _cli(["detect", "predict", "--checkpoint", str(out / "last.pth"), "--image", str(image), "--output", str(png)])
+        == 0
+    )
     drawn, orig = Image.open(png), Image.open(image)
     assert drawn.size == orig.size
     assert not np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(orig.convert("RGB")))
@@ -97,8 +99,10 @@ def test_segmentation_learns_evaluates_predicts(tmp_path):
 
     image = next((data / "images" / "validation").iterdir())
     png = tmp_path / "overlay.png"
-    assert _cli(["segment", "predict", "--checkpoint", str(out / "last.pth"), "--image", str(image),
-                 "--output", str(png)]) == 0  # fmt: skip
+    assert (
+        _cli(["segment", "predict", "--checkpoint", str(out / "last.pth"), "--image", str(image), "--output", str(png)])
+        == 0
+    )
     assert Image.open(png).size == Image.open(image).size
 
 
@@ -107,9 +111,23 @@ def test_segmentation_resume_is_exact(tmp_path):
     from efficientformer.dense.synthetic import make_ade
 
     data = make_ade(tmp_path / "ade", train=4, val=1, size=64, seed=2)
-    common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
-              "scale=128,64", "batch_size=2", "workers=0", "threads=1", "fpn_channels=16", "head_channels=8",
-              "poly_power=0", "eval_every=0", "checkpoint_every=1"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "efficientformerv2_s0",
+        "num_classes=4",
+        "crop_size=64",
+        "scale=128,64",
+        "batch_size=2",
+        "workers=0",
+        "threads=1",
+        "fpn_channels=16",
+        "head_channels=8",
+        "poly_power=0",
+        "eval_every=0",
+        "checkpoint_every=1",
+    ]
     straight, resumed = tmp_path / "a", tmp_path / "b"
     assert _cli(["segment", "train", "--output", str(straight), *common, "steps=4"]) == 0
     assert _cli(["segment", "train", "--output", str(resumed), *common, "steps=2"]) == 0
@@ -133,9 +151,24 @@ def test_segmentation_signal_mid_epoch_then_resume_is_exact(tmp_path, monkeypatc
     from efficientformer.runtime.signals import PREEMPTED_EXIT_CODE, Preempted
 
     data = make_ade(tmp_path / "ade", train=8, val=1, size=64, seed=3)
-    common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
-              "scale=128,64", "batch_size=2", "workers=2", "threads=1", "fpn_channels=16", "head_channels=8",
-              "poly_power=0", "eval_every=0", "steps=10", "log_every=1"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "efficientformerv2_s0",
+        "num_classes=4",
+        "crop_size=64",
+        "scale=128,64",
+        "batch_size=2",
+        "workers=2",
+        "threads=1",
+        "fpn_channels=16",
+        "head_channels=8",
+        "poly_power=0",
+        "eval_every=0",
+        "steps=10",
+        "log_every=1",
+    ]
     straight, stopped = tmp_path / "a", tmp_path / "b"
     assert _cli(["segment", "train", "--output", str(straight), *common]) == 0
     real_fit = loops.fit
@@ -156,7 +189,8 @@ def test_segmentation_signal_mid_epoch_then_resume_is_exact(tmp_path, monkeypatc
     with pytest.raises(Preempted) as preempted:
         _cli(["segment", "train", "--output", str(stopped), *common])
     assert preempted.value.code == PREEMPTED_EXIT_CODE and "stopped by SIGTERM after iteration 7 of 10" in str(
-        preempted.value)  # fmt: skip
+        preempted.value
+    )
     mid = safe_torch_load(stopped / "last.pth")["progress"]
     assert (mid["iteration"], mid["epoch"], mid["epoch_batches"]) == (7, 1, 3)
     monkeypatch.undo()
@@ -166,11 +200,13 @@ def test_segmentation_signal_mid_epoch_then_resume_is_exact(tmp_path, monkeypatc
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for i, group in a["optimizer"]["state"].items():
-        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][n]))
-                   for n, v in group.items())  # fmt: skip
+        assert all(
+            torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][n])) for n, v in group.items()
+        )
     logs = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (straight, stopped)]
-    assert [r["loss"] for r in logs[0] if r.get("kind") == "train"] == \
-        [r["loss"] for r in logs[1] if r.get("kind") == "train"]  # fmt: skip
+    assert [r["loss"] for r in logs[0] if r.get("kind") == "train"] == [
+        r["loss"] for r in logs[1] if r.get("kind") == "train"
+    ]
 
 
 def test_detection_resume_mid_epoch_is_exact(tmp_path):
@@ -179,10 +215,28 @@ def test_detection_resume_mid_epoch_is_exact(tmp_path):
     from efficientformer.dense.synthetic import make_coco
 
     data = make_coco(tmp_path / "coco", train=4, val=1, size=64, seed=2)
-    common = ["--data", str(data), "--model", "efficientformerv2_s0", "min_size=64", "max_size=96",
-              "anchor_sizes=8,16,32,64,128", "fpn_channels=16", "box_head_dim=32", "mask_head_channels=8",
-              "box_batch_size=32", "rpn_batch_size=32", "batch_size=2", "workers=0", "threads=1", "epochs=2",
-              "lr_steps=1", "warmup_iters=2", "eval_every=0", "checkpoint_every=0"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "efficientformerv2_s0",
+        "min_size=64",
+        "max_size=96",
+        "anchor_sizes=8,16,32,64,128",
+        "fpn_channels=16",
+        "box_head_dim=32",
+        "mask_head_channels=8",
+        "box_batch_size=32",
+        "rpn_batch_size=32",
+        "batch_size=2",
+        "workers=0",
+        "threads=1",
+        "epochs=2",
+        "lr_steps=1",
+        "warmup_iters=2",
+        "eval_every=0",
+        "checkpoint_every=0",
+    ]
     straight, resumed = tmp_path / "a", tmp_path / "b"
     assert _cli(["detect", "train", "--output", str(straight), *common]) == 0
     assert _cli(["detect", "train", "--output", str(resumed), *common, "steps=3"]) == 0
@@ -200,9 +254,21 @@ def test_segmentation_same_data_with_loader_workers(tmp_path):
     from efficientformer.dense.synthetic import make_ade
 
     data = make_ade(tmp_path / "ade", train=4, val=1, size=64, seed=4)
-    common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
-              "scale=128,64", "batch_size=2", "threads=1", "fpn_channels=16", "head_channels=8", "steps=2",
-              "eval_every=0"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "efficientformerv2_s0",
+        "num_classes=4",
+        "crop_size=64",
+        "scale=128,64",
+        "batch_size=2",
+        "threads=1",
+        "fpn_channels=16",
+        "head_channels=8",
+        "steps=2",
+        "eval_every=0",
+    ]
     assert _cli(["segment", "train", "--output", str(tmp_path / "w0"), *common, "workers=0"]) == 0
     assert _cli(["segment", "train", "--output", str(tmp_path / "w2"), *common, "workers=2"]) == 0
     a, b = safe_torch_load(tmp_path / "w0" / "last.pth"), safe_torch_load(tmp_path / "w2" / "last.pth")

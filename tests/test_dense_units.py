@@ -154,8 +154,13 @@ def test_backbone_with_fpn_five_levels():
     with torch.no_grad():
         out = m(torch.randn(1, 3, 64, 96))
     assert list(out) == ["0", "1", "2", "3", "pool"]
-    assert [tuple(v.shape) for v in out.values()] == [(1, 32, 16, 24), (1, 32, 8, 12), (1, 32, 4, 6), (1, 32, 2, 3),
-                                                       (1, 32, 1, 2)]  # fmt: skip
+    assert [tuple(v.shape) for v in out.values()] == [
+        (1, 32, 16, 24),
+        (1, 32, 8, 12),
+        (1, 32, 4, 6),
+        (1, 32, 2, 3),
+        (1, 32, 1, 2),
+    ]
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -339,9 +344,18 @@ def test_mask_ap_by_size_uses_mask_areas():
     gt = {
         "images": [{"id": 1, "file_name": "x.png", "height": h, "width": w}],
         "categories": [{"id": 1, "name": "thing"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": 400.0,
-                         "bbox": [10, 10, 20, 20], "iscrowd": 0}],
-    }  # fmt: skip
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": rle,
+                "area": 400.0,
+                "bbox": [10, 10, 20, 20],
+                "iscrowd": 0,
+            }
+        ],
+    }
     out = {
         "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 190.0, 190.0]]),
         "labels": torch.tensor([1, 1]),
@@ -363,8 +377,12 @@ def test_coco_evaluator_perfect_and_wrong(coco_root):
     perfect, wrong_class = [], []
     for i in range(len(ds)):
         _, t = ds[i]
-        out = {"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"])),
-               "masks": t["masks"][:, None].float()}  # fmt: skip
+        out = {
+            "boxes": t["boxes"],
+            "labels": t["labels"],
+            "scores": torch.ones(len(t["labels"])),
+            "masks": t["masks"][:, None].float(),
+        }
         perfect += predictions_to_coco(out, int(t["image_id"]), ds.cat_ids)
         out["labels"] = t["labels"] % 3 + 1
         wrong_class += predictions_to_coco(out, int(t["image_id"]), ds.cat_ids)
@@ -496,8 +514,9 @@ def test_cli_errors(tmp_path, capsys):
     assert rc == 2 and "unknown config key 'itres'" in err
     rc, err = _cli(["detect", "eval", "--checkpoint", str(tmp_path / "none.pth")])
     assert rc == 2 and "checkpoint not found" in err
-    rc, err = _cli(["segment", "predict", "--checkpoint", str(tmp_path / "none.pth"), "--image", "x.png",
-                    "--output", "y.png"])  # fmt: skip
+    rc, err = _cli(
+        ["segment", "predict", "--checkpoint", str(tmp_path / "none.pth"), "--image", "x.png", "--output", "y.png"]
+    )
     assert rc == 2 and "checkpoint not found" in err
     rc, _ = _cli(["detect"])
     assert rc == 2

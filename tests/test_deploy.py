@@ -86,11 +86,23 @@ def test_save_load_round_trip(tmp_path):
 
 
 SEARCHED = {
-    "v2": {"family": "v2", "name": "efficientformerv2_searched", "widths": [16, 24, 40, 56], "depths": [1, 2, 3, 2],
-           "mlp_ratios": [[4], [3, 4], [2, 4, 3], [4, 2]], "attention": [[], [], [2], [1]], "act": "relu"},
-    "v1": {"family": "v1", "name": "efficientformer_searched", "widths": [16, 24, 40, 56], "depths": [1, 1, 2, 2],
-           "num_vit": 1},
-}  # fmt: skip
+    "v2": {
+        "family": "v2",
+        "name": "efficientformerv2_searched",
+        "widths": [16, 24, 40, 56],
+        "depths": [1, 2, 3, 2],
+        "mlp_ratios": [[4], [3, 4], [2, 4, 3], [4, 2]],
+        "attention": [[], [], [2], [1]],
+        "act": "relu",
+    },
+    "v1": {
+        "family": "v1",
+        "name": "efficientformer_searched",
+        "widths": [16, 24, 40, 56],
+        "depths": [1, 1, 2, 2],
+        "num_vit": 1,
+    },
+}
 
 
 @pytest.mark.parametrize("family", ["v2", "v1"])

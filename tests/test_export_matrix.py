@@ -16,10 +16,22 @@ from efficientformer.cli.deploy import register
 from efficientformer.utils.io import atomic_torch_save
 
 IMG = 64
-FORMATS = {"onnx": "onnx", "torchscript": None, "coreml": "coremltools", "executorch": "executorch", "pt2": None,
-           "openvino": "openvino"}  # fmt: skip
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2",
-          "openvino": ".xml"}  # fmt: skip
+FORMATS = {
+    "onnx": "onnx",
+    "torchscript": None,
+    "coreml": "coremltools",
+    "executorch": "executorch",
+    "pt2": None,
+    "openvino": "openvino",
+}
+SUFFIX = {
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+    "coreml": ".mlpackage",
+    "executorch": ".pte",
+    "pt2": ".pt2",
+    "openvino": ".xml",
+}
 
 
 def run_cli(argv):

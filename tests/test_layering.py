@@ -11,8 +11,19 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "efficientformer"
-LAYERS = {"utils": 0, "models": 1, "data": 2, "runtime": 3, "train": 4, "dense": 4, "deploy": 4, "inference": 4,
-          "search": 5, "bench": 5, "cli": 6}  # fmt: skip
+LAYERS = {
+    "utils": 0,
+    "models": 1,
+    "data": 2,
+    "runtime": 3,
+    "train": 4,
+    "dense": 4,
+    "deploy": 4,
+    "inference": 4,
+    "search": 5,
+    "bench": 5,
+    "cli": 6,
+}
 
 
 def _area(module: str) -> str:
@@ -65,8 +76,10 @@ def test_layers_import_only_downwards_and_never_inside_functions():
                 continue
             target_area = _area(target)
             if target_area in LAYERS and LAYERS[target_area] > LAYERS[area]:
-                problems.append(f"{where}: {area} (layer {LAYERS[area]}) must not import {target_area} "
-                                f"(layer {LAYERS[target_area]})")  # fmt: skip
+                problems.append(
+                    f"{where}: {area} (layer {LAYERS[area]}) must not import {target_area} "
+                    f"(layer {LAYERS[target_area]})"
+                )
             if target_area in LAYERS and LAYERS[target_area] == LAYERS[area] and target_area != area:
                 problems.append(f"{where}: sibling areas {area} and {target_area} must not import each other")
     assert not problems, "\n".join(problems)

@@ -145,8 +145,17 @@ def test_dense_data_sets_decode_the_same_pixels(odd, reference, tmp_path):
         h, w = reference[p.name][0].shape[:2]
         doc["images"].append({"id": i + 1, "file_name": p.name, "height": h, "width": w})
         square = [[2, 2, 22, 2, 22, 22, 2, 22]]
-        doc["annotations"].append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [2, 2, 20, 20],
-                                   "segmentation": square, "area": 400.0, "iscrowd": 0})  # fmt: skip
+        doc["annotations"].append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "bbox": [2, 2, 20, 20],
+                "segmentation": square,
+                "area": 400.0,
+                "iscrowd": 0,
+            }
+        )
     ann = tmp_path / "coco" / "instances.json"
     ann.write_text(json.dumps(doc))
     coco = CocoInstances(tmp_path / "coco" / "images", ann)

@@ -102,8 +102,18 @@ def test_benchmark_reports_ceiling_gflops_and_ratios():
     from efficientformer.bench.latency import BenchConfig, run_benchmark, to_markdown
 
     backends = ["deploy", "inductor", "inductor-aot", "onnxruntime"]
-    cfg = BenchConfig(["efficientformerv2_s0"], backends, [1], threads=1, img_size=64,
-                      warmup=1, runs=4, timm_rows=False, baseline=False, blocks=2)  # fmt: skip
+    cfg = BenchConfig(
+        ["efficientformerv2_s0"],
+        backends,
+        [1],
+        threads=1,
+        img_size=64,
+        warmup=1,
+        runs=4,
+        timm_rows=False,
+        baseline=False,
+        blocks=2,
+    )
     result = run_benchmark(cfg, log=lambda _: None)
     rows = {r["backend"]: r for r in result["rows"]}
     assert set(rows) == set(backends) and not result["notes"][1:], result["notes"]
@@ -129,9 +139,25 @@ def test_quantize_cli_pt2e_writes_a_package_and_reports_agreement_and_speed(tmp_
         (tmp_path / split).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
-    args = ["quantize", "--backend", "pt2e", "--model", "efficientformerv2_s0", "--img-size", "32",
-            "--calib-dir", str(tmp_path / "calib"), "--eval-dir", str(tmp_path / "eval"), "--runs", "2",
-            "--output-dir", str(tmp_path / "out"), "--json", str(tmp_path / "r.json")]  # fmt: skip
+    args = [
+        "quantize",
+        "--backend",
+        "pt2e",
+        "--model",
+        "efficientformerv2_s0",
+        "--img-size",
+        "32",
+        "--calib-dir",
+        str(tmp_path / "calib"),
+        "--eval-dir",
+        str(tmp_path / "eval"),
+        "--runs",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     assert run_cli(args) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["calibration_images"] == 3 and report["eval_images"] == 3
@@ -151,8 +177,19 @@ def test_quantize_cli_pt2e_writes_a_package_and_reports_agreement_and_speed(tmp_
     assert run_cli(["quantize", "--backend", "pt2e", "--onnx", "x.onnx", "--calib-dir", str(tmp_path / "calib")]) != 0
     assert "--backend pt2e quantises a PyTorch model" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("in the way")  # an --output-dir that cannot be a folder: one line, before work
-    bad = ["quantize", "--backend", "pt2e", "--model", "efficientformerv2_s0", "--img-size", "32",
-           "--calib-dir", str(tmp_path / "calib"), "--output-dir", str(tmp_path / "a_file")]  # fmt: skip
+    bad = [
+        "quantize",
+        "--backend",
+        "pt2e",
+        "--model",
+        "efficientformerv2_s0",
+        "--img-size",
+        "32",
+        "--calib-dir",
+        str(tmp_path / "calib"),
+        "--output-dir",
+        str(tmp_path / "a_file"),
+    ]
     assert run_cli(bad) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "choose another --output-dir" in err

@@ -33,10 +33,21 @@ def _training_run(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = create_model("efficientformerv2_s0", num_classes=3, img_size=64)
     cfg = {"model": "efficientformerv2_s0", "img_size": 64, "epochs": 2, "lr": 1e-3, "data": None, "finetune": None}
-    atomic_torch_save({"task": "classify", "model": model.state_dict(), "config": cfg, "class_names": ["0", "1", "2"],
-                       "model_name": "efficientformerv2_s0", "history": [{}, {}]}, run / "last.pth")  # fmt: skip
-    atomic_write_json(run / "summary.json", {"dataset": "digits", "val_top1": 87.5, "ema_top1": 88.0,
-                                             "best_top1": 88.0, "epochs": 2, "val_images": 48})  # fmt: skip
+    atomic_torch_save(
+        {
+            "task": "classify",
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ["0", "1", "2"],
+            "model_name": "efficientformerv2_s0",
+            "history": [{}, {}],
+        },
+        run / "last.pth",
+    )
+    atomic_write_json(
+        run / "summary.json",
+        {"dataset": "digits", "val_top1": 87.5, "ema_top1": 88.0, "best_top1": 88.0, "epochs": 2, "val_images": 48},
+    )
     return run
 
 
@@ -75,8 +86,9 @@ def test_push_a_search_run_with_its_architecture_and_latency_facts(tmp_path):
     arch["depths"], arch["mlp_ratios"], arch["attention"] = [1, 1, 2, 2], [[4], [4], [4, 3], [4, 3]], [[], [], [1], [1]]
     lut = tmp_path / "lut.json"
     atomic_write_json(lut, {"runtime": "onnxruntime", "machine": {"cpu_model": "Test CPU 9000"}, "entries": {}})
-    save_arch({**arch, "search": {"accuracy_heldout": 61.25, "table_latency_ms": 1.5, "lut": str(lut)}},
-              run / "arch.yaml")  # fmt: skip
+    save_arch(
+        {**arch, "search": {"accuracy_heldout": 61.25, "table_latency_ms": 1.5, "lut": str(lut)}}, run / "arch.yaml"
+    )
     net = create_model(str(run / "arch.yaml"), num_classes=10, img_size=64)
     atomic_torch_save({"model": net.state_dict()}, run / "supernet_weights.pth")
     found = read_run(run)
@@ -93,8 +105,10 @@ def test_push_a_dense_run_publishes_its_backbone(tmp_path):
     body = create_model("efficientformerv2_s0", features_only=True, img_size=64)
     state = {f"backbone.body.{k}": v for k, v in body.state_dict().items()}
     state["neck.conv.weight"] = torch.zeros(1)
-    atomic_torch_save({"task": "segment", "model": state, "config": {"model": "efficientformerv2_s0", "img_size": 64}},
-                      run / "last.pth")  # fmt: skip
+    atomic_torch_save(
+        {"task": "segment", "model": state, "config": {"model": "efficientformerv2_s0", "img_size": 64}},
+        run / "last.pth",
+    )
     found = read_run(run)
     assert found.kind == "dense" and found.model.num_classes == 0
     assert torch.equal(found.model.stem.conv1.conv.weight, body.stem.conv1.conv.weight)

@@ -57,8 +57,9 @@ def test_published_v2_models_are_points_of_the_space():
 def test_arch_outputs_equal_published_model(tmp_path):
     torch.manual_seed(0)
     ref = create_model("efficientformerv2_s0", img_size=64, num_classes=10).eval()
-    model = build_from_arch(save_arch(V2_VARIANTS["efficientformerv2_s0"], tmp_path / "s0.yaml"), img_size=64,
-                            num_classes=10)  # fmt: skip
+    model = build_from_arch(
+        save_arch(V2_VARIANTS["efficientformerv2_s0"], tmp_path / "s0.yaml"), img_size=64, num_classes=10
+    )
     model.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(model.eval()(x), ref(x))
@@ -171,8 +172,9 @@ def test_space_rejects_points_off_the_grid():
         space.check(arch_to_spec(arch))
 
 
-TINY = V2Space(widths=((16, 24), (32,), (48, 64), (64, 96)), max_depths=(1, 1, 2, 2), min_depths=(1, 1, 1, 1),
-               ratios=(2.0, 4.0))  # fmt: skip
+TINY = V2Space(
+    widths=((16, 24), (32,), (48, 64), (64, 96)), max_depths=(1, 1, 2, 2), min_depths=(1, 1, 1, 1), ratios=(2.0, 4.0)
+)
 
 
 def test_sandwich_model_trains_every_subnet_with_inplace_distillation():
@@ -253,8 +255,23 @@ def test_show_command_and_one_line_errors(tmp_path, capsys):
     assert main(["search", "show", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "'family' must be 'v1' or 'v2'" in err and len(err.strip().splitlines()) == 1
-    assert main(["search", "run", "--supernet", str(tmp_path / "none.pth"), "--lut", str(path), "--output",
-                 str(tmp_path / "o"), "--target-latency", "1"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "search",
+                "run",
+                "--supernet",
+                str(tmp_path / "none.pth"),
+                "--lut",
+                str(path),
+                "--output",
+                str(tmp_path / "o"),
+                "--target-latency",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "supernet checkpoint not found" in capsys.readouterr().err
 
 

@@ -12,9 +12,11 @@ from efficientformer.search.latency import network_keys
 from efficientformer.search.space import V2Space, arch_key
 
 SPACE = V2Space(
-    widths=((16, 24), (32, 40), (64, 72), (128, 144)), max_depths=(1, 1, 2, 2), min_depths=(1, 1, 1, 1),
+    widths=((16, 24), (32, 40), (64, 72), (128, 144)),
+    max_depths=(1, 1, 2, 2),
+    min_depths=(1, 1, 1, 1),
     ratios=(2.0, 4.0),
-)  # fmt: skip
+)
 
 
 def synthetic_ms(key: str) -> float:
@@ -51,8 +53,9 @@ def every_point(space: V2Space):
 
 
 def test_greedy_recovers_known_optimum():
-    optimum = SPACE.make((16, 32, 64, 144), (1, 1, 1, 1), ((2.0,), (2.0,), (2.0,), (2.0,)),
-                         ((False,), (False,), (True,), (False,)))  # fmt: skip
+    optimum = SPACE.make(
+        (16, 32, 64, 144), (1, 1, 1, 1), ((2.0,), (2.0,), (2.0,), (2.0,)), ((False,), (False,), (True,), (False,))
+    )
     target = latency(optimum)
     # brute force: the optimum is the only most-accurate point within the latency target
     feasible = [p for p in every_point(SPACE) if latency(p) <= target + 1e-12]

@@ -18,8 +18,18 @@ QUIET = {"progress": False, "log": lambda *_: None}
 def test_latency_grows_with_width_and_expansion(tmp_path):
     # stage 1 at 128 px is a 32x32 map; 9x and 4x the work must show whatever the machine's load
     keys = ["ffn/s1/w16/h32", "ffn/s1/w48/h192", "ffn/s1/w32/h64", "ffn/s1/w32/h256"]
-    table = build_table(tmp_path / "t.json", "v2", "torch", img_size=128, warmup=3, runs=15, keys=keys,
-                        statistic="min", clock="cpu", **QUIET)  # fmt: skip
+    table = build_table(
+        tmp_path / "t.json",
+        "v2",
+        "torch",
+        img_size=128,
+        warmup=3,
+        runs=15,
+        keys=keys,
+        statistic="min",
+        clock="cpu",
+        **QUIET,
+    )
     ms = {k: table.ms(k) for k in keys}
     assert ms["ffn/s1/w48/h192"] > ms["ffn/s1/w16/h32"]  # wider (and so wider hidden)
     assert ms["ffn/s1/w32/h256"] > ms["ffn/s1/w32/h64"]  # same width, larger expansion
@@ -31,13 +41,15 @@ def test_latency_grows_with_width_and_expansion(tmp_path):
 def test_interrupted_table_resumes_where_it_stopped(tmp_path):
     keys = ["stem/w16", "stem/w24", "head/w128", "down/s2/i16/o32", "ffn/s2/w32/h64"]
     out = tmp_path / "lut.json"
-    first = build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, stop_after=2,
-                        save_every_s=0.0, **QUIET)  # fmt: skip
+    first = build_table(
+        out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, stop_after=2, save_every_s=0.0, **QUIET
+    )
     saved = json.loads(out.read_text())
     assert len(saved["entries"]) == 2 and saved["complete"] is False
     messages: list[str] = []
-    second = build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, progress=False,
-                         log=messages.append)  # fmt: skip
+    second = build_table(
+        out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, progress=False, log=messages.append
+    )
     assert "2 of 5 entries present, measuring 3" in messages[0]
     assert set(second.entries) == set(keys) and second.meta["complete"]
     for k in first.entries:  # entries measured before the interruption are kept, not re-measured
@@ -54,8 +66,10 @@ def test_imported_csv_predicts_the_sum(tmp_path):
     spec = V2_VARIANTS["efficientformerv2_s0"]
     keys = sorted(set(network_keys(spec)))
     csv = tmp_path / "phone.csv"
-    csv.write_text("# family: v2\n# device: iPhone 12\n# runtime: coreml\nkey,ms\n"
-                   + "".join(f"{k},{0.01 * (i + 1)}\n" for i, k in enumerate(keys)))  # fmt: skip
+    csv.write_text(
+        "# family: v2\n# device: iPhone 12\n# runtime: coreml\nkey,ms\n"
+        + "".join(f"{k},{0.01 * (i + 1)}\n" for i, k in enumerate(keys))
+    )
     table = import_table(csv)
     assert table.family == "v2" and table.meta["runtime"] == "coreml"
     expected = sum(0.01 * (keys.index(k) + 1) for k in network_keys(spec))
@@ -71,15 +85,33 @@ def test_imported_csv_predicts_the_sum(tmp_path):
 
 @pytest.mark.slow
 def test_lut_and_lut_check_commands(tmp_path, capsys):
-    space = {"widths": [[16, 24], [32, 48], [64, 96], [128, 176]], "max_depths": [2, 2, 3, 2],
-             "min_depths": [1, 1, 1, 1], "ratios": [3, 4]}  # fmt: skip
+    space = {
+        "widths": [[16, 24], [32, 48], [64, 96], [128, 176]],
+        "max_depths": [2, 2, 3, 2],
+        "min_depths": [1, 1, 1, 1],
+        "ratios": [3, 4],
+    }
     specs = candidate_specs("v2", space, 3, 0)[:1] + candidate_specs("v2", space, 3, 0)[4:]  # S0 + 3 random
     keys = sorted({k for s in specs for k in network_keys(s)})
     out = tmp_path / "lut.json"
-    build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, space=V2Space.from_dict(space),
-                **QUIET)  # fmt: skip
-    rc = main(["search", "lut-check", "--lut", str(out), "--random", "3", "--runs", "3", "--warmup", "1",
-               "--output-dir", str(tmp_path / "check"), "--update-lut"])  # fmt: skip
+    build_table(out, "v2", "torch", img_size=64, warmup=1, runs=3, keys=keys, space=V2Space.from_dict(space), **QUIET)
+    rc = main(
+        [
+            "search",
+            "lut-check",
+            "--lut",
+            str(out),
+            "--random",
+            "3",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--output-dir",
+            str(tmp_path / "check"),
+            "--update-lut",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "Kendall tau" in text and "within +-10%" in text and "per-kind" in text
@@ -91,18 +123,57 @@ def test_lut_and_lut_check_commands(tmp_path, capsys):
     row = next(r for r in result["rows"] if r["name"] == specs[0].name)
     assert table.predict(specs[0]) == pytest.approx(row["fitted_ms"])  # the stored fit is what predicts
     # the same measured networks refitted for another table of the same settings (no timing)
-    rc = main(["search", "lut-check", "--lut", str(out), "--measured", str(tmp_path / "check" / "lut_check.json"),
-               "--output-dir", str(tmp_path / "recheck")])  # fmt: skip
+    rc = main(
+        [
+            "search",
+            "lut-check",
+            "--lut",
+            str(out),
+            "--measured",
+            str(tmp_path / "check" / "lut_check.json"),
+            "--output-dir",
+            str(tmp_path / "recheck"),
+        ]
+    )
     again = json.loads((tmp_path / "recheck" / "lut_check.json").read_text())
     assert rc == 0 and [r["measured_ms"] for r in again["rows"]] == [r["measured_ms"] for r in result["rows"]]
-    rc = main(["search", "lut-check", "--lut", str(out), "--measured", str(tmp_path / "check" / "lut_check.json"),
-               "--statistic", "min", "--output-dir", str(tmp_path / "recheck_min")])  # fmt: skip
+    rc = main(
+        [
+            "search",
+            "lut-check",
+            "--lut",
+            str(out),
+            "--measured",
+            str(tmp_path / "check" / "lut_check.json"),
+            "--statistic",
+            "min",
+            "--output-dir",
+            str(tmp_path / "recheck_min"),
+        ]
+    )
     mins = json.loads((tmp_path / "recheck_min" / "lut_check.json").read_text())
     assert rc == 0 and [r["measured_ms"] for r in mins["rows"]] == [r["measured_stats"]["min"] for r in result["rows"]]
     assert mins["table"]["statistic"] == "min"
     # bad input is one line on stderr, exit status 2
-    assert main(["search", "lut", "--family", "v2", "--runtime", "torch", "--img-size", "64", "--output",
-                 str(tmp_path / "bad.json"), "--threads", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "search",
+                "lut",
+                "--family",
+                "v2",
+                "--runtime",
+                "torch",
+                "--img-size",
+                "64",
+                "--output",
+                str(tmp_path / "bad.json"),
+                "--threads",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--threads must be at least 1" in capsys.readouterr().err
 
 
@@ -114,10 +185,17 @@ def test_every_runtime_times_every_block_kind(runtime, family, tmp_path, monkeyp
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
     keys = {
-        "v2": ["stem/w16", "ffn/s3/w64/h128", "attn/s3/w64", "attn/s4/w128", "down/s2/i16/o32", "dual/i64/o128",
-               "head/w128"],
+        "v2": [
+            "stem/w16",
+            "ffn/s3/w64/h128",
+            "attn/s3/w64",
+            "attn/s4/w128",
+            "down/s2/i16/o32",
+            "dual/i64/o128",
+            "head/w128",
+        ],
         "v1": ["stem/w16", "mb4d/s2/w32", "mb3d/w128", "down/s4/i64/o128", "head/w128"],
-    }[family]  # fmt: skip
+    }[family]
     if runtime == "onnxruntime":
         keys = keys[1:3]  # each entry is an export: keep it short
     table = build_table(tmp_path / "t.json", family, runtime, img_size=64, warmup=1, runs=2, keys=keys, **QUIET)
@@ -126,8 +204,7 @@ def test_every_runtime_times_every_block_kind(runtime, family, tmp_path, monkeyp
         exports = sorted((tmp_path / "exports").glob("*.onnx"))
         assert len(exports) == len(keys)
         mtimes = [p.stat().st_mtime_ns for p in exports]
-        build_table(tmp_path / "t2.json", family, runtime, threads=2, img_size=64, warmup=1, runs=2, keys=keys,
-                    **QUIET)  # fmt: skip
+        build_table(tmp_path / "t2.json", family, runtime, threads=2, img_size=64, warmup=1, runs=2, keys=keys, **QUIET)
         assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "exports").glob("*.onnx"))] == mtimes
 
 
@@ -150,8 +227,13 @@ NEW_RUNTIMES = {
     "openvino-bf16": ["ffn/s3/w64/h128"],
     "inductor-aot": ["ffn/s3/w64/h128"],
 }
-LIBRARY = {"onnxruntime-int8": "onnxruntime", "openvino": "openvino", "openvino-int8": "openvino",
-           "openvino-bf16": "openvino", "inductor-aot": "torch"}  # fmt: skip
+LIBRARY = {
+    "onnxruntime-int8": "onnxruntime",
+    "openvino": "openvino",
+    "openvino-int8": "openvino",
+    "openvino-bf16": "openvino",
+    "inductor-aot": "torch",
+}
 
 
 @pytest.mark.parametrize("runtime", list(NEW_RUNTIMES))
@@ -161,8 +243,9 @@ def test_every_registry_runtime_builds_a_table_and_keeps_its_files(runtime, tmp_
     monkeypatch.setenv("EFFICIENTFORMER_EXPORT_CACHE", str(cache))
     keys = NEW_RUNTIMES[runtime]
     out = tmp_path / "t.json"
-    table = build_table(out, "v2", runtime, img_size=64, warmup=1, runs=3, keys=keys, statistic="min",
-                        clock="cpu", **QUIET)  # fmt: skip
+    table = build_table(
+        out, "v2", runtime, img_size=64, warmup=1, runs=3, keys=keys, statistic="min", clock="cpu", **QUIET
+    )
     assert set(table.entries) == set(keys) and all(e["ms"] > 0 for e in table.entries.values())
     m = table.meta["machine"]
     assert m["runtime"] == runtime and m["backend"] == runtime and m["versions"][LIBRARY[runtime]]
@@ -185,8 +268,16 @@ def test_int8_blocks_are_quantised_like_the_same_layers_of_a_network(tmp_path, m
     monkeypatch.setenv("EFFICIENTFORMER_EXPORT_CACHE", str(tmp_path / "exports"))
     from efficientformer.search.latency import export_stem
 
-    build_table(tmp_path / "t.json", "v2", "onnxruntime-int8", img_size=64, warmup=1, runs=2,
-                keys=["stem/w16", "ffn/s3/w64/h128"], **QUIET)  # fmt: skip
+    build_table(
+        tmp_path / "t.json",
+        "v2",
+        "onnxruntime-int8",
+        img_size=64,
+        warmup=1,
+        runs=2,
+        keys=["stem/w16", "ffn/s3/w64/h128"],
+        **QUIET,
+    )
     ident = "block v2 {} ctx1 img(64, 64) classes1000"
     shapes = {"stem/w16": (1, 3, 64, 64), "ffn/s3/w64/h128": (1, 64, 4, 4)}
 
@@ -214,7 +305,22 @@ def test_unknown_or_missing_runtime_is_one_clear_line(tmp_path, capsys, monkeypa
 
     missing = dataclasses.replace(latency.BACKENDS["openvino"], available=lambda: (False, "not installed (pip x)"))
     monkeypatch.setitem(latency.BACKENDS, "openvino", missing)
-    assert main(["search", "lut", "--family", "v2", "--runtime", "openvino", "--img-size", "64", "--output",
-                 str(tmp_path / "ov.json")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "search",
+                "lut",
+                "--family",
+                "v2",
+                "--runtime",
+                "openvino",
+                "--img-size",
+                "64",
+                "--output",
+                str(tmp_path / "ov.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "openvino cannot run here: not installed" in err

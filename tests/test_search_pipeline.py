@@ -128,8 +128,24 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys
     assert arch["search"]["machine"]["cpu_model"]  # the found architecture carries the machine stamp
 
     # 4. a finished pipeline reruns from its records; the CLI prints which stages were cached
-    rc = main(["search", "pipeline", "--config", str(CONFIG), "--budget", "tiny", "--output", str(out),
-               "--data", cfg["data"], "--table-cache", str(cache), "--target-like", cfg["target_like"]])  # fmt: skip
+    rc = main(
+        [
+            "search",
+            "pipeline",
+            "--config",
+            str(CONFIG),
+            "--budget",
+            "tiny",
+            "--output",
+            str(out),
+            "--data",
+            cfg["data"],
+            "--table-cache",
+            str(cache),
+            "--target-like",
+            cfg["target_like"],
+        ]
+    )
     assert rc == 0 and "cached stages: " + ", ".join(STAGES) in capsys.readouterr().out
 
     # 5. another run on the same machine reused the table and its check (same settings, same stamp)
@@ -141,9 +157,11 @@ def test_comparison_has_the_difference_and_its_standard_error():
     from efficientformer.search.pipeline import _comparisons
 
     runs = [{"val_top1": 0}] * 3
-    retrain = {"searched@s0": {"mean": 78.0, "sd": 1.0, "runs": runs},
-               "s0": {"mean": 77.0, "sd": 2.0, "runs": runs, "ema_mean": 76.0, "ema_sd": 1.0},
-               "one": {"mean": 70.0, "sd": None, "runs": runs[:1]}}  # fmt: skip
+    retrain = {
+        "searched@s0": {"mean": 78.0, "sd": 1.0, "runs": runs},
+        "s0": {"mean": 77.0, "sd": 2.0, "runs": runs, "ema_mean": 76.0, "ema_sd": 1.0},
+        "one": {"mean": 70.0, "sd": None, "runs": runs[:1]},
+    }
     measured = {"searched@s0": {"measured_ms": 9.0}, "s0": {"measured_ms": 10.0}}
     out = _comparisons(retrain, measured, {"searched@s0": 10.0})
     assert out["searched@s0 - s0"]["difference"] == pytest.approx(1.0)

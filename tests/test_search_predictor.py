@@ -25,8 +25,13 @@ from efficientformer.search.predictor import (
 )
 from efficientformer.search.space import V2Space
 
-SPACE = V2Space.from_dict({"widths": [[16, 24, 32], [32, 40, 48], [64, 80, 96, 112], [128, 160, 192]],
-                           "max_depths": [3, 3, 6, 4], "ratios": [2, 3, 4]})  # fmt: skip
+SPACE = V2Space.from_dict(
+    {
+        "widths": [[16, 24, 32], [32, 40, 48], [64, 80, 96, 112], [128, 160, 192]],
+        "max_depths": [3, 3, 6, 4],
+        "ratios": [2, 3, 4],
+    }
+)
 
 
 def synthetic(seed: int = 0, n_random: int = 34):
@@ -78,8 +83,16 @@ def test_without_a_fusion_effect_the_calibration_stays_the_affine_fit():
 
 def test_lut_check_summary_reports_every_method_and_a_stored_affine_calibration_still_predicts():
     table, specs, meas = synthetic(2, 12)
-    rows = [{"name": s.name, "published": not s.name.endswith("random"), "arch": spec_to_arch(s),
-             "sum_ms": table.block_sum(s), "measured_ms": m} for s, m in zip(specs, meas, strict=True)]  # fmt: skip
+    rows = [
+        {
+            "name": s.name,
+            "published": not s.name.endswith("random"),
+            "arch": spec_to_arch(s),
+            "sum_ms": table.block_sum(s),
+            "measured_ms": m,
+        }
+        for s, m in zip(specs, meas, strict=True)
+    ]
     summary = summarise_check(table, rows, 1, 1, [0.0, 0.0, 0.0])
     assert set(summary["methods_leave_one_out"]) == {"sum", "affine", "per-kind"}
     assert all("loo_per_kind_ms" in r and "loo_affine_ms" in r for r in rows)

@@ -28,8 +28,11 @@ def synthetic_latency(spec) -> float:
     for key in network_keys(spec):
         kind, *parts = key.split("/")
         p = {x[0]: int(x[1:]) for x in parts}
-        total += {"mb4d": lambda: p["w"] ** 2 * 1e-3 / p["s"], "mb3d": lambda: p["w"] * 0.05,
-                  "down": lambda: p["i"] * p["o"] * 1e-5}.get(kind, lambda: p.get("w", 0) * 1e-3)()  # fmt: skip
+        total += {
+            "mb4d": lambda: p["w"] ** 2 * 1e-3 / p["s"],
+            "mb3d": lambda: p["w"] * 0.05,
+            "down": lambda: p["i"] * p["o"] * 1e-5,
+        }.get(kind, lambda: p.get("w", 0) * 1e-3)()
     return total
 
 
@@ -75,8 +78,14 @@ def test_metapath_supernet_trains_and_its_result_builds(tmp_path):
     evaluator = V1PathEvaluator(net, images[:32], labels[:32], images[32:])
     acc = evaluator(path)
     assert 0.0 <= acc <= 100.0
-    result = slim(net.argmax_path(), net.importance, evaluator, synthetic_latency,
-                  0.7 * synthetic_latency(net.argmax_path().spec()), TINY)  # fmt: skip
+    result = slim(
+        net.argmax_path(),
+        net.importance,
+        evaluator,
+        synthetic_latency,
+        0.7 * synthetic_latency(net.argmax_path().spec()),
+        TINY,
+    )
     model = build_from_arch(result.final.spec(), img_size=32, num_classes=4).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
@@ -92,8 +101,7 @@ def test_v1_command_writes_an_architecture_within_target(tmp_path):
 
     data = tmp_path / "proxy"
     _tiny_proxy(data, {"train": 24, "search": 6, "val": 6})
-    space = {"max_widths": [32, 48, 64, 128], "min_widths": [16, 16, 32, 64], "max_depths": [2, 2, 3, 3],
-             "max_vit": 2}  # fmt: skip
+    space = {"max_widths": [32, 48, 64, 128], "min_widths": [16, 16, 32, 64], "max_depths": [2, 2, 3, 3], "max_vit": 2}
     cfg = tmp_path / "v1.yaml"
     cfg.write_text(yaml.safe_dump({"space": space, "train": {"tau_start": 3.0, "tau_end": 1.0}}))
     csv = tmp_path / "lut.csv"
@@ -102,8 +110,29 @@ def test_v1_command_writes_an_architecture_within_target(tmp_path):
     start = V1Path([["mb4d"] * 2, ["mb4d"] * 2, ["mb4d"] * 3, ["mb4d", "mb3d", "mb3d"]], [32, 48, 64, 128])
     target = 0.6 * synthetic_latency(start.spec())
     out = tmp_path / "v1"
-    assert main(["search", "v1", "--lut", str(csv), "--config", str(cfg), "--data", str(data), "--steps", "2",
-                 "--batch-size", "8", "--target-latency", str(target), "--output", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "search",
+                "v1",
+                "--lut",
+                str(csv),
+                "--config",
+                str(cfg),
+                "--data",
+                str(data),
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--target-latency",
+                str(target),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     arch = load_arch(out / "arch.yaml")
     assert arch["family"] == "v1" and arch["search"]["table_latency_ms"] <= target
     model = build_from_arch(out / "arch.yaml", img_size=32, num_classes=4).eval()
@@ -113,5 +142,8 @@ def test_v1_command_writes_an_architecture_within_target(tmp_path):
 def _synthetic_entry(key: str) -> float:
     kind, *parts = key.split("/")
     p = {x[0]: int(x[1:]) for x in parts}
-    return {"mb4d": lambda: p["w"] ** 2 * 1e-3 / p["s"], "mb3d": lambda: p["w"] * 0.05,
-            "down": lambda: p["i"] * p["o"] * 1e-5}.get(kind, lambda: p.get("w", 0) * 1e-3)()  # fmt: skip
+    return {
+        "mb4d": lambda: p["w"] ** 2 * 1e-3 / p["s"],
+        "mb3d": lambda: p["w"] * 0.05,
+        "down": lambda: p["i"] * p["o"] * 1e-5,
+    }.get(kind, lambda: p.get("w", 0) * 1e-3)()

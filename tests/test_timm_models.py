@@ -50,9 +50,20 @@ def test_timm_model_trains_and_evaluates_on_digits(tmp_path):
     from efficientformer.train.recipes import DIGITS_RECIPE
 
     out = tmp_path / "run"
-    cfg = build_config(None, {**DIGITS_RECIPE, "model": "timm:mobilenetv2_100", "epochs": 1, "max_steps": 3,
-                              "output": str(out), "cache_dir": str(tmp_path / "cache"), "progress": False,
-                              "workers": 0, "drop_path": 0.05})  # fmt: skip
+    cfg = build_config(
+        None,
+        {
+            **DIGITS_RECIPE,
+            "model": "timm:mobilenetv2_100",
+            "epochs": 1,
+            "max_steps": 3,
+            "output": str(out),
+            "cache_dir": str(tmp_path / "cache"),
+            "progress": False,
+            "workers": 0,
+            "drop_path": 0.05,
+        },
+    )
     summary = train(cfg)
     assert summary["val_top1"] is not None and summary["model"] == "timm:mobilenetv2_100"
     ckpt = torch.load(out / "last.pth", weights_only=True)
@@ -61,6 +72,19 @@ def test_timm_model_trains_and_evaluates_on_digits(tmp_path):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     data = tmp_path / "cache"
     folder = next(p.parent for p in data.rglob("val") if p.is_dir())
-    rc = main(["eval", "--model", "timm:mobilenetv2_100", "--checkpoint", str(out / "last.pth"), "--data",
-               str(folder), "--img-size", "32", "--workers", "0"])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "timm:mobilenetv2_100",
+            "--checkpoint",
+            str(out / "last.pth"),
+            "--data",
+            str(folder),
+            "--img-size",
+            "32",
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 0

@@ -25,9 +25,28 @@ from efficientformer.utils.io import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 # amp pinned: runs compared for exactness must not each measure their own precision (amp=auto has its own test)
-TINY = dict(model="efficientformerv2_s0", img_size=32, batch_size=8, workers=0, threads=1, epochs=1, mixup=0.0,
-            amp="none", cutmix=0.0, auto_augment=None, color_jitter=None, reprob=0.0, hflip=0.0, repeated_aug=False,
-            distillation="none", teacher=None, warmup_epochs=0, lr=2e-3, ema_decay=0.9, progress=False)  # fmt: skip
+TINY = dict(
+    model="efficientformerv2_s0",
+    img_size=32,
+    batch_size=8,
+    workers=0,
+    threads=1,
+    epochs=1,
+    mixup=0.0,
+    amp="none",
+    cutmix=0.0,
+    auto_augment=None,
+    color_jitter=None,
+    reprob=0.0,
+    hflip=0.0,
+    repeated_aug=False,
+    distillation="none",
+    teacher=None,
+    warmup_epochs=0,
+    lr=2e-3,
+    ema_decay=0.9,
+    progress=False,
+)
 
 
 def colour_folder(root: Path, n_train: int = 16, n_val: int = 6, size: int = 32) -> Path:
@@ -43,8 +62,9 @@ def colour_folder(root: Path, n_train: int = 16, n_val: int = 6, size: int = 32)
 
 
 def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "efficientformer", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "efficientformer", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def cfg_of(**kw) -> TrainConfig:
@@ -56,8 +76,14 @@ def test_config_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 7\nlr: 0.5\nmodel: efficientformer_l1\n")
     cfg = build_config(f, parse_overrides(["lr=0.1", "--batch-size", "16", "--no-ema", "amp=bf16"], ["ema"]))
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.ema, cfg.amp, cfg.model) == (7, 0.1, 16, False, "bf16",
-                                                                                   "efficientformer_l1")  # fmt: skip
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.ema, cfg.amp, cfg.model) == (
+        7,
+        0.1,
+        16,
+        False,
+        "bf16",
+        "efficientformer_l1",
+    )
     assert TrainConfig().global_lr(8) == pytest.approx(1e-3)  # 8 x 128 = 1024
     with pytest.raises(ValueError, match="unknown config key 'epoch'.*epochs"):
         build_config(None, {"epoch": "3"})
@@ -69,13 +95,22 @@ def test_config_yaml_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "key,value,message",
-    [("clip_grad", "-1", "'clip_grad' must be > 0.0"), ("max_steps", "-1", "'max_steps' must be >= 1"),
-     ("smoothing", "2", "'smoothing' must be < 1.0"), ("ema_decay", "1.5", "'ema_decay' must be < 1.0"),
-     ("hflip", "3", "'hflip' must be <= 1.0"), ("mixup", "-1", "'mixup' must be >= 0.0"),
-     ("drop_path", "1.5", "'drop_path' must be < 1.0"), ("eval_every", "-1", "'eval_every' must be >= 0"),
-     ("img_size", "48", "multiple of 32"), ("auto_augment", "rand-q9", "not a timm auto-augment spec"),
-     ("batch_size", "7", "even batch_size"), ("device", "gpu", "device='gpu'"), ("lr", "0", "'lr' must be > 0.0")],
-)  # fmt: skip
+    [
+        ("clip_grad", "-1", "'clip_grad' must be > 0.0"),
+        ("max_steps", "-1", "'max_steps' must be >= 1"),
+        ("smoothing", "2", "'smoothing' must be < 1.0"),
+        ("ema_decay", "1.5", "'ema_decay' must be < 1.0"),
+        ("hflip", "3", "'hflip' must be <= 1.0"),
+        ("mixup", "-1", "'mixup' must be >= 0.0"),
+        ("drop_path", "1.5", "'drop_path' must be < 1.0"),
+        ("eval_every", "-1", "'eval_every' must be >= 0"),
+        ("img_size", "48", "multiple of 32"),
+        ("auto_augment", "rand-q9", "not a timm auto-augment spec"),
+        ("batch_size", "7", "even batch_size"),
+        ("device", "gpu", "device='gpu'"),
+        ("lr", "0", "'lr' must be > 0.0"),
+    ],
+)
 def test_out_of_range_values_are_refused(key, value, message):
     """Each of these used to be accepted and quietly wreck (or crash) training."""
     with pytest.raises(ValueError, match=message):
@@ -122,8 +157,16 @@ def test_train_transform_is_timms_create_transform_with_the_official_arguments()
     from efficientformer.train.engine import train_transform
 
     img = Image.fromarray(load_sample_image("china.jpg"))
-    official = create_transform(input_size=64, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
-                                interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1)  # fmt: skip
+    official = create_transform(
+        input_size=64,
+        is_training=True,
+        color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+    )
     ours = train_transform(TrainConfig(img_size=64))
     for seed in range(6):
         outs = []
@@ -146,10 +189,26 @@ def test_lr_curve_equals_the_official_loop_epoch_by_epoch(tmp_path):
     from efficientformer.train.engine import train
 
     epochs, warmup = 8, 3
-    args = Namespace(sched="cosine", epochs=epochs, decay_epochs=30, decay_milestones=[30, 60], cooldown_epochs=10,
-                     patience_epochs=10, decay_rate=0.1, min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=warmup,
-                     lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, seed=42, lr_cycle_mul=1.0,
-                     lr_cycle_decay=0.1, lr_cycle_limit=1, lr_k_decay=1.0)  # fmt: skip
+    args = Namespace(
+        sched="cosine",
+        epochs=epochs,
+        decay_epochs=30,
+        decay_milestones=[30, 60],
+        cooldown_epochs=10,
+        patience_epochs=10,
+        decay_rate=0.1,
+        min_lr=1e-5,
+        warmup_lr=1e-5,
+        warmup_epochs=warmup,
+        lr_noise=None,
+        lr_noise_pct=0.67,
+        lr_noise_std=1.0,
+        seed=42,
+        lr_cycle_mul=1.0,
+        lr_cycle_decay=0.1,
+        lr_cycle_limit=1,
+        lr_k_decay=1.0,
+    )
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     sched, _ = create_scheduler(args, opt)
     official = []
@@ -157,8 +216,19 @@ def test_lr_curve_equals_the_official_loop_epoch_by_epoch(tmp_path):
         official.append(opt.param_groups[0]["lr"])
         sched.step(epoch)
     data = colour_folder(tmp_path / "data")
-    summary = train(cfg_of(data=str(data), output=str(tmp_path / "run"), epochs=epochs, warmup_epochs=warmup,
-                           warmup_lr=1e-5, min_lr=1e-5, lr=1e-3, max_steps=1, eval_every=0))  # fmt: skip
+    summary = train(
+        cfg_of(
+            data=str(data),
+            output=str(tmp_path / "run"),
+            epochs=epochs,
+            warmup_epochs=warmup,
+            warmup_lr=1e-5,
+            min_lr=1e-5,
+            lr=1e-3,
+            max_steps=1,
+            eval_every=0,
+        )
+    )
     ours = [h["lr"] for h in safe_torch_load(tmp_path / "run" / "last.pth")["history"]]
     assert summary["epochs"] == epochs and ours == pytest.approx(official, rel=1e-12, abs=0)
     # the official order trains epoch e >= 1 with the rate of e - 1: epoch 3 (the first after warm-up) uses lr(2)
@@ -185,8 +255,10 @@ def test_weight_decay_falls_on_the_official_tensors_and_the_exemption_is_an_opti
                 if isinstance(m, LayerScale):
                     m.scale = torch.nn.Parameter(m.scale.data.view(-1, 1, 1))
         official_names = {id(p): n for n, p in official_model.named_parameters()}
-        official = {g["weight_decay"]: [official_names[id(p)] for p in g["params"]]
-                    for g in param_groups_weight_decay(official_model, 0.025)}  # fmt: skip
+        official = {
+            g["weight_decay"]: [official_names[id(p)] for p in g["params"]]
+            for g in param_groups_weight_decay(official_model, 0.025)
+        }
         names = {id(p): n for n, p in model.named_parameters()}
         ours = {g["weight_decay"]: [names[id(p)] for p in g["params"]] for g in param_groups(model, 0.025)}
         assert ours == official, name  # the same tensors decayed, the same exempt
@@ -213,7 +285,8 @@ def test_distillation_losses():
     hard = torch.nn.functional.cross_entropy(dist, t_logits.argmax(1))
     ce = SoftTargetCrossEntropy()
     assert DistillationLoss(ce, "hard", teacher, 0.5)(x, (head, dist), target).item() == pytest.approx(
-        (0.5 * base + 0.5 * hard).item(), rel=1e-5)  # fmt: skip
+        (0.5 * base + 0.5 * hard).item(), rel=1e-5
+    )
     tau = 2.0
     p_t = (t_logits / tau).softmax(1)
     kl = (p_t * (p_t.log() - (dist / tau).log_softmax(1))).sum() * tau**2 / dist.numel()
@@ -227,8 +300,9 @@ def test_distillation_losses():
 
 
 def test_teacher_sources_and_class_mismatch(tmp_path):
-    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                                    torch.nn.Linear(3, 5)))  # fmt: skip
+    scripted = torch.jit.script(
+        torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 5))
+    )
     path = tmp_path / "teacher.pt"
     scripted.save(str(path))
     assert build_teacher(str(path), None, num_classes=5, img_size=32) is not None
@@ -249,8 +323,18 @@ def test_digits_short_run_learns(tmp_path):
     from efficientformer.train.engine import train
     from efficientformer.train.recipes import DIGITS_RECIPE
 
-    cfg = build_config(None, {**DIGITS_RECIPE, "epochs": 2, "max_steps": 12, "output": str(tmp_path / "run"),
-                              "cache_dir": str(tmp_path / "cache"), "progress": False, "workers": 0})  # fmt: skip
+    cfg = build_config(
+        None,
+        {
+            **DIGITS_RECIPE,
+            "epochs": 2,
+            "max_steps": 12,
+            "output": str(tmp_path / "run"),
+            "cache_dir": str(tmp_path / "cache"),
+            "progress": False,
+            "workers": 0,
+        },
+    )
     summary = train(cfg)
     assert summary["val_top1"] >= 50.0, summary
     out = tmp_path / "run"
@@ -290,8 +374,9 @@ def test_kill_minus_9_mid_run_then_resume(tmp_path):
     data = colour_folder(tmp_path / "data", n_train=32)
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--output", str(out), *[f"{k}={v}" for k, v in TINY.items()], "epochs=40"]
-    proc = subprocess.Popen([sys.executable, "-m", "efficientformer", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "efficientformer", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 150
         while time.time() < deadline and not (out / "last.pth").exists():
@@ -318,8 +403,11 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     engine.train(cfg_of(data=str(data), output=str(out), epochs=1))
     good = safe_torch_load(out / "last.pth")
     monkeypatch.setattr(engine, "base_criterion", lambda cfg: lambda logits, target: logits.sum() * float("nan"))
-    with pytest.raises(engine.NonFiniteLossError, match=r"NaN or infinite by iteration 8 \(epoch 2\).*kept in "
-                       r".*last.pth \(iteration 4\)"):  # fmt: skip
+    with pytest.raises(
+        engine.NonFiniteLossError,
+        match=r"NaN or infinite by iteration 8 \(epoch 2\).*kept in "
+        r".*last.pth \(iteration 4\)",
+    ):
         engine.train(cfg_of(data=str(data), output=str(out), epochs=3))
     kept = safe_torch_load(out / "last.pth")
     assert kept["progress"]["epoch"] == 1 and torch.equal(kept["model"]["head.weight"], good["model"]["head.weight"])
@@ -401,8 +489,21 @@ def test_compile_with_ema_trains_resumes_and_evaluates(tmp_path):
     summary = train(cfg_of(data=str(data), output=str(out), epochs=2, compile=True, max_steps=2))
     ckpt = safe_torch_load(out / "last.pth")
     assert summary["epochs"] == 2 and not any(k.startswith("_orig_mod") for k in ckpt["model"])
-    res = run_cli("eval", "--model", "efficientformerv2_s0", "--checkpoint", str(out / "last.pth"), "--data",
-                  str(data), "--img-size", "32", "--json", "--workers", "0", "--ema")  # fmt: skip
+    res = run_cli(
+        "eval",
+        "--model",
+        "efficientformerv2_s0",
+        "--checkpoint",
+        str(out / "last.pth"),
+        "--data",
+        str(data),
+        "--img-size",
+        "32",
+        "--json",
+        "--workers",
+        "0",
+        "--ema",
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["top1"] == pytest.approx(ckpt["history"][-1]["ema_top1"])
 
@@ -414,14 +515,37 @@ def test_eval_command_counts_and_errors(tmp_path):
     (data / "val" / "dark" / "corrupt.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "run"
     train(cfg_of(data=str(data), output=str(out), epochs=1))
-    res = run_cli("eval", "--model", "efficientformerv2_s0", "--checkpoint", str(out / "last.pth"), "--data",
-                  str(data), "--img-size", "32", "--json", "--workers", "0")  # fmt: skip
+    res = run_cli(
+        "eval",
+        "--model",
+        "efficientformerv2_s0",
+        "--checkpoint",
+        str(out / "last.pth"),
+        "--data",
+        str(data),
+        "--img-size",
+        "32",
+        "--json",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
     assert result["images"] == 12 and result["skipped"] == 1 and result["classes"] == 2
     assert result["preprocessing"] == "resize short side 36 (bicubic), centre crop 32, ImageNet mean/std"
-    bad = run_cli("eval", "--model", "efficientformer_l1", "--checkpoint", str(out / "last.pth"), "--data", str(data),
-                  "--img-size", "32", "--workers", "0")  # fmt: skip
+    bad = run_cli(
+        "eval",
+        "--model",
+        "efficientformer_l1",
+        "--checkpoint",
+        str(out / "last.pth"),
+        "--data",
+        str(data),
+        "--img-size",
+        "32",
+        "--workers",
+        "0",
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "efficientformerv2_s0" in bad.stderr
 
 
@@ -506,21 +630,41 @@ def test_precision_auto_and_the_run_records_it(tmp_path, monkeypatch):
     for amp, expected in (("auto", "none"), ("bf16", "bf16")):
         seen.clear()
         out = tmp_path / amp
-        cfg = build_config(None, {**DIGITS_RECIPE, "epochs": 1, "max_steps": 2, "ema": False, "workers": 0, "amp": amp,
-                                  "output": str(out), "cache_dir": str(tmp_path / "cache"),
-                                  "progress": False})  # fmt: skip
+        cfg = build_config(
+            None,
+            {
+                **DIGITS_RECIPE,
+                "epochs": 1,
+                "max_steps": 2,
+                "ema": False,
+                "workers": 0,
+                "amp": amp,
+                "output": str(out),
+                "cache_dir": str(tmp_path / "cache"),
+                "progress": False,
+            },
+        )
         summary = train(cfg)
         assert seen and set(seen) == {expected}
         ckpt = torch.load(out / "last.pth", weights_only=True)
         assert ckpt["precision"] == {"amp": expected, "channels_last": True} and ckpt["config"]["amp"] == amp
         data = tmp_path / "cache" / "digits-32px"
-        result = evaluate_checkpoint("efficientformerv2_s0", out / "last.pth", data, img_size=32,
-                                     resize=cfg.eval_resize, workers=0, device="cpu")  # fmt: skip
+        result = evaluate_checkpoint(
+            "efficientformerv2_s0", out / "last.pth", data, img_size=32, resize=cfg.eval_resize, workers=0, device="cpu"
+        )
         assert result["top1"] == pytest.approx(summary["val_top1"], abs=1e-9)
     # auto chose bf16 when the run started; the resumed run keeps it although the probe now measures no gain
     monkeypatch.setattr(engine, "cpu_bf16_speedup", lambda model, x: 1.9)
-    base = {**DIGITS_RECIPE, "epochs": 1, "max_steps": 2, "ema": False, "workers": 0, "output": str(tmp_path / "r"),
-            "cache_dir": str(tmp_path / "cache"), "progress": False}  # fmt: skip
+    base = {
+        **DIGITS_RECIPE,
+        "epochs": 1,
+        "max_steps": 2,
+        "ema": False,
+        "workers": 0,
+        "output": str(tmp_path / "r"),
+        "cache_dir": str(tmp_path / "cache"),
+        "progress": False,
+    }
     train(build_config(None, base))
     monkeypatch.setattr(engine, "cpu_bf16_speedup", lambda model, x: 1.0)
     seen.clear()
@@ -599,8 +743,11 @@ def test_posterize_zero_bits_is_black_and_a_failing_augmentation_names_the_op(tm
     op.aug_fn = broken
     data = colour_folder(tmp_path / "data", n_train=1, n_val=1)
     folder = TolerantImageFolder(data / "train", transform=op)
-    with pytest.raises(AugmentationError, match=r"augmentation AugmentOp\(PosterizeIncreasing\) failed on .*0\.png: "
-                                                r"ValueError: boom"):  # fmt: skip
+    with pytest.raises(
+        AugmentationError,
+        match=r"augmentation AugmentOp\(PosterizeIncreasing\) failed on .*0\.png: "
+        r"ValueError: boom",
+    ):
         folder[0]
     (data / "train" / "bright" / "0.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="skipped"):
@@ -608,8 +755,9 @@ def test_posterize_zero_bits_is_black_and_a_failing_augmentation_names_the_op(tm
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_failing_augmentation_is_one_line_naming_the_op_with_and_without_workers(tmp_path, monkeypatch, capsys,
-                                                                                     workers):  # fmt: skip
+def test_a_failing_augmentation_is_one_line_naming_the_op_with_and_without_workers(
+    tmp_path, monkeypatch, capsys, workers
+):
     """Through loader workers PyTorch re-raises a worker's error as "Caught AugmentationError in DataLoader worker
     process 0."; the loop raises it again with the worker's own message, so the CLI's one line names the op and the
     file in both cases."""

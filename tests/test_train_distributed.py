@@ -22,8 +22,18 @@ def _ddp_args(data, out, batch_size: int, extra=()) -> list[str]:
     # with the statistics of its own half batch, so DDP and one process legitimately differ; everything else
     # (sampler split, gradient averaging, AdamW, AGC clipping) must agree to float tolerance: fp32, since bf16
     # autocast (amp=auto on AMX/AVX512-BF16 CPUs) rounds each half batch's activations differently.
-    cfg = {**TINY, "no_aug": "true", "freeze_bn": "true", "ema": "false", "max_steps": 3, "epochs": 1,
-           "batch_size": batch_size, "lr": 1e-3, "drop_path": 0.0, "amp": "none"}  # fmt: skip
+    cfg = {
+        **TINY,
+        "no_aug": "true",
+        "freeze_bn": "true",
+        "ema": "false",
+        "max_steps": 3,
+        "epochs": 1,
+        "batch_size": batch_size,
+        "lr": 1e-3,
+        "drop_path": 0.0,
+        "amp": "none",
+    }
     return ["train", "--data", str(data), "--output", str(out), *[f"{k}={v}" for k, v in cfg.items()], *extra]
 
 
@@ -31,20 +41,36 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     data = colour_folder(tmp_path / "data", n_train=16, n_val=5)
     Image.open(data / "val" / "dark" / "0.png").save(data / "val" / "dark" / "extra.png")  # 11 val images: odd
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    res = subprocess.run([sys.executable, "-m", "efficientformer", *_ddp_args(data, single, 8)], cwd=REPO,
-                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "efficientformer", *_ddp_args(data, single, 8)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     # 2 processes x 2 accumulated batches of 2 = one step of 8: the first batch of each step runs under DDP's
     # no_sync (no all-reduce), the second all-reduces the summed gradients
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "efficientformer", *_ddp_args(data, ddp, 2, ["grad_accum=2"])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "efficientformer",
+        *_ddp_args(data, ddp, 2, ["grad_accum=2"]),
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout and "global batch 8 (2 x 2 accumulated per process)" in res.stdout
     a, b = safe_torch_load(single / "last.pth"), safe_torch_load(ddp / "last.pth")
     assert a["history"][0]["steps"] == b["history"][0]["steps"] == 3
-    worst = max((a["model"][k].double() - b["model"][k].double()).abs().max().item()
-                for k in a["model"] if a["model"][k].is_floating_point())  # fmt: skip
+    worst = max(
+        (a["model"][k].double() - b["model"][k].double()).abs().max().item()
+        for k in a["model"]
+        if a["model"][k].is_floating_point()
+    )
     print(f"DDP (2 x 2 accumulated) vs single: max abs weight difference after 3 AdamW steps = {worst:.3g}")
     assert worst < 1e-5, worst
     # distributed evaluation counted each of the 11 validation images exactly once
@@ -80,16 +106,28 @@ def test_accumulated_micro_batches_skip_the_gradient_all_reduce(tmp_path):
                 return done
 
             train_model.register_comm_hook(None, hook)
-        task = loop.Task(name="t", model=model, optimizer=optimizer, batches=None, evaluate=None, config=None,
-                         step=lambda m, b: loop.Step(m(b).square().mean(), b.shape[0]))  # fmt: skip
-        plan = loop.Plan(task=task, schedule=loop.Schedule(steps_per_epoch=2, total_steps=2, grad_accum=grad_accum),
-                         output=tmp_path, info=DistInfo())  # fmt: skip
+        task = loop.Task(
+            name="t",
+            model=model,
+            optimizer=optimizer,
+            batches=None,
+            evaluate=None,
+            config=None,
+            step=lambda m, b: loop.Step(m(b).square().mean(), b.shape[0]),
+        )
+        plan = loop.Plan(
+            task=task,
+            schedule=loop.Schedule(steps_per_epoch=2, total_steps=2, grad_accum=grad_accum),
+            output=tmp_path,
+            info=DistInfo(),
+        )
         gen = torch.Generator().manual_seed(1)
         batches = iter([torch.randn(2, 4, generator=gen) for _ in range(8)])
         state, meters = loop.RunState(), loop.Meters(torch.device("cpu"), 0.1)
         for _ in range(8 // grad_accum):
-            assert loop._optimizer_step(plan, train_model, batches, Precision("none", torch.device("cpu")), state,
-                                        meters)  # fmt: skip
+            assert loop._optimizer_step(
+                plan, train_model, batches, Precision("none", torch.device("cpu")), state, meters
+            )
         return model.state_dict(), len(calls), state.epoch_batches
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -133,8 +171,13 @@ def test_ddp_ema_identical_reported_metrics_are_the_checkpoints_and_resume_is_ex
     ``eval`` (and ``eval --ema``) give on the saved checkpoint; (3) a run stopped after epoch 1 and resumed ends
     bit-identical to a straight run (model, EMA, optimizer)."""
     data = colour_folder(tmp_path / "data", n_train=16, n_val=5)
-    common = [*[f"{k}={v}" for k, v in TINY.items()], "ema_decay=0.5", "crop_scale_min=0.5", "drop_path=0.1",
-              "batch_size=4"]  # fmt: skip
+    common = [
+        *[f"{k}={v}" for k, v in TINY.items()],
+        "ema_decay=0.5",
+        "crop_scale_min=0.5",
+        "drop_path=0.1",
+        "batch_size=4",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _torchrun(str(REPO / "tests" / "ddp_probe.py"), "--data", str(data), "--output", str(straight), *common, "epochs=2")
     ranks = json.loads((straight / "ema_ranks.json").read_text())
@@ -144,8 +187,21 @@ def test_ddp_ema_identical_reported_metrics_are_the_checkpoints_and_resume_is_ex
     last = a["history"][-1]
     for flag, top1_key in (("", "val_top1"), ("--ema", "ema_top1")):
         extra = [flag] if flag else []
-        res = run_cli("eval", "--model", "efficientformerv2_s0", "--checkpoint", str(straight / "last.pth"),
-                      "--data", str(data), "--img-size", "32", "--json", "--workers", "0", *extra)  # fmt: skip
+        res = run_cli(
+            "eval",
+            "--model",
+            "efficientformerv2_s0",
+            "--checkpoint",
+            str(straight / "last.pth"),
+            "--data",
+            str(data),
+            "--img-size",
+            "32",
+            "--json",
+            "--workers",
+            "0",
+            *extra,
+        )
         assert res.returncode == 0, res.stderr
         got = json.loads(res.stdout)
         assert got["top1"] == pytest.approx(last[top1_key], abs=1e-9), (flag, got, last)
@@ -153,8 +209,9 @@ def test_ddp_ema_identical_reported_metrics_are_the_checkpoints_and_resume_is_ex
             assert got["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
 
     for epochs in (1, 2):
-        _torchrun("-m", "efficientformer", "train", "--data", str(data), "--output", str(resumed), *common,
-                  f"epochs={epochs}")  # fmt: skip
+        _torchrun(
+            "-m", "efficientformer", "train", "--data", str(data), "--output", str(resumed), *common, f"epochs={epochs}"
+        )
     b = safe_torch_load(resumed / "last.pth")
     assert len(b["rng"]) == 2  # every rank's random state is saved
     for part in ("model", "model_ema"):
@@ -197,9 +254,23 @@ def test_ddp_segmentation_resume_exact_and_metrics_equal_eval(tmp_path):
     from efficientformer.dense.synthetic import make_ade
 
     data = make_ade(tmp_path / "ade", train=8, val=3, size=64, seed=2)
-    common = ["--data", str(data), "--model", "efficientformerv2_s0", "num_classes=4", "crop_size=64",
-              "scale=128,64", "batch_size=2", "workers=0", "threads=1", "fpn_channels=16", "head_channels=8",
-              "poly_power=0", "eval_every=0", "checkpoint_every=1"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "efficientformerv2_s0",
+        "num_classes=4",
+        "crop_size=64",
+        "scale=128,64",
+        "batch_size=2",
+        "workers=0",
+        "threads=1",
+        "fpn_channels=16",
+        "head_channels=8",
+        "poly_power=0",
+        "eval_every=0",
+        "checkpoint_every=1",
+    ]
     straight, resumed = tmp_path / "a", tmp_path / "b"
     _torchrun("-m", "efficientformer", "segment", "train", "--output", str(straight), *common, "steps=4")
     _torchrun("-m", "efficientformer", "segment", "train", "--output", str(resumed), *common, "steps=2")
@@ -223,10 +294,28 @@ def test_ddp_detection_resume_exact_and_metrics_equal_eval(tmp_path):
     from efficientformer.dense.synthetic import make_coco
 
     data = make_coco(tmp_path / "coco", train=8, val=3, size=64, seed=2)
-    common = ["--data", str(data), "--model", "efficientformerv2_s0", "min_size=64", "max_size=96",
-              "anchor_sizes=8,16,32,64,128", "fpn_channels=16", "box_head_dim=32", "mask_head_channels=8",
-              "box_batch_size=32", "rpn_batch_size=32", "batch_size=2", "workers=0", "threads=1", "epochs=2",
-              "lr_steps=1", "warmup_iters=2", "eval_every=0", "checkpoint_every=0"]  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "efficientformerv2_s0",
+        "min_size=64",
+        "max_size=96",
+        "anchor_sizes=8,16,32,64,128",
+        "fpn_channels=16",
+        "box_head_dim=32",
+        "mask_head_channels=8",
+        "box_batch_size=32",
+        "rpn_batch_size=32",
+        "batch_size=2",
+        "workers=0",
+        "threads=1",
+        "epochs=2",
+        "lr_steps=1",
+        "warmup_iters=2",
+        "eval_every=0",
+        "checkpoint_every=0",
+    ]
     straight, resumed = tmp_path / "a", tmp_path / "b"
     _torchrun("-m", "efficientformer", "detect", "train", "--output", str(straight), *common)
     _torchrun("-m", "efficientformer", "detect", "train", "--output", str(resumed), *common, "steps=3")

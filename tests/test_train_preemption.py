@@ -26,8 +26,20 @@ from efficientformer.utils.io import safe_torch_load
 
 # Every random stream in play: RandAugment and random erasing (per-sample seeds), Mixup/CutMix (numpy, main
 # process), drop path (torch), BatchNorm in batch-statistics mode, the EMA, AGC clipping, a per-epoch schedule.
-RANDOM = {**TINY, "auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "hflip": 0.5, "mixup": 0.8, "cutmix": 1.0,
-          "drop_path": 0.1, "batch_size": 4, "epochs": 3, "warmup_epochs": 1, "log_every": 1, "ema": True}  # fmt: skip
+RANDOM = {
+    **TINY,
+    "auto_augment": "rand-m9-mstd0.5-inc1",
+    "reprob": 0.25,
+    "hflip": 0.5,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "drop_path": 0.1,
+    "batch_size": 4,
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "log_every": 1,
+    "ema": True,
+}
 STEPS_PER_EPOCH = 8  # 32 images / batch 4
 
 
@@ -57,8 +69,9 @@ def assert_same_run(a: dict, b: dict) -> None:
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), ("optimizer", i, k)
     assert a["scheduler"] == b["scheduler"] and a["ema_updates"] == b["ema_updates"]
     timing = ("epoch_seconds", "images_per_s")
-    assert [{k: v for k, v in h.items() if k not in timing} for h in a["history"]] == \
-        [{k: v for k, v in h.items() if k not in timing} for h in b["history"]]  # fmt: skip
+    assert [{k: v for k, v in h.items() if k not in timing} for h in a["history"]] == [
+        {k: v for k, v in h.items() if k not in timing} for h in b["history"]
+    ]
 
 
 def _signal_at(monkeypatch, iteration: int, signum: int, during_save: bool = False) -> None:
@@ -185,8 +198,7 @@ def test_checkpoints_by_minutes_resume_bit_identical(straight, tmp_path, monkeyp
     assert_same_run(reference, safe_torch_load(snapshot / "last.pth"))
 
 
-def test_submitit_requeues_after_the_mid_epoch_checkpoint_and_resumes_from_it(straight, tmp_path, monkeypatch,
-                                                                               capsys):  # fmt: skip
+def test_submitit_requeues_after_the_mid_epoch_checkpoint_and_resumes_from_it(straight, tmp_path, monkeypatch, capsys):
     """submitit's own protocol, without a cluster: its ``process_job`` (what every task of a job runs) with its
     local job environment, twice, as its controller does when a task exits with the requeue code. The first
     attempt gets submitit's signal (USR2) in epoch 2: the loop checkpoints, and submitit's handler calls
@@ -202,9 +214,15 @@ def test_submitit_requeues_after_the_mid_epoch_checkpoint_and_resumes_from_it(st
     data, reference = straight
     out, folder = tmp_path / "run", tmp_path / "submitit"
     folder.mkdir()
-    for key, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "1",
-                       "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
-                       "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0"}.items():  # fmt: skip
+    for key, value in {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "4242",
+        "SUBMITIT_LOCAL_NTASKS": "1",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_GLOBALID": "0",
+        "SUBMITIT_LOCAL_LOCALID": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SUBMITIT_FOLDER", str(folder))
     paths = submitit.JobEnvironment().paths
@@ -229,8 +247,10 @@ def test_submitit_requeues_after_the_mid_epoch_checkpoint_and_resumes_from_it(st
         for number, handler in handlers.items():
             signal.signal(number, handler)
     printed = capsys.readouterr().out
-    assert f"resuming from {out / 'last.pth'}: iteration {stop_at + 1} of {3 * STEPS_PER_EPOCH}, epoch 1, batch 4" \
-        in printed  # fmt: skip
+    assert (
+        f"resuming from {out / 'last.pth'}: iteration {stop_at + 1} of {3 * STEPS_PER_EPOCH}, epoch 1, batch 4"
+        in printed
+    )
     status, summary = pickle.loads(paths.result_pickle.read_bytes())
     assert status == "success" and summary["epochs"] == 3
     assert_same_run(reference, safe_torch_load(out / "last.pth"))
@@ -240,10 +260,19 @@ def test_second_run_into_a_live_folder_is_refused_and_a_stale_lock_taken_over(tm
     from efficientformer.runtime.lock import RunFolderLocked, run_folder_lock
 
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom efficientformer.runtime.lock import "
-                               "acquire\nacquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(out)],
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-                              cwd=REPO)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom efficientformer.runtime.lock import "
+            "acquire\nacquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderLocked) as refused, run_folder_lock(out):
@@ -251,9 +280,23 @@ def test_second_run_into_a_live_folder_is_refused_and_a_stale_lock_taken_over(tm
         line = str(refused.value)
         assert "\n" not in line and f"PID {holder.pid}" in line and "host " in line and "started 20" in line
         data = colour_folder(tmp_path / "data", n_train=2, n_val=1)
-        res = subprocess.run([sys.executable, "-m", "efficientformer", "train", "--data", str(data), "--output",
-                              str(out), *[f"{k}={v}" for k, v in TINY.items()]], capture_output=True, text=True,
-                             cwd=REPO, timeout=120)  # fmt: skip
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "efficientformer",
+                "train",
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                *[f"{k}={v}" for k, v in TINY.items()],
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
         assert res.returncode == 2 and f"PID {holder.pid}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
         assert not (out / "config.yaml").exists()  # refused before writing anything
     finally:
@@ -284,13 +327,17 @@ def _torchrun(data, out, script: list[str], *extra: str, restarts: int = 0) -> s
         *TWO_PROCESSES,
         *extra,
     ]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
 
 
 def _probe(at_step: int, signal_name: str, rank: int) -> list[str]:
     """The probe signals ``rank`` during the first batch of optimiser step ``at_step + 1`` (it counts batches)."""
-    return [str(REPO / "tests" / "preempt_probe.py"), f"--probe-at={2 * at_step}", f"--probe-signal={signal_name}",
-            f"--probe-rank={rank}"]  # fmt: skip
+    return [
+        str(REPO / "tests" / "preempt_probe.py"),
+        f"--probe-at={2 * at_step}",
+        f"--probe-signal={signal_name}",
+        f"--probe-rank={rank}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -340,16 +387,38 @@ def test_grad_accum_4x8_is_far_closer_to_one_step_of_32_than_one_step_of_8(tmp_p
     of 8 being normalised with its own statistics; with BatchNorm on running statistics (freeze_bn) 4 x 8 equals
     32 to float rounding. The numbers are recorded in docs/training.md."""
     data = colour_folder(tmp_path / "data", n_train=16, n_val=2)
-    base = {**TINY, "no_aug": True, "opt": "sgd", "lr": 0.1, "clip_grad": None, "weight_decay": 0.0, "ema": False,
-            "drop_path": 0.0, "max_steps": 1, "eval_every": 0, "repeated_aug": False}  # fmt: skip
+    base = {
+        **TINY,
+        "no_aug": True,
+        "opt": "sgd",
+        "lr": 0.1,
+        "clip_grad": None,
+        "weight_decay": 0.0,
+        "ema": False,
+        "drop_path": 0.0,
+        "max_steps": 1,
+        "eval_every": 0,
+        "repeated_aug": False,
+    }
     start = None
     result = {}
     for freeze in (False, True):
         deltas = {}
         for name, batch, accum in (("32", 32, 1), ("4x8", 8, 4), ("8", 8, 1)):
             out = tmp_path / f"{name}-{freeze}"
-            engine.train(build_config(None, {**base, "data": str(data), "output": str(out), "batch_size": batch,
-                                             "grad_accum": accum, "freeze_bn": freeze}))  # fmt: skip
+            engine.train(
+                build_config(
+                    None,
+                    {
+                        **base,
+                        "data": str(data),
+                        "output": str(out),
+                        "batch_size": batch,
+                        "grad_accum": accum,
+                        "freeze_bn": freeze,
+                    },
+                )
+            )
             ckpt = safe_torch_load(out / "last.pth")
             if start is None:  # the same initial weights in every run (seeded)
                 from efficientformer.models import create_model
@@ -358,8 +427,13 @@ def test_grad_accum_4x8_is_far_closer_to_one_step_of_32_than_one_step_of_8(tmp_p
                 start = create_model(
                     "efficientformerv2_s0", num_classes=2, img_size=32, distillation=False, drop_path_rate=0.0
                 ).state_dict()
-            deltas[name] = torch.cat([(ckpt["model"][k] - start[k]).flatten() for k in start
-                                      if start[k].is_floating_point() and "running" not in k])  # fmt: skip
+            deltas[name] = torch.cat(
+                [
+                    (ckpt["model"][k] - start[k]).flatten()
+                    for k in start
+                    if start[k].is_floating_point() and "running" not in k
+                ]
+            )
         ref = deltas["32"].norm()
         result[freeze] = {n: ((deltas[n] - deltas["32"]).norm() / ref).item() for n in ("4x8", "8")}
     with capsys.disabled():

@@ -69,8 +69,11 @@ def test_transformers_folder_and_hub_repository(tmp_path, monkeypatch):
     assert load_checkpoint(model, folder).layout == "transformers"
 
     cache = offline_hub_cache(tmp_path, monkeypatch)
-    add_repo(cache, "someone/efficientformer-l1-digits", {
-        "config.json": (FIXTURE / "config.json").read_bytes(), "model.safetensors": payload})  # fmt: skip
+    add_repo(
+        cache,
+        "someone/efficientformer-l1-digits",
+        {"config.json": (FIXTURE / "config.json").read_bytes(), "model.safetensors": payload},
+    )
     hub_model = create_model("hf-hub:someone/efficientformer-l1-digits", pretrained=True).eval()
     prep = model_preprocessing(hub_model)
     assert hub_model.num_classes == 10 and hub_model.img_size == (64, 64) and hub_model.head_dist is not None

@@ -52,8 +52,18 @@ def test_nccl_collectives_on_cuda_tensors(nccl_group):
 def test_classification_bf16_channels_last_compile_ema_resume(nccl_group, tmp_path):
     data = colour_folder(tmp_path / "data", n_train=32, n_val=8, size=64)
     out = tmp_path / "run"
-    base = {**TINY, "data": str(data), "output": str(out), "device": "cuda", "img_size": 64, "amp": "bf16",
-            "channels_last": True, "compile": True, "ema_decay": 0.9, "log_every": 2}  # fmt: skip
+    base = {
+        **TINY,
+        "data": str(data),
+        "output": str(out),
+        "device": "cuda",
+        "img_size": 64,
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": True,
+        "ema_decay": 0.9,
+        "log_every": 2,
+    }
     first = train(build_config(None, {**base, "epochs": 1}))
     summary = train(build_config(None, {**base, "epochs": 2}))
     ckpt = safe_torch_load(out / "last.pth")
@@ -69,8 +79,20 @@ def test_segmentation_steps_on_cuda(nccl_group, tmp_path):
     from efficientformer.dense.synthetic import make_ade
 
     data = make_ade(tmp_path / "ade", train=4, val=2, size=64, seed=1)
-    cfg = SegmentConfig(data=str(data), output=str(tmp_path / "seg"), model="efficientformerv2_s0", num_classes=4,
-                        crop_size=64, scale=(128, 64), steps=4, batch_size=2, workers=0, fpn_channels=16,
-                        head_channels=8, eval_every=0, device="cuda")  # fmt: skip
+    cfg = SegmentConfig(
+        data=str(data),
+        output=str(tmp_path / "seg"),
+        model="efficientformerv2_s0",
+        num_classes=4,
+        crop_size=64,
+        scale=(128, 64),
+        steps=4,
+        batch_size=2,
+        workers=0,
+        fpn_channels=16,
+        head_channels=8,
+        eval_every=0,
+        device="cuda",
+    )
     metrics = loops.train_segmentation(cfg)
     assert 0.0 <= metrics["mIoU"] <= 1.0

@@ -199,8 +199,15 @@ def _validate(cfg: BenchConfig) -> None:
         raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
 
 
-def _add_candidate(cands: dict, notes: list[str], log: Callable[[str], None], key: tuple,
-                   make: Callable[[], Callable[[], object]], params: int, macs: int) -> None:  # fmt: skip
+def _add_candidate(
+    cands: dict,
+    notes: list[str],
+    log: Callable[[str], None],
+    key: tuple,
+    make: Callable[[], Callable[[], object]],
+    params: int,
+    macs: int,
+) -> None:
     """Build one timed call; a backend failing for one model is a note, not a lost run."""
     log(f"building {' '.join(map(str, key))}")
     try:
@@ -221,8 +228,10 @@ def load_warning(loads: list[float], threads: int) -> str | None:
     worst = max(loads)
     if worst <= threads:
         return None
-    return (f"warning: load average reached {worst:.2f} during the run, above the {threads} thread(s) timed: other "
-            "work shared the cores; read ratios with their spread, not absolute times")  # fmt: skip
+    return (
+        f"warning: load average reached {worst:.2f} during the run, above the {threads} thread(s) timed: other "
+        "work shared the cores; read ratios with their spread, not absolute times"
+    )
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
@@ -296,16 +305,24 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 for backend in backends:
                     b = get_backend(backend)
                     form, xin = (ours, x) if b.form == "eval" else (fused, xf if b.runtime == "torch" else x)
-                    add((name, "ours", backend, batch), partial(make, backend, form, f"{_stem(name)}-ours-b{batch}",
-                                                                xin), params, macs)  # fmt: skip
+                    add(
+                        (name, "ours", backend, batch),
+                        partial(make, backend, form, f"{_stem(name)}-ours-b{batch}", xin),
+                        params,
+                        macs,
+                    )
                     if foreign is not None and b.foreign_rows:
                         stem = f"{_stem(name)}-timm-b{batch}"
                         add((name, "timm", backend, batch), partial(make, backend, foreign, stem, x), params, macs)
             for bname, bmodel, bparams, bmacs in base_models:
                 for backend in backends:
                     if get_backend(backend).baseline_rows:
-                        add((bname, "timm", backend, batch), partial(make, backend, bmodel, f"{bname}-b{batch}", x),
-                            bparams, bmacs)  # fmt: skip
+                        add(
+                            (bname, "timm", backend, batch),
+                            partial(make, backend, bmodel, f"{bname}-b{batch}", x),
+                            bparams,
+                            bmacs,
+                        )
 
             groups: dict[tuple[str, str], dict] = {}
             for key, (fn, _, _) in cands.items():
@@ -319,14 +336,22 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                     key = ("gemm-1024", "ceiling", prec, batch)
                     probes[key], ceilings[prec] = fn, (key, flops)
                 groups[("torch", "ceiling")] = probes
-            log(f"batch {batch}: timing {len(cands)} candidates in {len(groups)} groups, {cfg.repeats} repeat(s) of "
-                f"{cfg.warmup} warm-up + {cfg.runs} rounds")  # fmt: skip
+            log(
+                f"batch {batch}: timing {len(cands)} candidates in {len(groups)} groups, {cfg.repeats} repeat(s) of "
+                f"{cfg.warmup} warm-up + {cfg.runs} rounds"
+            )
             blocks = min(cfg.blocks, cfg.runs) if cfg.blocks else cfg.runs
             times: dict = {}
             repeat_medians: dict = {}
             for rep in range(cfg.repeats):
-                part = time_blocks(groups, cfg.warmup if rep == 0 else min(cfg.warmup, 2), cfg.runs, blocks,
-                                   progress=True, clock=BENCHMARK_CLOCKS[cfg.clock])  # fmt: skip
+                part = time_blocks(
+                    groups,
+                    cfg.warmup if rep == 0 else min(cfg.warmup, 2),
+                    cfg.runs,
+                    blocks,
+                    progress=True,
+                    clock=BENCHMARK_CLOCKS[cfg.clock],
+                )
                 loads.append(load_average())
                 for key, values in part.items():
                     times.setdefault(key, []).extend(values)
@@ -345,14 +370,30 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 gflops = 2.0 * macs * b / med / 1e6
                 ceiling = ceiling_gflops.get(prec if prec in ceiling_gflops else "fp32")
                 row = BenchRow(
-                    model_name, impl, backend, b, med, p90(times[key]), b * 1e3 / med, params / 1e6,
-                    PUBLISHED_TOP1.get(model_name), cfg.runs, prec, macs / 1e9, gflops,
-                    gflops / ceiling if ceiling else None, faults_per_call(fn, 3), min(times[key]),
-                    [round(t, 4) for t in times[key]], [round(t, 4) for t in repeat_medians[key]],
-                )  # fmt: skip
+                    model_name,
+                    impl,
+                    backend,
+                    b,
+                    med,
+                    p90(times[key]),
+                    b * 1e3 / med,
+                    params / 1e6,
+                    PUBLISHED_TOP1.get(model_name),
+                    cfg.runs,
+                    prec,
+                    macs / 1e9,
+                    gflops,
+                    gflops / ceiling if ceiling else None,
+                    faults_per_call(fn, 3),
+                    min(times[key]),
+                    [round(t, 4) for t in times[key]],
+                    [round(t, 4) for t in repeat_medians[key]],
+                )
                 batch_rows.append(row)
-                log(f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}"
-                    f"  {gflops:6.1f} GFLOP/s")  # fmt: skip
+                log(
+                    f"{model_name:22s} {impl:5s} {backend:17s} b={b:<3d} median {med:8.2f} ms  p90 {row.p90_ms:8.2f}"
+                    f"  {gflops:6.1f} GFLOP/s"
+                )
             rows += batch_rows
             comparisons += compare(batch_rows, batch, baselines)
     finally:
@@ -395,8 +436,13 @@ RATIOS = (
 
 def _spread(values: list[float]) -> dict:
     mid = statistics.median(values)
-    return {"value": mid, "values": values, "min": min(values), "max": max(values),
-            "spread_pct": 100 * (max(values) - min(values)) / mid if mid else 0.0}  # fmt: skip
+    return {
+        "value": mid,
+        "values": values,
+        "min": min(values),
+        "max": max(values),
+        "spread_pct": 100 * (max(values) - min(values)) / mid if mid else 0.0,
+    }
 
 
 def compare(rows: list[BenchRow], batch: int, baselines: list[str] | tuple[str, ...] = BASELINES) -> list[dict]:
@@ -410,8 +456,16 @@ def compare(rows: list[BenchRow], batch: int, baselines: list[str] | tuple[str, 
     def add(model: str, label: str, num: tuple, den: tuple) -> None:
         a, b = by[num].repeat_medians_ms or [by[num].median_ms], by[den].repeat_medians_ms or [by[den].median_ms]
         vals = [x / y for x, y in zip(a, b, strict=False)] or [med[num] / med[den]]
-        out.append({"model": model, "batch": batch, "ratio": label, "numerator": num[2],
-                    "denominator": den[0] if den[0] != model else den[2], **_spread(vals)})  # fmt: skip
+        out.append(
+            {
+                "model": model,
+                "batch": batch,
+                "ratio": label,
+                "numerator": num[2],
+                "denominator": den[0] if den[0] != model else den[2],
+                **_spread(vals),
+            }
+        )
 
     models = sorted({r.model for r in rows if r.impl == "ours" and r.batch == batch})
     base_fastest = {}
@@ -477,12 +531,16 @@ def to_markdown(result: dict) -> str:
             f"| {num(r.get('faults_per_call'), '.0f')} | {r['params_m']:.2f} | {num(r['top1'], '.1f')} | {speed} |"
         )
     if result.get("comparisons"):
-        lines += ["", "| model | batch | ratio | numerator | value (median of repeats) | spread (min-max) |",
-                  "|---|---:|---|---|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "| model | batch | ratio | numerator | value (median of repeats) | spread (min-max) |",
+            "|---|---:|---|---|---:|---:|",
+        ]
         for c in result["comparisons"]:
             spread = f"{c['min']:.3f}-{c['max']:.3f} ({c['spread_pct']:.1f}%)" if "min" in c else ""
-            lines.append(f"| {c['model']} | {c['batch']} | {c['ratio']} | {c['numerator']} | {c['value']:.3f} "
-                         f"| {spread} |")  # fmt: skip
+            lines.append(
+                f"| {c['model']} | {c['batch']} | {c['ratio']} | {c['numerator']} | {c['value']:.3f} | {spread} |"
+            )
     lines += [f"\nNote: {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 

@@ -161,6 +161,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     make = getattr(synthetic, args.task.synth)
     root = make(args.output, train=args.train, val=args.val, size=args.size, seed=args.seed)
-    print(f"wrote a {args.task.synth_format} set to {root} ({args.train} train / {args.val} val images, "
-          f"{args.task.synth_note})")  # fmt: skip
+    print(
+        f"wrote a {args.task.synth_format} set to {root} ({args.train} train / {args.val} val images, "
+        f"{args.task.synth_note})"
+    )
     return 0

@@ -29,8 +29,14 @@ from ..models.factory import create_model, model_preprocessing
 from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
-EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "pt2": ".pt2",
-              "openvino": ".xml"}  # fmt: skip
+EXTENSIONS = {
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+    "coreml": ".mlpackage",
+    "executorch": ".pte",
+    "pt2": ".pt2",
+    "openvino": ".xml",
+}
 #: How a model with another activation is named on every command line (models.registry.with_activation).
 ACT_HELP = (
     "; append _relu or _hardswish (efficientformerv2_s0_relu) for the variant with that activation in place of "
@@ -118,8 +124,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not calib:
             raise ValueError(f"none of the calibration images under {args.calib_dir} could be read")
         calib_arrays, eval_arrays = [a for _, a in calib], [a for _, a in held_out]
-        report = openvino_int8_report(model, out_dir, calib_arrays, eval_arrays, img, threads=args.threads,
-                                      runs=args.runs, keep_float=not args.int8_stem_head)  # fmt: skip
+        report = openvino_int8_report(
+            model,
+            out_dir,
+            calib_arrays,
+            eval_arrays,
+            img,
+            threads=args.threads,
+            runs=args.runs,
+            keep_float=not args.int8_stem_head,
+        )
         print(json.dumps(report, indent=2))
         if args.json:
             atomic_write_json(args.json, report)
@@ -129,8 +143,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             raise ValueError("--backend pt2e quantises a PyTorch model: pass --model NAME, not --onnx")
         model = _build(args.model, args.checkpoint, args.img_size)
         package = check_output_path(out_dir / f"{model.spec.name}.int8.pt2", flag="--output-dir")  # before the work
-        report = pt2e_report(model, args.calib_dir, args.eval_dir, args.img_size, threads=args.threads,
-                             runs=args.runs, package_path=package)  # fmt: skip
+        report = pt2e_report(
+            model,
+            args.calib_dir,
+            args.eval_dir,
+            args.img_size,
+            threads=args.threads,
+            runs=args.runs,
+            package_path=package,
+        )
         print(json.dumps(report, indent=2))
         if args.json:
             atomic_write_json(args.json, report)
@@ -208,11 +229,13 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model name" + ACT_HELP)
     p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random init)")
     p.add_argument(
-        "--format", required=True, choices=list(EXTENSIONS),
+        "--format",
+        required=True,
+        choices=list(EXTENSIONS),
         help="pt2: an AOTInductor package (compiled ahead of time for this CPU, fixed batch; the benchmark's "
         "inductor-aot backend); openvino: an OpenVINO IR NAME.xml + NAME.bin (fixed batch; run it in fp32, or "
         "in bf16 with OpenVINO's INFERENCE_PRECISION_HINT where the CPU has it; INT8: quantize --backend openvino)",
-    )  # fmt: skip
+    )
     p.add_argument("--output", required=True, help="output file (.onnx, .pt, .pte, .pt2, .xml) or .mlpackage directory")
     p.add_argument("--onnx", default=None, help="--format openvino: convert this ONNX file of the model instead")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default 224)")

@@ -37,20 +37,36 @@ def register(subparsers) -> None:
 
     lut = sub.add_parser("lut", help="measure a latency lookup table (resumable)")
     lut.add_argument("--family", choices=("v1", "v2"), default="v2")
-    lut.add_argument("--runtime", choices=RUNTIMES, default="deploy",
-                     help="a CPU backend of the deployment registry (torch: the eager model)")  # fmt: skip
+    lut.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="deploy",
+        help="a CPU backend of the deployment registry (torch: the eager model)",
+    )
     lut.add_argument("--threads", type=int, default=1)
     lut.add_argument("--img-size", type=int, default=224)
     lut.add_argument("--batch", type=int, default=1)
     lut.add_argument("--num-classes", type=int, default=1000)
     lut.add_argument("--warmup", type=int, default=5)
     lut.add_argument("--runs", type=int, default=25)
-    lut.add_argument("--statistic", choices=("median", "min"), default="median",
-                     help="what an entry holds (min suits a shared, busy machine; both are stored)")  # fmt: skip
-    lut.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                     help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)")  # fmt: skip
-    lut.add_argument("--context", type=int, default=1,
-                     help="time each FFN/attention/Meta4D/Meta3D block as a chain of K copies (per copy)")  # fmt: skip
+    lut.add_argument(
+        "--statistic",
+        choices=("median", "min"),
+        default="median",
+        help="what an entry holds (min suits a shared, busy machine; both are stored)",
+    )
+    lut.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: the thread's CPU time (with --threads 1; robust on a shared machine)",
+    )
+    lut.add_argument(
+        "--context",
+        type=int,
+        default=1,
+        help="time each FFN/attention/Meta4D/Meta3D block as a chain of K copies (per copy)",
+    )
     lut.add_argument(
         "--for-check",
         type=int,
@@ -84,13 +100,19 @@ def register(subparsers) -> None:
         default=None,
         help="with --measured: refit on this statistic of entries and networks (all are stored)",
     )
-    chk.add_argument("--measured", default=None,
-                     help="lut_check.json of an earlier check on the same runtime/threads/resolution: refit this "
-                          "table on those measured networks instead of timing them again")  # fmt: skip
+    chk.add_argument(
+        "--measured",
+        default=None,
+        help="lut_check.json of an earlier check on the same runtime/threads/resolution: refit this "
+        "table on those measured networks instead of timing them again",
+    )
     chk.set_defaults(func=run_lut_check)
 
-    sn = sub.add_parser("supernet", help="train a V2 supernet with the sandwich rule (the training runtime: "
-                        "checkpoints, exact resume, torchrun DDP)")  # fmt: skip
+    sn = sub.add_parser(
+        "supernet",
+        help="train a V2 supernet with the sandwich rule (the training runtime: "
+        "checkpoints, exact resume, torchrun DDP)",
+    )
     sn.add_argument("--config", default="configs/search/v2_proxy.yaml", help="YAML with 'space:' (and 'mes:')")
     sn.add_argument("--data", default="proxy", help="'proxy' (bundled) or a folder with train/ (and search/)")
     sn.add_argument("--img-size", type=int, default=32)
@@ -135,8 +157,11 @@ def register(subparsers) -> None:
     v1.add_argument("--output", required=True)
     v1.set_defaults(func=run_v1)
 
-    pl = sub.add_parser("pipeline", help="table -> check -> supernet -> search -> retrain -> export -> measured "
-                        "latency -> report, cached and resumable, in one run folder")  # fmt: skip
+    pl = sub.add_parser(
+        "pipeline",
+        help="table -> check -> supernet -> search -> retrain -> export -> measured "
+        "latency -> report, cached and resumable, in one run folder",
+    )
     pl.add_argument(
         "--config",
         default="search/v2_proxy",
@@ -149,13 +174,19 @@ def register(subparsers) -> None:
         default="proxy",
         help="tiny: CI, minutes; proxy: this machine, the bundled proxy task; full: ImageNet, a cluster",
     )
-    pl.add_argument("--target-like", default=None,
-                    help="a reference measured in the same runtime (mobilenetv2_100, efficientformerv2_s0, an "
-                         "architecture file) or a latency in ms; several, comma-separated, share one walk "
-                         "(default: the config's target_like)")  # fmt: skip
+    pl.add_argument(
+        "--target-like",
+        default=None,
+        help="a reference measured in the same runtime (mobilenetv2_100, efficientformerv2_s0, an "
+        "architecture file) or a latency in ms; several, comma-separated, share one walk "
+        "(default: the config's target_like)",
+    )
     pl.add_argument("--data", default=None, help="override the config's data ('proxy' or an ImageNet-style folder)")
-    pl.add_argument("--table-cache", default=None, help="folder of reusable latency tables "
-                    "(default ~/.cache/efficientformer/latency-tables)")  # fmt: skip
+    pl.add_argument(
+        "--table-cache",
+        default=None,
+        help="folder of reusable latency tables (default ~/.cache/efficientformer/latency-tables)",
+    )
     pl.set_defaults(func=run_pipeline)
 
     show = sub.add_parser("show", help="parameters and table latency of an architecture file or a model name")
@@ -192,11 +223,21 @@ def run_lut(args: argparse.Namespace) -> int:
         space = V1Space.from_dict(space_cfg) if space_cfg else V1Space()
     start = time.time()
     table = build_table(
-        args.output, args.family, args.runtime, threads=args.threads, img_size=args.img_size, batch=args.batch,
-        num_classes=args.num_classes, warmup=args.warmup, runs=args.runs, space=space, statistic=args.statistic,
-        clock=args.clock, context=args.context,
+        args.output,
+        args.family,
+        args.runtime,
+        threads=args.threads,
+        img_size=args.img_size,
+        batch=args.batch,
+        num_classes=args.num_classes,
+        warmup=args.warmup,
+        runs=args.runs,
+        space=space,
+        statistic=args.statistic,
+        clock=args.clock,
+        context=args.context,
         keys=check_keys(args.family, space.to_dict(), args.for_check, 0) if args.for_check is not None else None,
-    )  # fmt: skip
+    )
     m = table.meta["machine"]
     print(
         f"{args.output}: {len(table.entries)} entries ({'complete' if table.meta['complete'] else 'INCOMPLETE'}) "
@@ -226,13 +267,19 @@ def run_lut_check(args: argparse.Namespace) -> int:
     paths = write_report(result, args.output_dir)
     s = result["summary"]
     for r in result["rows"]:
-        print(f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  per-kind (LOO) {r['loo_per_kind_ms']:8.2f}  "
-              f"measured {r['measured_ms']:8.2f}")  # fmt: skip
-    print(f"{s['networks']} networks ({s['published']} published), leave-one-out; load {s['loadavg_start']} -> "
-          f"{s['loadavg_end']}")  # fmt: skip
+        print(
+            f"  {r['name']:28s} sum {r['sum_ms']:8.2f}  per-kind (LOO) {r['loo_per_kind_ms']:8.2f}  "
+            f"measured {r['measured_ms']:8.2f}"
+        )
+    print(
+        f"{s['networks']} networks ({s['published']} published), leave-one-out; load {s['loadavg_start']} -> "
+        f"{s['loadavg_end']}"
+    )
     for method, m in s["methods_leave_one_out"].items():
-        print(f"  {method:9s} Kendall tau {m['kendall_tau']:.3f}  MAPE {m['mape_percent']:5.1f}%  "
-              f"within +-10% {m['within_10_percent']:5.1f}%")  # fmt: skip
+        print(
+            f"  {method:9s} Kendall tau {m['kendall_tau']:.3f}  MAPE {m['mape_percent']:5.1f}%  "
+            f"within +-10% {m['within_10_percent']:5.1f}%"
+        )
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if args.update_lut:
         if Path(args.lut).suffix.lower() == ".csv":
@@ -248,15 +295,28 @@ def run_supernet(args: argparse.Namespace) -> int:
     space = V2Space.from_dict(cfg.get("space", {}))
     root = data_root(args.data)
     out = Path(args.output)
-    scfg = load_config(SupernetConfig, None, list(args.overrides or []), data=str(root), output=str(out),
-                       img_size=args.img_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       num_random=args.num_random, threads=args.threads, seed=args.seed)  # fmt: skip
+    scfg = load_config(
+        SupernetConfig,
+        None,
+        list(args.overrides or []),
+        data=str(root),
+        output=str(out),
+        img_size=args.img_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_random=args.num_random,
+        threads=args.threads,
+        seed=args.seed,
+    )
     net, metrics = train_supernet(scfg, space, root)
     if int(os.environ.get("RANK", "0")) == 0:
         save_supernet(net, out / "supernet.pth", data=str(root))
         held_out = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if isinstance(v, float))
-        print(f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)"
-              + (f"; held-out {held_out}" if held_out else ""))  # fmt: skip
+        print(
+            f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)"
+            + (f"; held-out {held_out}" if held_out else "")
+        )
     return 0
 
 
@@ -292,17 +352,31 @@ def run_search(args: argparse.Namespace) -> int:
         v1_table = LatencyTable.load(args.v1_lut)
         lines = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
     out = Path(args.output)
-    summary = run_v2_search(net, table, targets, data_root(args.data), out, mes=mes,
-                            actions_per_step=args.actions_per_step, calib_images=args.calib_images,
-                            eval_images=args.eval_images, lines=lines, lut_name=str(args.lut),
-                            supernet_name=str(args.supernet))  # fmt: skip
+    summary = run_v2_search(
+        net,
+        table,
+        targets,
+        data_root(args.data),
+        out,
+        mes=mes,
+        actions_per_step=args.actions_per_step,
+        calib_images=args.calib_images,
+        eval_images=args.eval_images,
+        lines=lines,
+        lut_name=str(args.lut),
+        supernet_name=str(args.supernet),
+    )
     final = summary["final"]
     rate = summary["evaluations"] / max(summary["seconds"], 1e-9)
-    print(f"{summary['stopped']} after {summary['evaluations']} evaluations in {summary['seconds']:.0f} s "
-          f"({rate:.2f} candidates/s): acc {final['accuracy']:.2f}%, {final['latency_ms']:.2f} ms, "
-          f"{final['params'] / 1e6:.2f}M params")  # fmt: skip
-    print(f"wrote {summary['arch']}, {out / 'trajectory.jsonl'}, {summary['plot']}, {out / 'summary.json'}, "
-          f"{out / 'supernet_weights.pth'}")  # fmt: skip
+    print(
+        f"{summary['stopped']} after {summary['evaluations']} evaluations in {summary['seconds']:.0f} s "
+        f"({rate:.2f} candidates/s): acc {final['accuracy']:.2f}%, {final['latency_ms']:.2f} ms, "
+        f"{final['params'] / 1e6:.2f}M params"
+    )
+    print(
+        f"wrote {summary['arch']}, {out / 'trajectory.jsonl'}, {summary['plot']}, {out / 'summary.json'}, "
+        f"{out / 'supernet_weights.pth'}"
+    )
     return 0
 
 
@@ -316,14 +390,26 @@ def run_v1(args: argparse.Namespace) -> int:
         raise UserError("give a target: --target-latency MS or --target-like efficientformer_l1")
     cfg = _config(args.config)
     space = V1Space.from_dict(cfg.get("space", {}))
-    res = run_v1_search(table, target, space, data_root(args.data), Path(args.output), img_size=args.img_size,
-                        steps=args.steps, batch_size=args.batch_size, seed=args.seed, train=cfg.get("train", {}),
-                        log=lambda line: print(line, flush=True))  # fmt: skip
+    res = run_v1_search(
+        table,
+        target,
+        space,
+        data_root(args.data),
+        Path(args.output),
+        img_size=args.img_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        train=cfg.get("train", {}),
+        log=lambda line: print(line, flush=True),
+    )
     spec, tm = res["spec"], res["timing"]
-    print(f"{res['arch']}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
-          f"{res['latency_ms']:.2f} ms (target {target:.2f}), held-out acc {res['accuracy']:.2f}%; supernet "
-          f"{tm['supernet_steps_per_s']} steps/s, {tm['paths_scored']} paths scored at "
-          f"{tm['paths_per_s']}/s")  # fmt: skip
+    print(
+        f"{res['arch']}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
+        f"{res['latency_ms']:.2f} ms (target {target:.2f}), held-out acc {res['accuracy']:.2f}%; supernet "
+        f"{tm['supernet_steps_per_s']} steps/s, {tm['paths_scored']} paths scored at "
+        f"{tm['paths_per_s']}/s"
+    )
     return 0
 
 
@@ -334,16 +420,23 @@ def run_pipeline(args: argparse.Namespace) -> int:
     pipeline = Pipeline(cfg, args.output, target_like=args.target_like, table_cache=args.table_cache)
     results = pipeline.run()
     cached = [n for n, t in pipeline.timing.items() if t.get("cached")]
-    print(f"wrote {results['report']['report_md']} and {results['report']['report_json']}"
-          + (f" (cached stages: {', '.join(cached)})" if cached else ""))  # fmt: skip
+    print(
+        f"wrote {results['report']['report_md']} and {results['report']['report_json']}"
+        + (f" (cached stages: {', '.join(cached)})" if cached else "")
+    )
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
 
     spec = arch_to_spec(load_arch(args.arch)) if is_arch_path(args.arch) else get_spec(resolve_name(args.arch)[0])
-    info = {"name": spec.name, "family": spec.family, "widths": list(spec.widths), "depths": list(spec.depths),
-            "params": count_params(spec, args.img_size)}  # fmt: skip
+    info = {
+        "name": spec.name,
+        "family": spec.family,
+        "widths": list(spec.widths),
+        "depths": list(spec.depths),
+        "params": count_params(spec, args.img_size),
+    }
     if args.lut:
         table = LatencyTable.load(args.lut)
         info["table_latency_ms"] = round(table.predict(spec), 3)

@@ -53,8 +53,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML recipe, e.g. configs/efficientformerv2_s0_300e.yaml")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value (or use --key value)")
     g = p.add_argument_group("config keys (defaults: the official recipe; see configs/*.yaml)")
-    hints = {"data": "ImageNet-style folder (train/ and val/); default: bundled digits",
-             "output": "run folder (default runs/<model>-<dataset>); rerunning resumes"}  # fmt: skip
+    hints = {
+        "data": "ImageNet-style folder (train/ and val/); default: bundled digits",
+        "output": "run folder (default runs/<model>-<dataset>); rerunning resumes",
+    }
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         dest = f"cfg__{f.name}"
@@ -120,10 +122,18 @@ def _submit(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
-        args.model, args.checkpoint, args.data, img_size=args.img_size, resize=args.resize,
-        batch_size=args.batch_size, workers=args.workers, use_ema=args.ema, amp=args.amp, device=args.device,
+        args.model,
+        args.checkpoint,
+        args.data,
+        img_size=args.img_size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        use_ema=args.ema,
+        amp=args.amp,
+        device=args.device,
         max_pixels=args.max_pixels,
-    )  # fmt: skip
+    )
     if result is None:  # non-zero rank of a distributed eval
         return 0
     if args.json:

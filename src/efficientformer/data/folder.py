@@ -94,8 +94,10 @@ class TolerantImageFolder(DatasetFolder):
             try:
                 img = self.transform(img)
             except Exception as err:  # noqa: BLE001 - any failure: name the op, never skip the file
-                raise AugmentationError(f"augmentation {failing_op(err)} failed on {path}: {type(err).__name__}: "
-                                        f"{str(err).splitlines()[0] if str(err) else ''}") from err  # fmt: skip
+                raise AugmentationError(
+                    f"augmentation {failing_op(err)} failed on {path}: {type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}"
+                ) from err
         return img, target
 
     def _skip(self, path: str, reason: str) -> None:

@@ -28,8 +28,24 @@ from .digits import CLASS_NAMES
 SPLIT_SEED = 0
 RENDER_SEED = 1
 FRACTIONS = {"train": 0.70, "search": 0.15, "val": 0.15}
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel",
-          "camera", "coins", "moon", "brick", "grass", "gravel", "text", "page", "clock")  # fmt: skip
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "colorwheel",
+    "camera",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "text",
+    "page",
+    "clock",
+)
 VERSION = 3  # 3: larger, less rotated, more opaque digits in a contrasting colour, smoother crops, less noise
 
 
@@ -82,8 +98,9 @@ def render(
     return out.clip(0, 255).astype(np.uint8)
 
 
-def prepare_proxy(cache_dir: str | Path | None = None, size: int = 64, train_renders: int = 4,
-                  eval_renders: int = 2) -> Path:  # fmt: skip
+def prepare_proxy(
+    cache_dir: str | Path | None = None, size: int = 64, train_renders: int = 4, eval_renders: int = 2
+) -> Path:
     """Write the proxy folder (once) and return its root, which holds ``train/``, ``search/`` and ``val/``."""
     name = f"proxy-v{VERSION}-{size}px-r{train_renders}x{eval_renders}"
     return written_once(name, cache_dir, lambda folder: _write_proxy(folder, size, train_renders, eval_renders))
@@ -109,5 +126,10 @@ def _write_proxy(folder: Path, size: int, train_renders: int, eval_renders: int)
                 for r in range(renders):
                     Image.fromarray(render(images[i], photos, render_rng, size)).save(out / f"{int(i):04d}_{r}.png")
                     counts[split] += 1
-    return {"source": "sklearn digits on scikit-image photos", "size": size, "version": VERSION,
-            "images": counts, "photos": list(PHOTOS)}  # fmt: skip
+    return {
+        "source": "sklearn digits on scikit-image photos",
+        "size": size,
+        "version": VERSION,
+        "images": counts,
+        "photos": list(PHOTOS),
+    }

@@ -29,8 +29,9 @@ class TrainSampler(Sampler[int]):
     convention. ``set_epoch(epoch, start)`` skips the ``start`` samples of this rank already consumed.
     """
 
-    def __init__(self, n: int, rank: int = 0, world: int = 1, seed: int = 0, repeats: int = 1,
-                 shuffle: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, n: int, rank: int = 0, world: int = 1, seed: int = 0, repeats: int = 1, shuffle: bool = True
+    ) -> None:
         if n < 1:
             raise ValueError("the training split is empty")
         self.n, self.rank, self.world, self.seed = n, rank, world, seed

@@ -53,8 +53,9 @@ class DenseConfig:
 
     def check(self) -> None:
         """Rules that involve more than one field, or more than a range."""
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                          and self.device[5:].isdigit())):  # fmt: skip
+        if not (
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         check_stop_signals(self.stop_signals)
         parse_trackers(self.log)  # an unknown tracker name: one line naming log, before any work
@@ -76,7 +77,10 @@ class DenseConfig:
 
 def check_increasing(key: str, values: tuple, low: float, high: float | None = None) -> None:
     """Refuse a tuple that is not strictly increasing within ``[low, high]`` (one line naming the key)."""
-    if any(b <= a for a, b in zip(values, values[1:], strict=False)) or any(v < low for v in values) or (
-            high is not None and any(v > high for v in values)):  # fmt: skip
+    if (
+        any(b <= a for a, b in zip(values, values[1:], strict=False))
+        or any(v < low for v in values)
+        or (high is not None and any(v > high for v in values))
+    ):
         bounds = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ValueError(f"config key {key!r} must be strictly increasing and {bounds}, got {list(values)}")

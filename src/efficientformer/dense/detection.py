@@ -77,8 +77,9 @@ class DetectConfig(DenseConfig):
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
         if len(self.anchor_sizes) != 5:
-            raise ValueError(f"config key 'anchor_sizes' needs one size per FPN level (5), got "
-                             f"{list(self.anchor_sizes)}")  # fmt: skip
+            raise ValueError(
+                f"config key 'anchor_sizes' needs one size per FPN level (5), got {list(self.anchor_sizes)}"
+            )
         check_increasing("anchor_sizes", self.anchor_sizes, 1)
         check_increasing("lr_steps", self.lr_steps, 0)  # steps past the last epoch are never reached: allowed
 
@@ -437,8 +438,20 @@ def evaluate(
 
 
 # -- drawing -----------------------------------------------------------------------------------------------------
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]  # fmt: skip
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 def draw_detections(

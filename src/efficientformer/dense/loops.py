@@ -39,12 +39,17 @@ def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool 
     def make(epoch: int, start: int) -> torch.utils.data.DataLoader:
         sampler.set_epoch(epoch, start * cfg.batch_size)
         return torch.utils.data.DataLoader(
-            SeededSamples(dataset, cfg.seed, epoch), batch_size=cfg.batch_size, sampler=sampler,
-            num_workers=cfg.workers, collate_fn=collate, drop_last=drop_last, worker_init_fn=loader_worker_init,
+            SeededSamples(dataset, cfg.seed, epoch),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            collate_fn=collate,
+            drop_last=drop_last,
+            worker_init_fn=loader_worker_init,
             # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
             # resumed mid-epoch than in a straight one.
             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
-        )  # fmt: skip
+        )
 
     return make
 
@@ -52,8 +57,10 @@ def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool 
 def _check_model(cfg) -> Callable[[dict, Path], None]:
     def check(state: dict, path: Path) -> None:
         if state.get("config", {}).get("model") != cfg.model:
-            raise CheckpointReadError(f"{path} was trained with model {state.get('config', {}).get('model')!r}, not "
-                                      f"{cfg.model!r}; use another --output or resume=false")  # fmt: skip
+            raise CheckpointReadError(
+                f"{path} was trained with model {state.get('config', {}).get('model')!r}, not "
+                f"{cfg.model!r}; use another --output or resume=false"
+            )
 
     return check
 
@@ -65,8 +72,9 @@ def _run(cfg, env: DistInfo, plan: Plan) -> dict:
             atomic_write_text(out / "config.yaml", runtime_config.dump_yaml(cfg))
         state = fit(plan)
         if env.is_main:
-            atomic_write_json(out / "metrics.json", {"iteration": state.iteration, "epoch": state.epoch,
-                                                     **state.metrics})  # fmt: skip
+            atomic_write_json(
+                out / "metrics.json", {"iteration": state.iteration, "epoch": state.epoch, **state.metrics}
+            )
     return state.metrics
 
 
@@ -95,8 +103,13 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
     optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.resolved_weight_decay())
     per_epoch = det.iterations_per_epoch(len(train_set), cfg.batch_size, env.world)
     total = per_epoch * cfg.epochs
-    schedule = WarmupSchedule(optimizer, total, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
-                              milestones=tuple(e * per_epoch for e in cfg.lr_steps))  # fmt: skip
+    schedule = WarmupSchedule(
+        optimizer,
+        total,
+        warmup_iters=cfg.warmup_iters,
+        warmup_ratio=cfg.warmup_ratio,
+        milestones=tuple(e * per_epoch for e in cfg.lr_steps),
+    )
 
     def step(train_model: nn.Module, batch) -> Step:
         images = [im.to(env.device) for im in batch[0]]
@@ -107,40 +120,63 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
     def describe(m: dict) -> str:
         text = f"epoch {m['epoch']} iter {m['iteration']}: loss {m['train_loss']:.3f}"
         if "bbox_AP" in m:
-            text += (f" | bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} | segm AP {m['segm_AP']:.3f} "
-                     f"AP50 {m['segm_AP50']:.3f}")  # fmt: skip
+            text += (
+                f" | bbox AP {m['bbox_AP']:.3f} AP50 {m['bbox_AP50']:.3f} | segm AP {m['segm_AP']:.3f} "
+                f"AP50 {m['segm_AP50']:.3f}"
+            )
         return text
 
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     return Plan(
         task=Task(
-            name="detect", model=model, optimizer=optimizer, step=step,
+            name="detect",
+            model=model,
+            optimizer=optimizer,
+            step=step,
             batches=_batches(train_set, sampler, cfg, collate=det.collate),
-            evaluate=lambda m: det.evaluate(m, val_set, env.device, cfg.batch_size, rank=env.rank,
-                                            world_size=env.world),
-            config=cfg, seed=cfg.seed, meta={"classes": train_set.class_names, "cat_ids": train_set.cat_ids},
+            evaluate=lambda m: det.evaluate(
+                m, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world
+            ),
+            config=cfg,
+            seed=cfg.seed,
+            meta={"classes": train_set.class_names, "cat_ids": train_set.cat_ids},
             check_resume=_check_model(cfg),
             find_unused=True,  # torchvision's heads skip the mask branch for images without positive proposals
         ),
-        schedule=_schedule(cfg, per_epoch, min(total, cfg.steps) if cfg.steps > 0 else total, schedule,
-                           eval_unit="epoch"),
-        reporting=Reporting(log_every=cfg.log_every, metric_names=("bbox_AP50", "segm_AP50"), describe=describe,
-                            trackers=cfg.log or False),
-        output=Path(cfg.output), info=env,
-    )  # fmt: skip
+        schedule=_schedule(
+            cfg, per_epoch, min(total, cfg.steps) if cfg.steps > 0 else total, schedule, eval_unit="epoch"
+        ),
+        reporting=Reporting(
+            log_every=cfg.log_every,
+            metric_names=("bbox_AP50", "segm_AP50"),
+            describe=describe,
+            trackers=cfg.log or False,
+        ),
+        output=Path(cfg.output),
+        info=env,
+    )
 
 
 def _schedule(cfg, per_epoch: int, total: int, scheduler, eval_unit: str) -> Schedule:
     """The schedule both dense tasks share: iteration scheduler, norm clipping, mid-epoch checkpoints, signals."""
     return Schedule(
-        steps_per_epoch=per_epoch, total_steps=total, iteration_scheduler=scheduler, clip_grad=cfg.clip_grad or None,
-        clip_mode="norm", eval_every=cfg.eval_every, eval_unit=eval_unit, checkpoint_every=cfg.checkpoint_every,
-        checkpoint_minutes=cfg.checkpoint_minutes, stop_signals=cfg.stop_signals, resume=cfg.resume,
-    )  # fmt: skip
+        steps_per_epoch=per_epoch,
+        total_steps=total,
+        iteration_scheduler=scheduler,
+        clip_grad=cfg.clip_grad or None,
+        clip_mode="norm",
+        eval_every=cfg.eval_every,
+        eval_unit=eval_unit,
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_minutes=cfg.checkpoint_minutes,
+        stop_signals=cfg.stop_signals,
+        resume=cfg.resume,
+    )
 
 
-def _model_from_checkpoint(checkpoint: str | Path, task: str, cfg_cls: type, build: Callable, device: torch.device,
-                           **overrides):  # fmt: skip
+def _model_from_checkpoint(
+    checkpoint: str | Path, task: str, cfg_cls: type, build: Callable, device: torch.device, **overrides
+):
     """Rebuild a task model from a ``train`` checkpoint: its saved config (``overrides`` on top), then its weights."""
     state = read_checkpoint(checkpoint, "load")
     if state.get("task") != task:
@@ -157,9 +193,14 @@ def _model_from_checkpoint(checkpoint: str | Path, task: str, cfg_cls: type, bui
 
 def detection_model_from_checkpoint(checkpoint: str | Path, device: torch.device, **overrides):
     """``(model, config, checkpoint)`` of a detection checkpoint, the model in eval mode on ``device``."""
-    return _model_from_checkpoint(checkpoint, "detect", det.DetectConfig,
-                                  lambda cfg, st: det.build_mask_rcnn(cfg, len(st["classes"])), device,
-                                  **overrides)  # fmt: skip
+    return _model_from_checkpoint(
+        checkpoint,
+        "detect",
+        det.DetectConfig,
+        lambda cfg, st: det.build_mask_rcnn(cfg, len(st["classes"])),
+        device,
+        **overrides,
+    )
 
 
 def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto") -> dict:
@@ -168,8 +209,9 @@ def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto")
         model, cfg, state = detection_model_from_checkpoint(checkpoint, env.device)
         dataset = det.CocoInstances(*det.coco_paths(data or cfg.data, split or cfg.val_split))
         if dataset.cat_ids != list(state["cat_ids"]):
-            raise ValueError(f"the data set's categories {dataset.cat_ids} differ from the checkpoint's "
-                             f"{state['cat_ids']}")  # fmt: skip
+            raise ValueError(
+                f"the data set's categories {dataset.cat_ids} differ from the checkpoint's {state['cat_ids']}"
+            )
         return det.evaluate(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world)
 
 
@@ -180,8 +222,9 @@ def predict_detection(checkpoint: str, image: str, output: str, threshold: float
     x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1).to(dev)
     with torch.no_grad():
         result = model([x])[0]
-    drawn, n = det.draw_detections(img, result, list(state["classes"]), cfg.score_threshold if threshold is None
-                                   else threshold)  # fmt: skip
+    drawn, n = det.draw_detections(
+        img, result, list(state["classes"]), cfg.score_threshold if threshold is None else threshold
+    )
     _save_png(drawn, output)
     return n
 
@@ -197,13 +240,16 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
     val_set = seg.ADESegmentation(cfg.data, cfg.val_split, cfg, train=False)
     model = seg.SemanticFPN(cfg).to(env.device)
     optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay)
-    schedule = WarmupSchedule(optimizer, cfg.steps, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power,
-                              min_lr=cfg.resolved_min_lr())  # fmt: skip
+    schedule = WarmupSchedule(
+        optimizer, cfg.steps, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power, min_lr=cfg.resolved_min_lr()
+    )
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last
     if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split per process "
-                         f"({len(sampler)} images); lower batch_size")  # fmt: skip
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is larger than the training split per process "
+            f"({len(sampler)} images); lower batch_size"
+        )
 
     def step(train_model: nn.Module, batch) -> Step:
         images, labels = batch[0].to(env.device), batch[1].to(env.device)
@@ -211,27 +257,35 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
 
     return Plan(
         task=Task(
-            name="segment", model=model, optimizer=optimizer, step=step,
+            name="segment",
+            model=model,
+            optimizer=optimizer,
+            step=step,
             batches=_batches(train_set, sampler, cfg, drop_last=True),
             evaluate=lambda m: seg.evaluate(m, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
-            config=cfg, seed=cfg.seed,
+            config=cfg,
+            seed=cfg.seed,
             meta={"classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
             check_resume=_check_model(cfg),
         ),
         schedule=_schedule(cfg, per_epoch, cfg.steps, schedule, eval_unit="iteration"),
         reporting=Reporting(
-            log_every=cfg.log_every, metric_names=("mIoU", "aAcc"), plot_x="iteration",
+            log_every=cfg.log_every,
+            metric_names=("mIoU", "aAcc"),
+            plot_x="iteration",
             describe=lambda m: f"iter {m['iteration']}: mIoU {m['mIoU']:.4f} aAcc {m['aAcc']:.4f}",
             trackers=cfg.log or False,
         ),
-        output=Path(cfg.output), info=env,
-    )  # fmt: skip
+        output=Path(cfg.output),
+        info=env,
+    )
 
 
 def segmentation_model_from_checkpoint(checkpoint: str | Path, device: torch.device):
     """``(model, config, checkpoint)`` of a segmentation checkpoint, the model in eval mode on ``device``."""
-    return _model_from_checkpoint(checkpoint, "segment", seg.SegmentConfig, lambda cfg, st: seg.SemanticFPN(cfg),
-                                  device)  # fmt: skip
+    return _model_from_checkpoint(
+        checkpoint, "segment", seg.SegmentConfig, lambda cfg, st: seg.SemanticFPN(cfg), device
+    )
 
 
 def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "auto") -> dict:

@@ -95,8 +95,9 @@ def find_ade_pairs(root: str | Path, split: str) -> tuple[list[tuple[Path, Path]
     root = Path(root)
     img_dir, ann_dir = root / "images" / split, root / "annotations" / split
     if not img_dir.is_dir() or not ann_dir.is_dir():
-        raise FileNotFoundError(f"no ADE20K split {split!r} under {root}: expected images/{split}/ and "
-                                f"annotations/{split}/")  # fmt: skip
+        raise FileNotFoundError(
+            f"no ADE20K split {split!r} under {root}: expected images/{split}/ and annotations/{split}/"
+        )
     labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not images:
@@ -205,13 +206,16 @@ class ADESegmentation(SkipsUnreadable, torch.utils.data.Dataset):
         self, root: str | Path, split: str, cfg: SegmentConfig, train: bool = False, max_pixels: int | None = None
     ) -> None:
         pairs, problems = find_ade_pairs(root, split)
-        self.pairs, label_problems = check_ade(pairs, cfg.num_classes, cfg.reduce_zero_label, cfg.ignore_index,
-                                               max_pixels)  # fmt: skip
+        self.pairs, label_problems = check_ade(
+            pairs, cfg.num_classes, cfg.reduce_zero_label, cfg.ignore_index, max_pixels
+        )
         self.problems = problems + label_problems
         if label_problems and any("num_classes" in p for p in label_problems):
             # A class count that does not fit the data is a configuration mistake, not a bad file: stop here.
-            raise ValueError(f"{len(label_problems)} label file(s) do not fit the configuration: " + "; ".join(
-                p for p in label_problems if "num_classes" in p))  # fmt: skip
+            raise ValueError(
+                f"{len(label_problems)} label file(s) do not fit the configuration: "
+                + "; ".join(p for p in label_problems if "num_classes" in p)
+            )
         if self.problems:
             warnings.warn(
                 f"{len(self.problems)} problem(s) in {root} ({split}), left out: " + "; ".join(self.problems),
@@ -323,8 +327,9 @@ class SemanticFPN(nn.Module):
             raise ValueError(f"num_classes must be at least 1, got {cfg.num_classes}")
         self.backbone = cfg.build_backbone(cfg.crop_size)
         self.neck = FPN(self.backbone.channels, cfg.fpn_channels, extra_pool=False)
-        self.head = SemanticFPNHead(cfg.fpn_channels, cfg.head_channels, cfg.num_classes, self.backbone.strides,
-                                    cfg.dropout)  # fmt: skip
+        self.head = SemanticFPNHead(
+            cfg.fpn_channels, cfg.head_channels, cfg.num_classes, self.backbone.strides, cfg.dropout
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = list(self.neck(self.backbone(x)).values())

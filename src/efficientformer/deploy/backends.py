@@ -77,8 +77,9 @@ def _inductor_aot(model: nn.Module, example: torch.Tensor, ctx: BackendContext) 
         return torch_runner(compile_aot(model, example), compiled=True)
     package = ctx.workdir / f"{ctx.stem}.pt2"  # kept under the stem (a latency table's blocks): compiled once
     if package.is_file():
-        return torch_runner(AOTInductorModel(torch._inductor.aoti_load_package(str(package)), "fp32", package),
-                            compiled=True)  # fmt: skip
+        return torch_runner(
+            AOTInductorModel(torch._inductor.aoti_load_package(str(package)), "fp32", package), compiled=True
+        )
     return torch_runner(compile_aot(model, example, package_path=package), compiled=True)
 
 
@@ -141,28 +142,89 @@ def _has_ort() -> tuple[bool, str]:
 
 
 for _b in (
-    Backend("eager", "torch", "fp32", "the training-time model in eval mode (and timm's)", _eager, form="eval",
-            foreign_rows=True),
-    Backend("deploy", "torch", "fp32", "the folded deploy form, eager, with oneDNN fused conv kernels", _eager,
-            baseline_rows=False),
-    Backend("compile", "torch", "fp32", "torch.compile of the deploy form, default options (and of timm's model)",
-            _compile, foreign_rows=True, baseline_rows=False),
-    Backend("inductor", "torch", "fp32", "the deploy form compiled by Inductor with freezing + weight prepacking",
-            _inductor("fp32")),
-    Backend("inductor-cpp", "torch", "fp32", "as inductor, with Inductor's C++ wrapper (no Python between kernels)",
-            _inductor("fp32", cpp_wrapper=True)),
-    Backend("inductor-aot", "torch", "fp32",
-            "as inductor, ahead of time (AOTInductor .pt2): no guards or Python per call", _inductor_aot),
-    Backend("inductor-bf16", "torch", "bf16", "as inductor, weights and activations in bf16 (native bf16 CPUs only)",
-            _inductor("bf16"), available=bf16_support),
-    Backend("pt2e-int8", "torch", "int8", "PT2E static INT8 (x86 Inductor quantizer), compiled with freezing",
-            _pt2e_int8, calibrates=True),
-    Backend("onnxruntime", "onnxruntime", "fp32",
-            "ONNX export of the deploy form (and of timm's model) in ONNX Runtime", _onnxruntime, foreign_rows=True,
-            available=_has_ort),
-    Backend("onnxruntime-int8", "onnxruntime", "int8", "static QDQ INT8 of that export, as `efficientformer quantize`",
-            _onnxruntime_int8, foreign_rows=True, available=_has_ort, calibrates=True),
-):  # fmt: skip
+    Backend(
+        "eager",
+        "torch",
+        "fp32",
+        "the training-time model in eval mode (and timm's)",
+        _eager,
+        form="eval",
+        foreign_rows=True,
+    ),
+    Backend(
+        "deploy",
+        "torch",
+        "fp32",
+        "the folded deploy form, eager, with oneDNN fused conv kernels",
+        _eager,
+        baseline_rows=False,
+    ),
+    Backend(
+        "compile",
+        "torch",
+        "fp32",
+        "torch.compile of the deploy form, default options (and of timm's model)",
+        _compile,
+        foreign_rows=True,
+        baseline_rows=False,
+    ),
+    Backend(
+        "inductor",
+        "torch",
+        "fp32",
+        "the deploy form compiled by Inductor with freezing + weight prepacking",
+        _inductor("fp32"),
+    ),
+    Backend(
+        "inductor-cpp",
+        "torch",
+        "fp32",
+        "as inductor, with Inductor's C++ wrapper (no Python between kernels)",
+        _inductor("fp32", cpp_wrapper=True),
+    ),
+    Backend(
+        "inductor-aot",
+        "torch",
+        "fp32",
+        "as inductor, ahead of time (AOTInductor .pt2): no guards or Python per call",
+        _inductor_aot,
+    ),
+    Backend(
+        "inductor-bf16",
+        "torch",
+        "bf16",
+        "as inductor, weights and activations in bf16 (native bf16 CPUs only)",
+        _inductor("bf16"),
+        available=bf16_support,
+    ),
+    Backend(
+        "pt2e-int8",
+        "torch",
+        "int8",
+        "PT2E static INT8 (x86 Inductor quantizer), compiled with freezing",
+        _pt2e_int8,
+        calibrates=True,
+    ),
+    Backend(
+        "onnxruntime",
+        "onnxruntime",
+        "fp32",
+        "ONNX export of the deploy form (and of timm's model) in ONNX Runtime",
+        _onnxruntime,
+        foreign_rows=True,
+        available=_has_ort,
+    ),
+    Backend(
+        "onnxruntime-int8",
+        "onnxruntime",
+        "int8",
+        "static QDQ INT8 of that export, as `efficientformer quantize`",
+        _onnxruntime_int8,
+        foreign_rows=True,
+        available=_has_ort,
+        calibrates=True,
+    ),
+):
     register_backend(_b)
 # the optional runtimes after the built-in ones, so that help texts list the defaults first
 for _name in [n for n in BACKENDS if n.startswith(("openvino", "cuda"))]:

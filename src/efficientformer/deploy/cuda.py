@@ -35,8 +35,14 @@ def _prepare(dtype: torch.dtype | None):
 
 
 for _b in (
-    Backend("cuda", "cuda", "fp32", "the deploy form on the GPU, channels-last, fp32 (TF32 as torch's default)",
-            _prepare(None), available=has_cuda),
+    Backend(
+        "cuda",
+        "cuda",
+        "fp32",
+        "the deploy form on the GPU, channels-last, fp32 (TF32 as torch's default)",
+        _prepare(None),
+        available=has_cuda,
+    ),
     Backend("cuda-bf16", "cuda", "bf16", "as cuda, in bf16 autocast", _prepare(torch.bfloat16), available=has_cuda),
-):  # fmt: skip
+):
     register_backend(_b)

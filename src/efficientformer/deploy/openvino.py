@@ -154,13 +154,35 @@ def _save_ir(ov_model, xml: Path) -> None:
 
 
 for _b in (
-    Backend("openvino", "openvino", "fp32", "the deploy form's ONNX export in OpenVINO (CPU plugin, fp32)",
-            _prepare("fp32"), foreign_rows=True, available=has_openvino),
-    Backend("openvino-bf16", "openvino", "bf16", "the same IR with OpenVINO's bf16 inference hint (native bf16 only)",
-            _prepare("bf16"), foreign_rows=True, available=bf16_openvino),
-    Backend("openvino-int8", "openvino", "int8", "NNCF post-training INT8 of that IR (stem conv and classifier float)",
-            _prepare("int8"), foreign_rows=True, available=has_nncf, calibrates=True),
-):  # fmt: skip
+    Backend(
+        "openvino",
+        "openvino",
+        "fp32",
+        "the deploy form's ONNX export in OpenVINO (CPU plugin, fp32)",
+        _prepare("fp32"),
+        foreign_rows=True,
+        available=has_openvino,
+    ),
+    Backend(
+        "openvino-bf16",
+        "openvino",
+        "bf16",
+        "the same IR with OpenVINO's bf16 inference hint (native bf16 only)",
+        _prepare("bf16"),
+        foreign_rows=True,
+        available=bf16_openvino,
+    ),
+    Backend(
+        "openvino-int8",
+        "openvino",
+        "int8",
+        "NNCF post-training INT8 of that IR (stem conv and classifier float)",
+        _prepare("int8"),
+        foreign_rows=True,
+        available=has_nncf,
+        calibrates=True,
+    ),
+):
     register_backend(_b)
 
 
@@ -193,13 +215,16 @@ def export_openvino(
     with torch.no_grad():
         ref = model(x)
     diff = float((openvino_runner(openvino_compiled(path, 1, "fp32"))(x) - ref).abs().max())
-    report = ExportReport("openvino", str(path), img, str(fixed), _size(path) + _size(path.with_suffix(".bin")),
-                          seconds, diff, [fixed])  # fmt: skip
+    report = ExportReport(
+        "openvino", str(path), img, str(fixed), _size(path) + _size(path.with_suffix(".bin")), seconds, diff, [fixed]
+    )
     if bf16_support()[0]:
         bdiff = float((openvino_runner(openvino_compiled(path, 1, "bf16"))(x) - ref).abs().max())
         scale = float(ref.abs().max())
-        report.notes.append(f"bf16 execution (INFERENCE_PRECISION_HINT=bf16): max |diff| {bdiff:.3g} "
-                            f"({100 * bdiff / max(scale, 1e-12):.2f}% of the largest logit)")  # fmt: skip
+        report.notes.append(
+            f"bf16 execution (INFERENCE_PRECISION_HINT=bf16): max |diff| {bdiff:.3g} "
+            f"({100 * bdiff / max(scale, 1e-12):.2f}% of the largest logit)"
+        )
     report.notes.append("load with openvino.Core().compile_model(path, 'CPU')")
     _check(diff, tolerance, "OpenVINO")
     return report
@@ -238,8 +263,14 @@ def openvino_int8_report(
         for k, r in runners.items():
             lat[k] += time_callable(lambda r=r: r(x), 3, max(1, runs // 3))
     med = {k: statistics.median(v) for k, v in lat.items()}
-    report = {"backend": "openvino", "threads": threads, "calib_images": len(calib), "eval_images": len(held_out),
-              "files": {k: str(p) for k, p in paths.items()}, "variants": {}}  # fmt: skip
+    report = {
+        "backend": "openvino",
+        "threads": threads,
+        "calib_images": len(calib),
+        "eval_images": len(held_out),
+        "files": {k: str(p) for k, p in paths.items()},
+        "variants": {},
+    }
     for k in runners:
         row = {"latency_ms": med[k], "speedup_vs_fp32": med["fp32"] / med[k]}
         if held_out and k != "fp32":

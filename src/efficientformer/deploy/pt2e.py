@@ -155,8 +155,12 @@ def pt2e_report(
     example = calib[0]
     int8 = package_pt2e_x86(fused, example, calib, package_path)
     fp32 = compile_aot(fused, example)
-    report: dict = {"backend": "pt2e-int8 (x86 Inductor quantizer, AOTInductor)", "img_size": img_size,
-                    "threads": threads, "calibration_images": len(calib)}  # fmt: skip
+    report: dict = {
+        "backend": "pt2e-int8 (x86 Inductor quantizer, AOTInductor)",
+        "img_size": img_size,
+        "threads": threads,
+        "calibration_images": len(calib),
+    }
     if package_path is not None:
         report["package"] = str(package_path)
     if eval_dir is not None:

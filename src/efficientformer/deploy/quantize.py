@@ -118,8 +118,11 @@ def logit_agreement(ref: np.ndarray, other: np.ndarray) -> dict:
     """Top-1 agreement of ``other`` with ``ref`` (N x classes logits) and the largest logit difference, absolute
     and as a share of the largest reference logit."""
     diff = float(np.abs(other - ref).max())
-    return {"top1_agreement": float((other.argmax(1) == ref.argmax(1)).mean()), "max_logit_diff": diff,
-            "max_logit_diff_rel": diff / max(float(np.abs(ref).max()), 1e-12)}  # fmt: skip
+    return {
+        "top1_agreement": float((other.argmax(1) == ref.argmax(1)).mean()),
+        "max_logit_diff": diff,
+        "max_logit_diff_rel": diff / max(float(np.abs(ref).max()), 1e-12),
+    }
 
 
 @dataclass

@@ -191,8 +191,11 @@ def preprocessing_for(
     (see :func:`efficientformer.models.model_preprocessing`), each overridden by an argument that is not None."""
     if not isinstance(model, EfficientFormerBase):  # a module of another kind: the published protocol
         base = EvalTransform()
-        return EvalTransform(img_size=base.img_size if img_size is None else img_size, resize=resize,
-                             interpolation=base.interpolation if interpolation is None else interpolation)  # fmt: skip
+        return EvalTransform(
+            img_size=base.img_size if img_size is None else img_size,
+            resize=resize,
+            interpolation=base.interpolation if interpolation is None else interpolation,
+        )
     return eval_transform_of(model_preprocessing(model), img_size, resize, interpolation)
 
 

@@ -107,9 +107,11 @@ def _read_training_run(run: Path, ckpt: dict[str, Any]) -> RunToPublish:
     if "head.weight" not in state:
         raise CheckpointError(f"{run / 'last.pth'} has no classifier head to publish")
     model = create_model(
-        name, num_classes=int(state["head.weight"].shape[0]), img_size=int(cfg.get("img_size", 224)),
+        name,
+        num_classes=int(state["head.weight"].shape[0]),
+        img_size=int(cfg.get("img_size", 224)),
         distillation="head_dist.weight" in state,
-    )  # fmt: skip
+    )
     load_checkpoint(model, state)
     model.pretrained_cfg["label_names"] = names
     facts = _common_facts(model, cfg)
@@ -126,7 +128,7 @@ def _read_training_run(run: Path, ckpt: dict[str, Any]) -> RunToPublish:
             f"top-1 {top1:.2f}% on the held-out split (EMA {summary.get('ema_top1')}, best {summary.get('best_top1')})"
             if isinstance(top1, (int, float))
             else "not measured in this run"
-        ),  # fmt: skip
+        ),
         eval_command=f"efficientformer eval --model {name} --checkpoint {run / 'last.pth'} --data {data_dir} "
         f"--img-size {int(model.img_size[0])}",
     )
@@ -141,9 +143,11 @@ def _read_search_run(run: Path) -> RunToPublish:
         raise CheckpointError(f"{run / 'supernet_weights.pth'} has no classifier head to publish")
     side = int(arch.get("img_size") or stored_img_size(state, "efficientformer") or 224)
     model = create_model(
-        str(run / "arch.yaml"), num_classes=int(state["head.weight"].shape[0]), img_size=side,
+        str(run / "arch.yaml"),
+        num_classes=int(state["head.weight"].shape[0]),
+        img_size=side,
         distillation="head_dist.weight" in state,
-    )  # fmt: skip
+    )
     load_checkpoint(model, state)
     found = dict(arch.get("search") or {})
     facts = _common_facts(model, {})
@@ -159,13 +163,13 @@ def _read_search_run(run: Path) -> RunToPublish:
             f"{found['accuracy_heldout']:.2f}% held-out accuracy of the supernet subnet during the search"
             if isinstance(found.get("accuracy_heldout"), (int, float))
             else "not recorded"
-        ),  # fmt: skip
+        ),
         latency=(
             f"{found['table_latency_ms']:.3f} ms predicted by the latency table {lut} "
             f"({table.get('runtime', 'runtime not recorded')})"
             if isinstance(found.get("table_latency_ms"), (int, float))
             else "not recorded"
-        ),  # fmt: skip
+        ),
         machine=table.get("machine") or None,
         recipe={"search": found},
     )
@@ -217,6 +221,11 @@ def push_run(
     with tempfile.TemporaryDirectory(prefix="efficientformer-push-") as tmp:
         folder = publish_run(run_dir, Path(tmp) / "repo")
         return push_to_hub(
-            None, repo_id, folder=folder, private=private, token=token, api=api,
+            None,
+            repo_id,
+            folder=folder,
+            private=private,
+            token=token,
+            api=api,
             commit_message=f"Upload {Path(run_dir).name} (efficientformer push)",
-        )  # fmt: skip
+        )

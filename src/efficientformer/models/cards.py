@@ -141,9 +141,15 @@ def run_card(facts: dict[str, Any]) -> str:
     lines.append(
         facts.get("summary", f"An EfficientFormer model ({kind} run) trained with the efficientformer toolkit.")
     )
-    lines += ["", "## Use", "", "```python", "from efficientformer import create_model, inference_model",
-              'model = create_model("hf-hub:<this repo>", pretrained=True)',
-              'print(inference_model(model, "image.jpg")["pred_class"])']  # fmt: skip
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from efficientformer import create_model, inference_model",
+        'model = create_model("hf-hub:<this repo>", pretrained=True)',
+        'print(inference_model(model, "image.jpg")["pred_class"])',
+    ]
     if facts.get("timm_compatible"):
         lines.append('# timm reads it too: timm.create_model("hf-hub:<this repo>", pretrained=True)')
     lines += ["```", "", "## Facts", "", "| | |", "|---|---|"]

@@ -126,18 +126,35 @@ def create_model(
     """
     if is_timm_name(name):
         return _create_timm(
-            name, arch=arch, num_classes=num_classes, img_size=img_size, distillation=distillation,
-            drop_path_rate=drop_path_rate, pretrained=pretrained, checkpoint=checkpoint, features_only=features_only,
-            out_indices=out_indices, act=act, **kwargs,
-        )  # fmt: skip
+            name,
+            arch=arch,
+            num_classes=num_classes,
+            img_size=img_size,
+            distillation=distillation,
+            drop_path_rate=drop_path_rate,
+            pretrained=pretrained,
+            checkpoint=checkpoint,
+            features_only=features_only,
+            out_indices=out_indices,
+            act=act,
+            **kwargs,
+        )
     if is_hub_name(name):
         if arch is not None:
             raise ValueError("a Hub repository says its own architecture; pass either hf-hub:... or arch=, not both")
         return _create_from_hub(
-            name, num_classes=num_classes, img_size=img_size, distillation=distillation, pretrained=pretrained,
-            checkpoint=checkpoint, act=act, drop_path_rate=drop_path_rate, features_only=features_only,
-            out_indices=out_indices, **kwargs,
-        )  # fmt: skip
+            name,
+            num_classes=num_classes,
+            img_size=img_size,
+            distillation=distillation,
+            pretrained=pretrained,
+            checkpoint=checkpoint,
+            act=act,
+            drop_path_rate=drop_path_rate,
+            features_only=features_only,
+            out_indices=out_indices,
+            **kwargs,
+        )
     num_classes = DEFAULT_NUM_CLASSES if num_classes is None else num_classes
     img_size = DEFAULT_IMG_SIZE if img_size is None else img_size
     distillation = DEFAULT_DISTILLATION if distillation is None else distillation
@@ -216,9 +233,14 @@ def _create_timm(
         raise ValueError(f"{name}: act= swaps the activations of our models only; drop it for timm models")
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
-    args = check_model_args(DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
-                            DEFAULT_IMG_SIZE if img_size is None else img_size, False, drop_path_rate, features_only,
-                            out_indices)  # fmt: skip
+    args = check_model_args(
+        DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
+        DEFAULT_IMG_SIZE if img_size is None else img_size,
+        False,
+        drop_path_rate,
+        features_only,
+        out_indices,
+    )
     build: dict[str, Any] = {"num_classes": args["num_classes"], **kwargs}
     if args["drop_path_rate"] is not None:
         build["drop_path_rate"] = args["drop_path_rate"]
@@ -265,8 +287,9 @@ def _create_from_hub(
             build[key] = value
     target = str(repo.arch_file) if repo.arch_file is not None else repo.model_name
     model = create_model(target, **build, **kwargs)
-    same_head = build.get("num_classes", DEFAULT_NUM_CLASSES) == repo.build_args.get("num_classes", build.get(
-        "num_classes", DEFAULT_NUM_CLASSES))  # fmt: skip
+    same_head = build.get("num_classes", DEFAULT_NUM_CLASSES) == repo.build_args.get(
+        "num_classes", build.get("num_classes", DEFAULT_NUM_CLASSES)
+    )
     cfg = dict(model.pretrained_cfg)
     cfg.update({k: v for k, v in repo.pretrained_cfg.items() if k in PREPROCESSING_KEYS or k == "license"})
     if same_head and repo.pretrained_cfg.get("label_names"):

@@ -46,7 +46,7 @@ def rng_state() -> dict[str, Any]:
             "pos": int(np_state[2]),
             "has_gauss": int(np_state[3]),
             "cached_gaussian": float(np_state[4]),
-        },  # fmt: skip
+        },
         "python": json.dumps(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -64,8 +64,15 @@ def seed_all(seed: int) -> None:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     npy = state["numpy"]
-    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), int(npy["pos"]),
-                         int(npy.get("has_gauss", 0)), float(npy.get("cached_gaussian", 0.0))))  # fmt: skip
+    np.random.set_state(
+        (
+            "MT19937",
+            npy["keys"].numpy().astype(np.uint32),
+            int(npy["pos"]),
+            int(npy.get("has_gauss", 0)),
+            float(npy.get("cached_gaussian", 0.0)),
+        )
+    )
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -109,15 +116,19 @@ def read_checkpoint(path: str | Path, what: str = "resume from") -> dict[str, An
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling refused"
-        raise CheckpointReadError(f"cannot {what} {path}: it holds objects other than tensors and plain values, "
-                                  f"which are never unpickled ({first[:160]}); {advice}") from None  # fmt: skip
+        raise CheckpointReadError(
+            f"cannot {what} {path}: it holds objects other than tensors and plain values, "
+            f"which are never unpickled ({first[:160]}); {advice}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointReadError(f"cannot {what} {path}: the file is damaged or not a checkpoint ({first[:160]}); "
-                                  f"{advice}") from None  # fmt: skip
+        raise CheckpointReadError(
+            f"cannot {what} {path}: the file is damaged or not a checkpoint ({first[:160]}); {advice}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointReadError(f"cannot {what} {path}: it is not a training checkpoint of this toolkit (no 'model' "
-                                  f"entry); {advice}")  # fmt: skip
+        raise CheckpointReadError(
+            f"cannot {what} {path}: it is not a training checkpoint of this toolkit (no 'model' entry); {advice}"
+        )
     return state
 
 
@@ -135,6 +146,16 @@ def load_state(target: Any, state: Any, name: str, path: Path) -> None:
 
 
 __all__ = [
-    "FORMAT", "CHECKPOINT_NAME", "BEST_NAME", "CheckpointReadError", "rng_state", "seed_all", "set_rng_state",
-    "gather_rng_states", "restore_rng", "save_checkpoint", "read_checkpoint", "load_state",
-]  # fmt: skip
+    "FORMAT",
+    "CHECKPOINT_NAME",
+    "BEST_NAME",
+    "CheckpointReadError",
+    "rng_state",
+    "seed_all",
+    "set_rng_state",
+    "gather_rng_states",
+    "restore_rng",
+    "save_checkpoint",
+    "read_checkpoint",
+    "load_state",
+]

@@ -25,11 +25,25 @@ from ..utils.recipes import resolve_config
 C = TypeVar("C")
 
 
-def param(default: Any, *, choices: Sequence[Any] | None = None, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, help: str = "") -> Any:  # fmt: skip
+def param(
+    default: Any,
+    *,
+    choices: Sequence[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    help: str = "",
+) -> Any:
     """A dataclass field with a default, an allowed range or set of choices, and a help line."""
-    meta = {"choices": tuple(choices) if choices is not None else None, "ge": ge, "gt": gt, "le": le, "lt": lt,
-            "help": help}  # fmt: skip
+    meta = {
+        "choices": tuple(choices) if choices is not None else None,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+        "help": help,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -105,8 +119,12 @@ def check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ValueError(f"config key {key!r} is {value!r}; allowed: {', '.join(map(str, choices))}")
-    limits = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b))  # fmt: skip
+    limits = (
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("le", "<=", lambda v, b: v <= b),
+        ("lt", "<", lambda v, b: v < b),
+    )
     values = value if isinstance(value, tuple) else (value,)
     for name, sign, ok in limits:
         bound = meta.get(name)
@@ -194,8 +212,9 @@ def renamed_keys(cls: type) -> dict[str, str]:
     return dict(getattr(cls, "RENAMED", {}) or {})
 
 
-def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] = (),
-                **values: Any) -> C:  # fmt: skip
+def load_config(
+    cls: type[C], yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] = (), **values: Any
+) -> C:
     """Defaults of ``cls``, then the YAML file, then ``values`` (keyword form), then ``overrides`` (later wins).
     A key the class has renamed (``RENAMED``) is taken under its new name, with a one-line note on stderr."""
     hints = typing.get_type_hints(cls)
@@ -206,8 +225,10 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: Ma
     def put(key: str, value: Any, where: str) -> None:
         key = key.replace("-", "_")
         if key in renamed:
-            print(f"note: config key {key!r} ({where}) is deprecated; use {renamed[key]!r} (same meaning)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: config key {key!r} ({where}) is deprecated; use {renamed[key]!r} (same meaning)",
+                file=sys.stderr,
+            )
             key = renamed[key]
         if key not in names:
             raise _unknown_key(key, names, where)
@@ -269,8 +290,11 @@ def config_help(cls: type) -> str:
         meta = f.metadata or {}
         if meta.get("choices"):
             line += f" one of {', '.join(map(str, meta['choices']))}"
-        bounds = [f"{s} {meta[k]}" for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if meta.get(k)
-                  is not None]  # fmt: skip
+        bounds = [
+            f"{s} {meta[k]}"
+            for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if meta.get(k) is not None
+        ]
         if bounds:
             line += " " + ", ".join(bounds)
         if meta.get("help"):
@@ -279,5 +303,18 @@ def config_help(cls: type) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["param", "coerce", "validate", "read_yaml", "parse_overrides", "load_config", "from_dict", "to_dict",
-           "changed", "dump_yaml", "config_help", "check_field", "renamed_keys"]  # fmt: skip
+__all__ = [
+    "param",
+    "coerce",
+    "validate",
+    "read_yaml",
+    "parse_overrides",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "changed",
+    "dump_yaml",
+    "config_help",
+    "check_field",
+    "renamed_keys",
+]

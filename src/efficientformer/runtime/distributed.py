@@ -182,7 +182,20 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused: bool = False) -> nn.
 
 
 __all__ = [
-    "DistInfo", "setup", "resolve_device", "cleanup", "process_group", "all_reduce_sum", "all_gather_objects",
-    "broadcast_buffers", "broadcast_module", "barrier", "shard", "unwrap", "wrap_ddp", "backend_for", "active",
+    "DistInfo",
+    "setup",
+    "resolve_device",
+    "cleanup",
+    "process_group",
+    "all_reduce_sum",
+    "all_gather_objects",
+    "broadcast_buffers",
+    "broadcast_module",
+    "barrier",
+    "shard",
+    "unwrap",
+    "wrap_ddp",
+    "backend_for",
+    "active",
     "elastic_attempt_store",
-]  # fmt: skip
+]

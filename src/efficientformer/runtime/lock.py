@@ -68,8 +68,10 @@ def acquire(folder: str | Path) -> None:
             handle.seek(0)
             holder = _describe_holder(handle.read())
             handle.close()
-            raise RunFolderLocked(f"another run is writing to {folder} ({holder}); wait for it to finish, stop it, "
-                                  "or choose another --output") from None  # fmt: skip
+            raise RunFolderLocked(
+                f"another run is writing to {folder} ({holder}); wait for it to finish, stop it, "
+                "or choose another --output"
+            ) from None
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     handle.seek(0)
     handle.truncate()

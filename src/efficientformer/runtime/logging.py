@@ -67,8 +67,9 @@ class RunLog:
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> tqdm:
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
-                leave=False)  # fmt: skip
+    return tqdm(
+        total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr, leave=False
+    )
 
 
 __all__ = ["RunLog", "progress_bar", "plot_curves"]

@@ -161,8 +161,9 @@ class Meters:
 
     def add(self, result: Step) -> None:
         loss = result.loss.detach().double()  # type: ignore[union-attr]
-        stats = torch.stack([loss * result.samples, torch.ones_like(loss) * result.samples,
-                             (~torch.isfinite(loss)).double()])  # fmt: skip
+        stats = torch.stack(
+            [loss * result.samples, torch.ones_like(loss) * result.samples, (~torch.isfinite(loss)).double()]
+        )
         self.window.add_(stats)
         self.epoch[:2] += stats[:2]
 
@@ -220,8 +221,11 @@ def fit(plan: Plan) -> RunState:
                         _flush_window(plan, state, meters, log, bar)
                     if epoch_ended or done:
                         break
-                    if schedule.eval_unit == "iteration" and schedule.eval_every > 0 and \
-                            state.iteration % schedule.eval_every == 0:  # fmt: skip
+                    if (
+                        schedule.eval_unit == "iteration"
+                        and schedule.eval_every > 0
+                        and state.iteration % schedule.eval_every == 0
+                    ):
                         _flush_window(plan, state, meters, log, bar)
                         state.metrics = _evaluate(plan, state, log, bar, train_model, set_train_mode)
                     signum, save_due = _agree_on_stop(stop, schedule, state, last_save)
@@ -273,8 +277,9 @@ def fit(plan: Plan) -> RunState:
 
 
 # -- one optimiser step ------------------------------------------------------------------------------------------
-def _optimizer_step(plan: Plan, train_model: nn.Module, batches: Iterator, precision: Precision, state: RunState,
-                    meters: Meters) -> bool:  # fmt: skip
+def _optimizer_step(
+    plan: Plan, train_model: nn.Module, batches: Iterator, precision: Precision, state: RunState, meters: Meters
+) -> bool:
     """Forward and backward ``grad_accum`` batches that have a loss (their gradients summed, each loss divided by
     ``grad_accum``: the mean over the effective batch), then one clipped optimiser step, the scheduler and the EMA.
     Under DDP only the last batch all-reduces the gradients (``no_sync`` before). False, without a step, when the
@@ -311,8 +316,11 @@ def _optimizer_step(plan: Plan, train_model: nn.Module, batches: Iterator, preci
     if task.ema is not None:
         state.ema_updates += 1
         task.ema.update(task.model, step=state.ema_updates if task.ema_warmup else None)
-    state.iteration, state.epoch_iter, meters.epoch_steps = state.iteration + 1, state.epoch_iter + 1, \
-        meters.epoch_steps + 1  # fmt: skip
+    state.iteration, state.epoch_iter, meters.epoch_steps = (
+        state.iteration + 1,
+        state.epoch_iter + 1,
+        meters.epoch_steps + 1,
+    )
     return True
 
 
@@ -387,9 +395,11 @@ def _is_rank0() -> bool:
 def _preempted(plan: Plan, state: RunState, signum: int) -> Preempted:
     barrier()  # no rank exits before rank 0 has written the checkpoint (torchrun stops the others on the first exit)
     name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
-    message = (f"stopped by {name} after iteration {state.iteration} of {plan.schedule.total_steps} (epoch "
-               f"{state.epoch + 1}, batch {state.epoch_batches}); checkpoint {plan.output / CHECKPOINT_NAME} written; "
-               f"run the same command again to resume (exit status {PREEMPTED_EXIT_CODE})")  # fmt: skip
+    message = (
+        f"stopped by {name} after iteration {state.iteration} of {plan.schedule.total_steps} (epoch "
+        f"{state.epoch + 1}, batch {state.epoch_batches}); checkpoint {plan.output / CHECKPOINT_NAME} written; "
+        f"run the same command again to resume (exit status {PREEMPTED_EXIT_CODE})"
+    )
     if plan.info.is_main:
         print(message, flush=True)
     return Preempted(signum, message)
@@ -404,20 +414,26 @@ def _flush_window(plan: Plan, state: RunState, meters: Meters, log: RunLog, bar)
     lr = plan.task.optimizer.param_groups[0]["lr"]
     if bad:
         last_path = plan.output / CHECKPOINT_NAME
-        where = (f"the last good checkpoint is kept in {last_path} (iteration "
-                 f"{read_checkpoint(last_path)['progress']['iteration']})" if last_path.is_file() else
-                 "no checkpoint was written yet (it happened before the first one)")  # fmt: skip
-        raise NonFiniteLossError(f"the loss became NaN or infinite by iteration {state.iteration} (epoch "
-                                 f"{state.epoch + 1}); stopped: {where}. Lower lr, enable clip_grad, or check the "
-                                 "data")  # fmt: skip
+        where = (
+            f"the last good checkpoint is kept in {last_path} (iteration "
+            f"{read_checkpoint(last_path)['progress']['iteration']})"
+            if last_path.is_file()
+            else "no checkpoint was written yet (it happened before the first one)"
+        )
+        raise NonFiniteLossError(
+            f"the loss became NaN or infinite by iteration {state.iteration} (epoch "
+            f"{state.epoch + 1}); stopped: {where}. Lower lr, enable clip_grad, or check the "
+            "data"
+        )
     if samples:
         loss = loss_sum / samples
         log.write(kind="train", iteration=state.iteration, epoch=state.epoch, lr=lr, loss=round(loss, 6))
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
 
 
-def _evaluate(plan: Plan, state: RunState, log: RunLog, bar, train_model: nn.Module,
-              set_train_mode: Callable[[nn.Module], None]) -> dict:  # fmt: skip
+def _evaluate(
+    plan: Plan, state: RunState, log: RunLog, bar, train_model: nn.Module, set_train_mode: Callable[[nn.Module], None]
+) -> dict:
     task = plan.task
     broadcast_buffers(task.model)
     metrics = dict(task.evaluate(task.model))
@@ -437,9 +453,16 @@ def _end_epoch(plan: Plan, state: RunState, meters: Meters) -> dict:
     all_reduce_sum(meters.epoch)
     loss_sum, samples, skipped = meters.epoch.tolist()
     seconds = time.perf_counter() - meters.epoch_start
-    record = {"epoch": state.epoch + 1, "iteration": state.iteration, "lr": meters.epoch_lr,
-              "train_loss": loss_sum / max(samples, 1), "images_per_s": samples / max(seconds, 1e-9),
-              "train_skipped": int(skipped), "epoch_seconds": seconds, "steps": meters.epoch_steps}  # fmt: skip
+    record = {
+        "epoch": state.epoch + 1,
+        "iteration": state.iteration,
+        "lr": meters.epoch_lr,
+        "train_loss": loss_sum / max(samples, 1),
+        "images_per_s": samples / max(seconds, 1e-9),
+        "train_skipped": int(skipped),
+        "epoch_seconds": seconds,
+        "steps": meters.epoch_steps,
+    }
     if plan.schedule.epoch_scheduler is not None:
         plan.schedule.epoch_scheduler.step(state.epoch)  # after the epoch, with its index: the official loop's order
     return record
@@ -466,7 +489,7 @@ def _save(plan: Plan, state: RunState, meters: Meters, precision: Precision, imp
         "scheduler": {
             "epoch_scheduler": schedule.epoch_scheduler.state_dict() if schedule.epoch_scheduler else None,
             "iteration_scheduler": schedule.iteration_scheduler.state_dict() if schedule.iteration_scheduler else None,
-        },  # fmt: skip
+        },
         "scaler": precision.state_dict(),
         "progress": {
             "iteration": state.iteration,
@@ -477,7 +500,7 @@ def _save(plan: Plan, state: RunState, meters: Meters, precision: Precision, imp
             "data_seed": task.seed,
             "grad_accum": schedule.grad_accum,
             "steps_per_epoch": schedule.steps_per_epoch,
-        },  # fmt: skip
+        },
         "rng": rng,
         "world_size": plan.info.world,
         "config": dataclasses.asdict(task.config),
@@ -526,8 +549,11 @@ def _resume(plan: Plan, precision: Precision, path: Path) -> RunState:
     if info.is_main:
         note = "" if exact else " (saved with another number of processes: random streams reseeded)"
         where = f", batch {state.epoch_batches}" if state.epoch_batches else ""
-        print(f"resuming from {path}: iteration {state.iteration} of {schedule.total_steps}, epoch {state.epoch}"
-              f"{where}{note}", flush=True)  # fmt: skip
+        print(
+            f"resuming from {path}: iteration {state.iteration} of {schedule.total_steps}, epoch {state.epoch}"
+            f"{where}{note}",
+            flush=True,
+        )
     return state
 
 
@@ -557,6 +583,14 @@ def _check_grad_accum(progress: dict, schedule: Schedule, path: Path) -> None:
 
 
 __all__ = [
-    "Plan", "Task", "Schedule", "Reporting", "RunState", "Step", "fit", "NonFiniteLossError", "CHECKPOINT_NAME",
+    "Plan",
+    "Task",
+    "Schedule",
+    "Reporting",
+    "RunState",
+    "Step",
+    "fit",
+    "NonFiniteLossError",
+    "CHECKPOINT_NAME",
     "BEST_NAME",
-]  # fmt: skip
+]

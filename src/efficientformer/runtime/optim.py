@@ -38,8 +38,15 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_scales: bool = 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, eps: float | None = 1e-8,
-                    no_decay_scales: bool = False, **kwargs) -> torch.optim.Optimizer:  # fmt: skip
+def build_optimizer(
+    model: nn.Module,
+    opt: str,
+    lr: float,
+    weight_decay: float,
+    eps: float | None = 1e-8,
+    no_decay_scales: bool = False,
+    **kwargs,
+) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2`` over :func:`param_groups` (``opt``: adamw, sgd, lamb, ... as in timm)."""
     if eps is not None and opt not in ("sgd", "momentum"):
         kwargs["eps"] = eps

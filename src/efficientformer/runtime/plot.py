@@ -8,8 +8,12 @@ from pathlib import Path
 from ..utils.io import atomic_write_bytes
 
 
-def plot_curves(history: list[dict], path: str | Path, metrics: Sequence[str] = ("val_top1", "val_top5", "ema_top1"),
-                x: str = "epoch") -> Path | None:  # fmt: skip
+def plot_curves(
+    history: list[dict],
+    path: str | Path,
+    metrics: Sequence[str] = ("val_top1", "val_top5", "ema_top1"),
+    x: str = "epoch",
+) -> Path | None:
     """Three panels against ``x``: training/validation loss, the evaluation ``metrics`` present, learning rate."""
     try:
         import matplotlib

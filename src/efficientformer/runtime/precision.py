@@ -61,8 +61,10 @@ def resolve_amp(
     speedup = all_gather_objects(probe())[0]  # rank 0's measurement for every rank
     choice = "bf16" if speedup >= CPU_BF16_MIN_SPEEDUP else "none"
     if log is not None:
-        log(f"amp=auto: a training step in bf16 measured {speedup:.2f}x fp32 on this CPU (needs "
-            f"{CPU_BF16_MIN_SPEEDUP}x) -> {choice}")  # fmt: skip
+        log(
+            f"amp=auto: a training step in bf16 measured {speedup:.2f}x fp32 on this CPU (needs "
+            f"{CPU_BF16_MIN_SPEEDUP}x) -> {choice}"
+        )
     return choice  # type: ignore[return-value]
 
 
@@ -168,6 +170,13 @@ class Precision:
 
 
 __all__ = [
-    "AMP_CHOICES", "CPU_BF16_MIN_SPEEDUP", "Precision", "resolve_amp", "cpu_bf16_speedup", "recorded_precision",
-    "resolve_channels_last", "keep_channels_last_gradients", "autocast",
-]  # fmt: skip
+    "AMP_CHOICES",
+    "CPU_BF16_MIN_SPEEDUP",
+    "Precision",
+    "resolve_amp",
+    "cpu_bf16_speedup",
+    "recorded_precision",
+    "resolve_channels_last",
+    "keep_channels_last_gradients",
+    "autocast",
+]

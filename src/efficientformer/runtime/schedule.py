@@ -13,18 +13,32 @@ EPOCH_SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant")
 
 
 def epoch_scheduler(
-    optimizer: torch.optim.Optimizer, sched: str, epochs: int, *, warmup_epochs: int, warmup_lr: float,
-    min_lr: float, decay_epochs: float = 30, decay_rate: float = 0.1,
-) -> Scheduler:  # fmt: skip
+    optimizer: torch.optim.Optimizer,
+    sched: str,
+    epochs: int,
+    *,
+    warmup_epochs: int,
+    warmup_lr: float,
+    min_lr: float,
+    decay_epochs: float = 30,
+    decay_rate: float = 0.1,
+) -> Scheduler:
     """timm's scheduler as the official ``main.py`` builds it (``create_scheduler``): per-epoch, warm-up from
     ``warmup_lr``, cosine (or another timm schedule) to ``min_lr`` at ``epochs``.
 
     The official loop calls ``step(epoch)`` after each epoch, so epoch ``e >= 1`` trains with the rate of
     ``e - 1``; :func:`efficientformer.runtime.loop.fit` does the same."""
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=sched, num_epochs=epochs, decay_epochs=decay_epochs, decay_rate=decay_rate,
-        min_lr=min_lr, warmup_lr=warmup_lr, warmup_epochs=warmup_epochs, cooldown_epochs=0,
-    )  # fmt: skip
+        optimizer,
+        sched=sched,
+        num_epochs=epochs,
+        decay_epochs=decay_epochs,
+        decay_rate=decay_rate,
+        min_lr=min_lr,
+        warmup_lr=warmup_lr,
+        warmup_epochs=warmup_epochs,
+        cooldown_epochs=0,
+    )
     return scheduler
 
 
@@ -32,9 +46,18 @@ class WarmupSchedule:
     """Learning rate per iteration: linear warm-up (factor from ``warmup_ratio`` to 1), then steps (``milestones``
     in iterations) or poly decay to ``min_lr``. Keeps only numbers in its state (``weights_only`` checkpoints)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_iters: int, *, warmup_iters: int = 0,
-                 warmup_ratio: float = 1e-6, milestones: tuple[int, ...] = (), gamma: float = 0.1,
-                 poly_power: float | None = None, min_lr: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_iters: int,
+        *,
+        warmup_iters: int = 0,
+        warmup_ratio: float = 1e-6,
+        milestones: tuple[int, ...] = (),
+        gamma: float = 0.1,
+        poly_power: float | None = None,
+        min_lr: float = 0.0,
+    ) -> None:
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.total_iters = max(1, total_iters)

@@ -102,5 +102,13 @@ def loader_worker_init(worker_id: int) -> None:
     seed_worker(worker_id)
 
 
-__all__ = ["PREEMPTED_EXIT_CODE", "DEFAULT_STOP_SIGNALS", "Preempted", "StopSignals", "signal_number",
-           "ignore_stop_signals_in_worker", "loader_worker_init", "check_stop_signals"]  # fmt: skip
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "DEFAULT_STOP_SIGNALS",
+    "Preempted",
+    "StopSignals",
+    "signal_number",
+    "ignore_stop_signals_in_worker",
+    "loader_worker_init",
+    "check_stop_signals",
+]

@@ -326,12 +326,25 @@ def plot_trajectory(
     ax.plot(traj[-1]["latency_ms"], traj[-1]["accuracy"], "r*", ms=14, label="searched")
     for name, p in published.items():
         ax.plot(p.latency_ms, p.accuracy, "ks", ms=6)
-        ax.annotate(name.replace("efficientformerv2_", "V2-").upper(), (p.latency_ms, p.accuracy), fontsize=8,
-                    xytext=(4, -10), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            name.replace("efficientformerv2_", "V2-").upper(),
+            (p.latency_ms, p.accuracy),
+            fontsize=8,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
     for name, ms in (published_v1_ms or {}).items():
         ax.axvline(ms, color="grey", ls=":", lw=1)
-        ax.text(ms, ax.get_ylim()[0], name.replace("efficientformer_", "V1-").upper(), rotation=90, fontsize=7,
-                va="bottom", ha="right", color="grey")  # fmt: skip
+        ax.text(
+            ms,
+            ax.get_ylim()[0],
+            name.replace("efficientformer_", "V1-").upper(),
+            rotation=90,
+            fontsize=7,
+            va="bottom",
+            ha="right",
+            color="grey",
+        )
     ax.set_xlabel("table latency (ms)")
     ax.set_ylabel("held-out accuracy of the subnet (%)")
     ax.set_title(title, fontsize=9)

@@ -412,8 +412,9 @@ def _probe_spec(family: str, kind: str, p: dict[str, int], repeat: int = 1) -> t
         mlp_ratios = tuple(tuple(r) for r in ratios)
         flags = tuple(tuple(a) for a in attn)
         num_vit = max(sum(flags[2]), sum(flags[3]))
-        spec = ModelSpec("probe", "v2", tuple(widths), tuple(depths), num_vit=num_vit, mlp_ratios=mlp_ratios,
-                         attention=flags)  # fmt: skip
+        spec = ModelSpec(
+            "probe", "v2", tuple(widths), tuple(depths), num_vit=num_vit, mlp_ratios=mlp_ratios, attention=flags
+        )
         return spec, stage
     widths = [16, 32, 64, 128]
     depths, num_vit = [1, 1, 1, 2], 1
@@ -431,8 +432,9 @@ def _probe_spec(family: str, kind: str, p: dict[str, int], repeat: int = 1) -> t
     return ModelSpec("probe", "v1", tuple(widths), tuple(depths), num_vit=num_vit), stage
 
 
-def _probe_module(family: str, key: str, runtime: str, img: tuple[int, int], num_classes: int, batch: int,
-                  context: int = 1) -> tuple[nn.Module, torch.Tensor, int]:  # fmt: skip
+def _probe_module(
+    family: str, key: str, runtime: str, img: tuple[int, int], num_classes: int, batch: int, context: int = 1
+) -> tuple[nn.Module, torch.Tensor, int]:
     """``(module, example_input, copies)`` of the block an entry times, in the form the runtime runs: the block
     alone, or for a chainable kind with ``context`` > 1 a chain of that many copies (each with its own weights)."""
     kind, p = _parse(key)
@@ -545,8 +547,10 @@ def export_missing(modules: dict[str, tuple[str, nn.Module, torch.Tensor]], log:
     try:
         export_many(items)
     except Exception as err:  # an exporter limitation with one combination: the per-module path still works
-        log(f"exporting {len(items)} modules at once failed ({type(err).__name__}: {str(err)[:200]}); "
-            "exporting them one by one")  # fmt: skip
+        log(
+            f"exporting {len(items)} modules at once failed ({type(err).__name__}: {str(err)[:200]}); "
+            "exporting them one by one"
+        )
 
 
 def uses_onnx(runtime: str) -> bool:
@@ -554,8 +558,15 @@ def uses_onnx(runtime: str) -> bool:
     return backend_of(runtime).runtime in ("onnxruntime", "openvino")
 
 
-def runtime_callable(module: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path,
-                     export_key: str | None = None, keep_float: bool = True):  # fmt: skip
+def runtime_callable(
+    module: nn.Module,
+    example: torch.Tensor,
+    runtime: str,
+    threads: int,
+    workdir: Path,
+    export_key: str | None = None,
+    keep_float: bool = True,
+):
     """A zero-argument callable running ``module`` (already in the runtime's form) on ``example`` in ``runtime``,
     prepared by the deployment registry's backend of that runtime (:func:`backend_of`).
 
@@ -581,9 +592,17 @@ FLOAT_KINDS = ("stem/", "head/")
 
 def _settings(table: LatencyTable) -> tuple:
     m = table.meta
-    return (m.get("family"), m.get("runtime"), m.get("threads"), m.get("img_size"), m.get("batch"),
-            m.get("num_classes"), m.get("statistic", "median"), m.get("clock", "wall"),
-            m.get("context", 1))  # fmt: skip
+    return (
+        m.get("family"),
+        m.get("runtime"),
+        m.get("threads"),
+        m.get("img_size"),
+        m.get("batch"),
+        m.get("num_classes"),
+        m.get("statistic", "median"),
+        m.get("clock", "wall"),
+        m.get("context", 1),
+    )
 
 
 def summarise(times: list[float]) -> dict[str, float]:
@@ -641,9 +660,13 @@ def build_table(
         raise ValueError("--clock cpu measures one thread's CPU time; use it with --threads 1")
     if space is None:
         space = V2Space() if family == "v2" else V1Space()
-    wanted = list(keys) if keys is not None else (
-        v2_space_keys(space) if family == "v2" else v1_space_keys(space)  # type: ignore[arg-type]
-    )  # fmt: skip
+    wanted = (
+        list(keys)
+        if keys is not None
+        else (
+            v2_space_keys(space) if family == "v2" else v1_space_keys(space)  # type: ignore[arg-type]
+        )
+    )
     output = Path(output)
     meta = {
         "format": FORMAT_NAME,
@@ -703,14 +726,23 @@ def build_table(
             with torch.no_grad():
                 if uses_onnx(runtime) and export_batch > 1 and key not in probes:
                     # the next blocks' probes, and the ONNX exports not cached yet in one exporter call
-                    probes = {k: _probe_module(family, k, runtime, img, num_classes, batch, context)
-                              for k in todo[n : n + export_batch]}  # fmt: skip
+                    probes = {
+                        k: _probe_module(family, k, runtime, img, num_classes, batch, context)
+                        for k in todo[n : n + export_batch]
+                    }
                     export_missing({k: (ident(k), m, x) for k, (m, x, _) in probes.items()}, log)
                 module, example, copies = probes.pop(key, None) or _probe_module(
                     family, key, runtime, img, num_classes, batch, context
                 )
-                fn = runtime_callable(module, example, runtime, threads, Path(workdir), export_key=ident(key),
-                                      keep_float=key.startswith(FLOAT_KINDS))  # fmt: skip
+                fn = runtime_callable(
+                    module,
+                    example,
+                    runtime,
+                    threads,
+                    Path(workdir),
+                    export_key=ident(key),
+                    keep_float=key.startswith(FLOAT_KINDS),
+                )
                 times = [t / copies for t in time_callable(fn, warmup, runs, CLOCKS[clock])]
             stats = summarise(times)
             table.entries[key] = {"ms": stats[statistic], **stats}

@@ -82,8 +82,14 @@ def network_form(spec: ModelSpec, table: LatencyTable) -> tuple[str, torch.nn.Mo
     return ident, form, torch.randn(batch, 3, img, img)
 
 
-def measure_network(spec: ModelSpec, table: LatencyTable, warmup: int, runs: int, workdir: Path,
-                    form: tuple[str, torch.nn.Module, torch.Tensor] | None = None) -> dict[str, float]:  # fmt: skip
+def measure_network(
+    spec: ModelSpec,
+    table: LatencyTable,
+    warmup: int,
+    runs: int,
+    workdir: Path,
+    form: tuple[str, torch.nn.Module, torch.Tensor] | None = None,
+) -> dict[str, float]:
     """End-to-end timing of ``spec`` with the table's settings: median, min, p90 and count (ms). ``form``: its
     :func:`network_form`, if already built."""
     m = table.meta
@@ -147,24 +153,26 @@ def check_table(
                 }
             )
             if not interleave:
-                rows[-1]["measured_stats"] = measure_network(spec, table, warmup, runs, Path(workdir),
-                                                             forms.pop(n, None))  # fmt: skip
+                rows[-1]["measured_stats"] = measure_network(
+                    spec, table, warmup, runs, Path(workdir), forms.pop(n, None)
+                )
                 continue
             ident, module, example = forms.pop(n, None) or network_form(spec, table)
-            fns[n] = runtime_callable(module, example, m["runtime"], int(m.get("threads", 1)), Path(workdir),
-                                      export_key=ident)  # fmt: skip
+            fns[n] = runtime_callable(
+                module, example, m["runtime"], int(m.get("threads", 1)), Path(workdir), export_key=ident
+            )
         if interleave:  # every network sees the same minutes of a shared machine
             times = time_interleaved(fns, warmup, runs, progress=progress, clock=CLOCKS[m.get("clock", "wall")])
             for n, r in enumerate(rows):
                 r["measured_stats"] = summarise(times[n])
     for r in rows:
         r["measured_ms"] = r["measured_stats"][m.get("statistic", "median")]
-    return {"table": dict(table.meta), "summary": summarise_check(table, rows, warmup, runs, start_load),
-            "rows": rows}  # fmt: skip
+    return {"table": dict(table.meta), "summary": summarise_check(table, rows, warmup, runs, start_load), "rows": rows}
 
 
-def summarise_check(table: LatencyTable, rows: list[dict[str, Any]], warmup: int, runs: int,
-                    start_load: list[float]) -> dict[str, Any]:  # fmt: skip
+def summarise_check(
+    table: LatencyTable, rows: list[dict[str, Any]], warmup: int, runs: int, start_load: list[float]
+) -> dict[str, Any]:
     """Fit the calibrations on ``rows`` (adds each predictor's leave-one-out prediction to every row) and sum up
     their accuracy."""
     feats = [table.features(spec_of(r, table.family)) for r in rows]
@@ -217,8 +225,9 @@ def recheck_table(table: LatencyTable, measured: str | Path, statistic: str | No
             raise ValueError(f"the table does not store the {statistic!r} of every entry; measure it again")
         if any(statistic not in r.get("measured_stats", {}) for r in old["rows"]):
             raise ValueError(f"{path} does not store the {statistic!r} of every network; rerun that lut-check")
-        table = LatencyTable({**table.meta, "statistic": statistic},
-                             {k: {**e, "ms": e[statistic]} for k, e in table.entries.items()})  # fmt: skip
+        table = LatencyTable(
+            {**table.meta, "statistic": statistic}, {k: {**e, "ms": e[statistic]} for k, e in table.entries.items()}
+        )
         old["table"]["statistic"] = statistic
         for r in old["rows"]:
             r["measured_ms"] = r["measured_stats"][statistic]
@@ -261,8 +270,13 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for published, marker, label in ((False, "o", "random subnets"), (True, "*", "published models")):
         pts = [r for r in rows if r["published"] == published]
-        ax.scatter([r["loo_per_kind_ms"] for r in pts], [r["measured_ms"] for r in pts], marker=marker,
-                   s=60 if published else 25, label=label)  # fmt: skip
+        ax.scatter(
+            [r["loo_per_kind_ms"] for r in pts],
+            [r["measured_ms"] for r in pts],
+            marker=marker,
+            s=60 if published else 25,
+            label=label,
+        )
         if published:
             for r in pts:
                 ax.annotate(r["name"].split("_")[-1], (r["loo_per_kind_ms"], r["measured_ms"]), fontsize=8)

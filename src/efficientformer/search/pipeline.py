@@ -85,18 +85,30 @@ TABLE_CACHE = Path("~/.cache/efficientformer/latency-tables")
 #: overrides that (and may hold a ``space:`` of its own)
 DEFAULTS: dict[str, Any] = {
     "data": "proxy",
-    "table": {"runtime": "onnxruntime", "threads": 1, "clock": "cpu", "img_size": 224, "warmup": 5, "runs": 25,
-              "context": 1, "statistic": "median"},
+    "table": {
+        "runtime": "onnxruntime",
+        "threads": 1,
+        "clock": "cpu",
+        "img_size": 224,
+        "warmup": 5,
+        "runs": 25,
+        "context": 1,
+        "statistic": "median",
+    },
     "check": {"random": 30, "seed": 0, "warmup": 5, "runs": 20},
     "references": ["mobilenetv2_100", "efficientformerv2_s0"],
     "target_like": "efficientformerv2_s0",
     "supernet": {"img_size": 32, "steps": 300, "batch_size": 48, "num_random": 1, "lr": 2e-3, "eval_images": 0},
     "search": {"actions_per_step": 4, "calib_images": 192, "eval_images": None},
-    "retrain": {"config": "configs/search/proxy_train.yaml", "seeds": 3, "references": ["efficientformerv2_s0"],
-                "overrides": {}},
+    "retrain": {
+        "config": "configs/search/proxy_train.yaml",
+        "seeds": 3,
+        "references": ["efficientformerv2_s0"],
+        "overrides": {},
+    },
     "ranking": {"subnets": 0, "seeds": 1, "seed": 0},
     "measure": {"warmup": 5, "runs": 30},
-}  # fmt: skip
+}
 
 
 def data_root(data: str) -> Path:
@@ -172,9 +184,16 @@ class Pipeline:
     """The stages of the module docstring over one run folder. ``stop_after``: a stage name to stop after (a
     test's interruption)."""
 
-    def __init__(self, cfg: dict[str, Any], output: str | Path, *, target_like: str | None = None,
-                 table_cache: str | Path | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        output: str | Path,
+        *,
+        target_like: str | None = None,
+        table_cache: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.cfg = cfg
         if target_like is not None:  # "a,b": several targets, one walk (see the module docstring)
             parts = [t.strip() for t in str(target_like).split(",") if t.strip()]
@@ -206,8 +225,10 @@ class Pipeline:
         saved = self.out / "pipeline.yaml"
         settings = yaml.safe_dump(self.cfg, sort_keys=False)
         if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(settings):
-            raise ValueError(f"{self.out} holds a pipeline run with other settings ({saved}); pass another --output "
-                             "or delete it (its finished stages would not match these settings)")  # fmt: skip
+            raise ValueError(
+                f"{self.out} holds a pipeline run with other settings ({saved}); pass another --output "
+                "or delete it (its finished stages would not match these settings)"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, settings)
         stages = STAGES
@@ -228,8 +249,12 @@ class Pipeline:
                 result, extra = getattr(self, f"stage_{name}")()
                 seconds = time.perf_counter() - start
                 self.results[name] = result
-                self.timing[name] = {"seconds": round(seconds, 2), **extra, "cached": False,
-                                     "loadavg": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+                self.timing[name] = {
+                    "seconds": round(seconds, 2),
+                    **extra,
+                    "cached": False,
+                    "loadavg": [round(x, 2) for x in os.getloadavg()],
+                }
                 atomic_write_json(path, {"result": result, "timing": self.timing[name]})
             if bar is not None:
                 bar.update(1)
@@ -248,8 +273,14 @@ class Pipeline:
     def table_path(self) -> Path:
         t = self.cfg["table"]
         stamp = machine_stamp(int(t["threads"]), t["runtime"])
-        ident = {"settings": t, "space": self.space.to_dict(), "cpu": stamp["cpu_model"], "isa": stamp["isa"],
-                 "versions": stamp["versions"], "keys": self.table_keys()}  # fmt: skip
+        ident = {
+            "settings": t,
+            "space": self.space.to_dict(),
+            "cpu": stamp["cpu_model"],
+            "isa": stamp["isa"],
+            "versions": stamp["versions"],
+            "keys": self.table_keys(),
+        }
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         name = f"v2_{t['runtime']}_t{t['threads']}_{t['img_size']}px_{t['clock']}_{digest}.json"
         return self.table_cache / name
@@ -260,12 +291,28 @@ class Pipeline:
         reused = path.is_file() and bool(LatencyTable.load(path).meta.get("complete"))
         if reused:
             self.log(f"[pipeline] reusing the latency table {path} (same settings and machine stamp)")
-        table = build_table(path, "v2", t["runtime"], threads=int(t["threads"]), img_size=int(t["img_size"]),
-                            warmup=int(t["warmup"]), runs=int(t["runs"]), space=self.space, statistic=t["statistic"],
-                            clock=t["clock"], context=int(t["context"]), keys=self.table_keys(),
-                            progress=self.progress, log=self.log)  # fmt: skip
-        return {"path": str(path), "entries": len(table.entries), "reused": reused,
-                "machine": table.meta["machine"]}, {}  # fmt: skip
+        table = build_table(
+            path,
+            "v2",
+            t["runtime"],
+            threads=int(t["threads"]),
+            img_size=int(t["img_size"]),
+            warmup=int(t["warmup"]),
+            runs=int(t["runs"]),
+            space=self.space,
+            statistic=t["statistic"],
+            clock=t["clock"],
+            context=int(t["context"]),
+            keys=self.table_keys(),
+            progress=self.progress,
+            log=self.log,
+        )
+        return {
+            "path": str(path),
+            "entries": len(table.entries),
+            "reused": reused,
+            "machine": table.meta["machine"],
+        }, {}
 
     def table(self) -> LatencyTable:
         return LatencyTable.load(self.results["table"]["path"])
@@ -280,16 +327,35 @@ class Pipeline:
             self.log(f"[pipeline] reusing the table check {cached}")
             result = json.loads(cached.read_text())
         else:
-            result = check_table(table, n_random=int(c["random"]), seed=int(c["seed"]), warmup=int(c["warmup"]),
-                                 runs=int(c["runs"]), progress=self.progress, log=self.log)  # fmt: skip
+            result = check_table(
+                table,
+                n_random=int(c["random"]),
+                seed=int(c["seed"]),
+                warmup=int(c["warmup"]),
+                runs=int(c["runs"]),
+                progress=self.progress,
+                log=self.log,
+            )
             atomic_write_json(cached, result)
         paths = write_report(result, self.out / "check")
         table.meta["calibration"] = {**result["summary"]["calibration"], "from": str(cached)}
         table.save(self.results["table"]["path"])
         s = result["summary"]
-        return {"summary": {k: s[k] for k in ("networks", "published", "methods_leave_one_out", "calibration",
-                                              "loadavg_start", "loadavg_end")},
-                "json": str(paths["json"]), "plot": str(paths.get("plot", ""))}, {}  # fmt: skip
+        return {
+            "summary": {
+                k: s[k]
+                for k in (
+                    "networks",
+                    "published",
+                    "methods_leave_one_out",
+                    "calibration",
+                    "loadavg_start",
+                    "loadavg_end",
+                )
+            },
+            "json": str(paths["json"]),
+            "plot": str(paths.get("plot", "")),
+        }, {}
 
     # -- 3. references ---------------------------------------------------------------------------------------------
     def targets(self) -> list[Any]:
@@ -314,8 +380,10 @@ class Pipeline:
     def check_references(self) -> None:
         for name in self.reference_names() + list(self.cfg["retrain"]["references"]):
             if reference_spec(name) is None and not require("timm").is_model(measure_key(name)):
-                raise ValueError(f"reference {name!r} is neither one of our models, an architecture file, a latency "
-                                 "in ms nor a timm model name (e.g. mobilenetv2_100)")  # fmt: skip
+                raise ValueError(
+                    f"reference {name!r} is neither one of our models, an architecture file, a latency "
+                    "in ms nor a timm model name (e.g. mobilenetv2_100)"
+                )
 
     def stage_references(self) -> tuple[dict, dict]:
         names = self.reference_names()
@@ -338,22 +406,34 @@ class Pipeline:
                 example = torch.randn(1, 3, img, img)
                 if spec is not None:
                     net = deploy(build_from_arch(spec, img_size=img, num_classes=1000).eval(), img)
-                    out[label] = {"predicted_ms": table.predict(spec) if not table.missing(spec) else None,
-                                  "params": count_params(spec, img), "family": "ours"}  # fmt: skip
+                    out[label] = {
+                        "predicted_ms": table.predict(spec) if not table.missing(spec) else None,
+                        "params": count_params(spec, img),
+                        "family": "ours",
+                    }
                 else:
                     timm = require("timm")
                     net = timm.create_model(measure_key(str(model)), pretrained=False, num_classes=1000).eval()
-                    out[label] = {"predicted_ms": None, "params": sum(p.numel() for p in net.parameters()),
-                                  "family": "timm"}  # fmt: skip
+                    out[label] = {
+                        "predicted_ms": None,
+                        "params": sum(p.numel() for p in net.parameters()),
+                        "family": "timm",
+                    }
                 fns[label] = runtime_callable(net, example, t["runtime"], int(t["threads"]), Path(tmp))
             times = _interleaved(fns, int(m["warmup"]), int(m["runs"]), CLOCKS[t["clock"]], self.progress)
         for label, ts in times.items():  # the statistic the table holds, so prediction and measurement agree
             stats = summarise(ts)
             out[label]["measured_ms"] = stats[t["statistic"]]
             out[label]["measured_stats"] = stats
-        out["_stamp"] = {"runtime": t["runtime"], "threads": t["threads"], "img_size": img, "clock": t["clock"],
-                         "statistic": t["statistic"],
-                         "runs": m["runs"], "loadavg": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+        out["_stamp"] = {
+            "runtime": t["runtime"],
+            "threads": t["threads"],
+            "img_size": img,
+            "clock": t["clock"],
+            "statistic": t["statistic"],
+            "runs": m["runs"],
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+        }
         return out
 
     def target_ms(self) -> dict[str, float]:
@@ -361,24 +441,41 @@ class Pipeline:
         targets = self.targets()
         if not targets:
             raise ValueError("give the pipeline a target: --target-like MODEL or --target-like MS")
-        return {target_label(t): float(t) if _is_number(t) else
-                float(self.results["references"][measure_key(str(t))]["measured_ms"]) for t in targets}  # fmt: skip
+        return {
+            target_label(t): float(t)
+            if _is_number(t)
+            else float(self.results["references"][measure_key(str(t))]["measured_ms"])
+            for t in targets
+        }
 
     # -- 4. supernet -----------------------------------------------------------------------------------------------
     def stage_supernet(self) -> tuple[dict, dict]:
         s = self.cfg["supernet"]
         out = self.out / "supernet"
-        scfg = load_config(SupernetConfig, None, [], data=str(self.root), output=str(out), img_size=int(s["img_size"]),
-                           steps=int(s["steps"]), batch_size=int(s["batch_size"]), lr=float(s["lr"]),
-                           num_random=int(s["num_random"]), eval_images=int(s["eval_images"]),
-                           threads=int(self.cfg["table"]["threads"]), progress=self.progress)  # fmt: skip
+        scfg = load_config(
+            SupernetConfig,
+            None,
+            [],
+            data=str(self.root),
+            output=str(out),
+            img_size=int(s["img_size"]),
+            steps=int(s["steps"]),
+            batch_size=int(s["batch_size"]),
+            lr=float(s["lr"]),
+            num_random=int(s["num_random"]),
+            eval_images=int(s["eval_images"]),
+            threads=int(self.cfg["table"]["threads"]),
+            progress=self.progress,
+        )
         start = time.perf_counter()
         net, metrics = train_supernet(scfg, self.space, self.root)
         seconds = time.perf_counter() - start
         save_supernet(net, out / "supernet.pth", data=str(self.root))
         metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        return ({"path": str(out / "supernet.pth"), "metrics": metrics},
-                {"steps": int(s["steps"]), "steps_per_s": round(int(s["steps"]) / seconds, 3)})  # fmt: skip
+        return (
+            {"path": str(out / "supernet.pth"), "metrics": metrics},
+            {"steps": int(s["steps"]), "steps_per_s": round(int(s["steps"]) / seconds, 3)},
+        )
 
     # -- 5. search -------------------------------------------------------------------------------------------------
     def stage_search(self) -> tuple[dict, dict]:
@@ -387,25 +484,48 @@ class Pipeline:
         table = self.table()
         targets = self.target_ms()
         out = self.out / "search"
-        res = run_v2_search(net, table, SearchTargets(latency_ms=min(targets.values())), self.root, out,
-                            mes=self.mes, actions_per_step=int(s["actions_per_step"]),
-                            calib_images=int(s["calib_images"]), eval_images=s["eval_images"],
-                            lines={k: v["measured_ms"] for k, v in self.results["references"].items()
-                                   if not k.startswith("_") and v["family"] == "timm"},
-                            log=self.log)  # fmt: skip
+        res = run_v2_search(
+            net,
+            table,
+            SearchTargets(latency_ms=min(targets.values())),
+            self.root,
+            out,
+            mes=self.mes,
+            actions_per_step=int(s["actions_per_step"]),
+            calib_images=int(s["calib_images"]),
+            eval_images=s["eval_images"],
+            lines={
+                k: v["measured_ms"]
+                for k, v in self.results["references"].items()
+                if not k.startswith("_") and v["family"] == "timm"
+            },
+            log=self.log,
+        )
         rows = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()[1:]]
         stamp = load_arch(res["arch"])["search"]
         found = {}
         for label, ms in targets.items():  # the first point of the walk at or below each target
             row = next((r for r in rows if r["latency_ms"] <= ms), rows[-1])
-            extra = {**stamp, "accuracy_heldout": row["accuracy"], "table_latency_ms": row["latency_ms"],
-                     "params": row["params"], "mes": row["mes"], "target_ms": ms, "step": row["step"],
-                     "stopped": "target met" if row["latency_ms"] <= ms else stamp["stopped"]}  # fmt: skip
+            extra = {
+                **stamp,
+                "accuracy_heldout": row["accuracy"],
+                "table_latency_ms": row["latency_ms"],
+                "params": row["params"],
+                "mes": row["mes"],
+                "target_ms": ms,
+                "step": row["step"],
+                "stopped": "target met" if row["latency_ms"] <= ms else stamp["stopped"],
+            }
             arch = {**row["arch"], "name": "efficientformerv2_searched", "search": extra}
             path = save_arch(arch, out / f"{label.replace('@', '_at_')}.yaml")
             final = {k: row[k] for k in ("accuracy", "latency_ms", "params", "mes", "arch")}
-            found[label] = {"arch": str(path), "target_ms": ms, "step": row["step"], "stopped": extra["stopped"],
-                            "final": final}  # fmt: skip
+            found[label] = {
+                "arch": str(path),
+                "target_ms": ms,
+                "step": row["step"],
+                "stopped": extra["stopped"],
+                "final": final,
+            }
         res["found"] = found
         return res, {
             "candidates": res["evaluations"],
@@ -431,11 +551,22 @@ class Pipeline:
             summary = json.loads(summary_path.read_text())
         else:
             self.log(f"[pipeline] train {model} seed {seed} -> {folder}")
-            overrides = {**(r.get("overrides") or {}), "model": str(model), "data": str(self.root),
-                         "output": str(folder), "seed": seed, "progress": self.progress}  # fmt: skip
+            overrides = {
+                **(r.get("overrides") or {}),
+                "model": str(model),
+                "data": str(self.root),
+                "output": str(folder),
+                "seed": seed,
+                "progress": self.progress,
+            }
             summary = train(build_config(r["config"], overrides))
-        return {"seed": seed, "val_top1": summary.get("val_top1"), "ema_top1": summary.get("ema_top1"),
-                "checkpoint": summary.get("checkpoint"), "seconds": summary.get("seconds")}  # fmt: skip
+        return {
+            "seed": seed,
+            "val_top1": summary.get("val_top1"),
+            "ema_top1": summary.get("ema_top1"),
+            "checkpoint": summary.get("checkpoint"),
+            "seconds": summary.get("seconds"),
+        }
 
     def stage_retrain(self) -> tuple[dict, dict]:
         r = self.cfg["retrain"]
@@ -445,8 +576,11 @@ class Pipeline:
             folder = self.out / "retrain" / label.replace(":", "_")
             runs = [self.retrain_run(model, folder / f"seed{seed}", seed) for seed in range(int(r["seeds"]))]
             out[label] = {"model": str(model), "runs": runs, **_spread(runs)}
-        return out, {"seconds_per_run": round((time.perf_counter() - started) / max(1, sum(
-            len(v["runs"]) for v in out.values())), 2)}  # fmt: skip
+        return out, {
+            "seconds_per_run": round(
+                (time.perf_counter() - started) / max(1, sum(len(v["runs"]) for v in out.values())), 2
+            )
+        }
 
     # -- 7. ranking -----------------------------------------------------------------------------------------------
     def ranking_subnets(self) -> dict[str, ModelSpec]:
@@ -498,15 +632,26 @@ class Pipeline:
             if label in retrained:
                 runs = retrained[label]["runs"][:seeds]
             else:
-                arch = save_arch({**spec_to_arch(spec), "name": "efficientformerv2_custom"},
-                                 self.out / "ranking" / f"{label}.yaml")  # fmt: skip
+                arch = save_arch(
+                    {**spec_to_arch(spec), "name": "efficientformerv2_custom"}, self.out / "ranking" / f"{label}.yaml"
+                )
                 runs = [self.retrain_run(str(arch), self.out / "ranking" / label / f"seed{k}", k) for k in range(seeds)]
-            rows.append({"label": label, "arch": spec_to_arch(spec), "predicted_ms": table.predict(spec),
-                         "params": count_params(spec, int(self.cfg["table"]["img_size"])),
-                         "supernet_top1": evaluator(spec), "runs": runs, **_spread(runs)})  # fmt: skip
+            rows.append(
+                {
+                    "label": label,
+                    "arch": spec_to_arch(spec),
+                    "predicted_ms": table.predict(spec),
+                    "params": count_params(spec, int(self.cfg["table"]["img_size"])),
+                    "supernet_top1": evaluator(spec),
+                    "runs": runs,
+                    **_spread(runs),
+                }
+            )
         sup = [r["supernet_top1"] for r in rows]
-        tau = {key: kendall_tau(sup, [r[key] for r in rows]) if all(r[key] is not None for r in rows) else None
-               for key in ("mean", "ema_mean")}  # fmt: skip
+        tau = {
+            key: kendall_tau(sup, [r[key] for r in rows]) if all(r[key] is not None for r in rows) else None
+            for key in ("mean", "ema_mean")
+        }
         out = {
             "subnets": rows,
             "kendall_tau": tau,
@@ -526,8 +671,9 @@ class Pipeline:
             classes = len(ckpt["class_names"])
             img = int(ckpt.get("config", {}).get("img_size") or self.cfg["supernet"]["img_size"])
             distill = (ckpt.get("config", {}).get("distillation") or "none") != "none"
-            model = create_model(info["model"], num_classes=classes, img_size=img, distillation=distill,
-                                 checkpoint=run["checkpoint"]).eval()  # fmt: skip
+            model = create_model(
+                info["model"], num_classes=classes, img_size=img, distillation=distill, checkpoint=run["checkpoint"]
+            ).eval()
             form = model if is_timm_name(info["model"]) else deploy(model, img)  # timm's models: no deploy form
             path = self.out / "export" / f"{label.replace(':', '_')}.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -540,8 +686,13 @@ class Pipeline:
             diff = float((got - ref).abs().max())
             if not diff < 1e-3:
                 raise ValueError(f"the ONNX export of {label} differs from PyTorch by {diff:.2e} (limit 1e-3)")
-            out[label] = {"onnx": str(path), "img_size": img, "classes": classes, "max_abs_diff": diff,
-                          "form": "as is" if form is model else "deploy"}  # fmt: skip
+            out[label] = {
+                "onnx": str(path),
+                "img_size": img,
+                "classes": classes,
+                "max_abs_diff": diff,
+                "form": "as is" if form is model else "deploy",
+            }
         return out, {}
 
     # -- 9. measure ------------------------------------------------------------------------------------------------
@@ -554,8 +705,11 @@ class Pipeline:
     # -- 10. report ------------------------------------------------------------------------------------------------
     def stage_report(self) -> tuple[dict, dict]:
         report = build_report(self)
-        return {"report_md": str(self.out / "report.md"), "report_json": str(self.out / "report.json"),
-                "plots": report["plots"]}, {}  # fmt: skip
+        return {
+            "report_md": str(self.out / "report.md"),
+            "report_json": str(self.out / "report.json"),
+            "plots": report["plots"],
+        }, {}
 
 
 def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -576,8 +730,14 @@ def _is_number(value: Any) -> bool:
     return True
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, runs: int, clock: Callable[[], float],
-                 progress: bool, blocks: int = 5) -> dict[str, list[float]]:  # fmt: skip
+def _interleaved(
+    fns: dict[str, Callable[[], object]],
+    warmup: int,
+    runs: int,
+    clock: Callable[[], float],
+    progress: bool,
+    blocks: int = 5,
+) -> dict[str, list[float]]:
     """ms per call of each candidate, timed as the table check times a network (calls back to back, caches warm,
     with the table's clock: CPU time with one thread, else wall time) but in ``blocks`` turns (A B C A B C ...),
     so that a drift of a shared machine lands on every candidate alike."""
@@ -599,10 +759,22 @@ def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, runs: int, c
     return times
 
 
-def run_v2_search(net, table: LatencyTable, targets: SearchTargets, root: Path, out: Path, *,
-                  mes: MESConfig | None = None, actions_per_step: int = 1, calib_images: int = 256,
-                  eval_images: int | None = None, lines: dict[str, float] | None = None, lut_name: str = "",
-                  supernet_name: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def run_v2_search(
+    net,
+    table: LatencyTable,
+    targets: SearchTargets,
+    root: Path,
+    out: Path,
+    *,
+    mes: MESConfig | None = None,
+    actions_per_step: int = 1,
+    calib_images: int = 256,
+    eval_images: int | None = None,
+    lines: dict[str, float] | None = None,
+    lut_name: str = "",
+    supernet_name: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """The greedy MES search on a trained supernet: writes ``arch.yaml``, ``trajectory.jsonl``/``.png``,
     ``summary.json`` and ``supernet_weights.pth`` into ``out``; returns the summary (with ``arch``)."""
     mes = mes or MESConfig()
@@ -615,36 +787,66 @@ def run_v2_search(net, table: LatencyTable, targets: SearchTargets, root: Path, 
     started = time.time()
 
     def show(row: dict) -> None:
-        log(f"step {row['step']:3d} {row['action'][:60]:60s} acc {row['accuracy']:6.2f}  "
+        log(
+            f"step {row['step']:3d} {row['action'][:60]:60s} acc {row['accuracy']:6.2f}  "
             f"lat {row['latency_ms']:7.2f} ms  params {row['params'] / 1e6:6.2f}M  MES {row['mes']:8.3f}  "
-            f"({time.time() - started:.0f} s)")  # fmt: skip
+            f"({time.time() - started:.0f} s)"
+        )
 
-    search = GreedySearch(net.space, evaluator, table.predict, params=lambda s: count_params(s, img_lut), mes=mes,
-                          log=show)  # fmt: skip
+    search = GreedySearch(
+        net.space, evaluator, table.predict, params=lambda s: count_params(s, img_lut), mes=mes, log=show
+    )
     result = search.run(targets, actions_per_step=actions_per_step)
     final = result.final
-    extra = {"search": {"accuracy_heldout": final.accuracy, "table_latency_ms": final.latency_ms,
-                        "params": final.params, "mes": final.mes, "lut": lut_name, "supernet": supernet_name,
-                        "stopped": result.stopped, "evaluations": result.evaluations,
-                        "machine": table.meta.get("machine", {})}}  # fmt: skip
+    extra = {
+        "search": {
+            "accuracy_heldout": final.accuracy,
+            "table_latency_ms": final.latency_ms,
+            "params": final.params,
+            "mes": final.mes,
+            "lut": lut_name,
+            "supernet": supernet_name,
+            "stopped": result.stopped,
+            "evaluations": result.evaluations,
+            "machine": table.meta.get("machine", {}),
+        }
+    }
     arch_path = save_arch({**spec_to_arch(final.spec), **extra}, out / "arch.yaml")
     write_trajectory(result, out / "trajectory.jsonl", mes)
     published = {n: search.point(s) for n, s in V2_VARIANTS.items() if net.space.contains(s) and not table.missing(s)}
     title = f"greedy MES search on the {table.meta.get('runtime')} table"
     plot = plot_trajectory(result, out / "trajectory.png", published, lines, title=title)
     seconds = round(time.time() - started, 2)
-    summary = {"arch": str(arch_path), "final": final.to_dict(), "stopped": result.stopped,
-               "evaluations": result.evaluations, "seconds": seconds,
-               "published": {n: p.to_dict() for n, p in published.items()}, "targets": targets.__dict__,
-               "trajectory": str(out / "trajectory.jsonl"), "plot": str(plot) if plot else None}  # fmt: skip
+    summary = {
+        "arch": str(arch_path),
+        "final": final.to_dict(),
+        "stopped": result.stopped,
+        "evaluations": result.evaluations,
+        "seconds": seconds,
+        "published": {n: p.to_dict() for n, p in published.items()},
+        "targets": targets.__dict__,
+        "trajectory": str(out / "trajectory.jsonl"),
+        "plot": str(plot) if plot else None,
+    }
     atomic_write_json(out / "summary.json", summary)
     atomic_torch_save({"model": net.extract(final.spec).state_dict()}, out / "supernet_weights.pth")
     return summary
 
 
-def run_v1_search(table: LatencyTable, target_ms: float, space: V1Space, root: Path, out: Path, *, img_size: int,
-                  steps: int, batch_size: int, seed: int = 0, train: dict[str, Any] | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def run_v1_search(
+    table: LatencyTable,
+    target_ms: float,
+    space: V1Space,
+    root: Path,
+    out: Path,
+    *,
+    img_size: int,
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    train: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """V1: the MetaPath supernet trained on the runtime, then latency-driven slimming to ``target_ms``; writes
     ``arch.yaml`` (with the machine stamp) and ``trajectory.jsonl`` into ``out``; returns the summary with the
     time of each part (supernet steps/s, paths scored/s)."""
@@ -653,8 +855,9 @@ def run_v1_search(table: LatencyTable, target_ms: float, space: V1Space, root: P
     net = V1MetaSupernet(space, num_classes=int(labels.max()) + 1, img_size=img_size)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    train_v1_supernet(net, images, labels, output=out / "supernet", steps=steps, batch_size=batch_size, seed=seed,
-                      **(train or {}))  # fmt: skip
+    train_v1_supernet(
+        net, images, labels, output=out / "supernet", steps=steps, batch_size=batch_size, seed=seed, **(train or {})
+    )
     trained = time.perf_counter()
     evaluator = V1PathEvaluator(net, eval_x, eval_y, images[:256])
     scored = [0]
@@ -671,17 +874,30 @@ def run_v1_search(table: LatencyTable, target_ms: float, space: V1Space, root: P
     spec = result.final.spec()
     train_s, search_s = trained - started, done - trained
     timing = {"supernet_seconds": round(train_s, 2), "supernet_steps_per_s": round(steps / train_s, 3)}
-    timing.update(search_seconds=round(search_s, 2), paths_scored=scored[0],
-                  paths_per_s=round(scored[0] / max(search_s, 1e-9), 3))  # fmt: skip
-    extra = {"search": {"accuracy_heldout": result.accuracy, "table_latency_ms": result.latency_ms,
-                        "target_ms": target_ms, "seconds": round(done - started, 1), "timing": timing,
-                        "machine": table.meta.get("machine", {})}}  # fmt: skip
+    timing.update(
+        search_seconds=round(search_s, 2), paths_scored=scored[0], paths_per_s=round(scored[0] / max(search_s, 1e-9), 3)
+    )
+    extra = {
+        "search": {
+            "accuracy_heldout": result.accuracy,
+            "table_latency_ms": result.latency_ms,
+            "target_ms": target_ms,
+            "seconds": round(done - started, 1),
+            "timing": timing,
+            "machine": table.meta.get("machine", {}),
+        }
+    }
     arch_path = save_arch({**spec_to_arch(spec), **extra}, out / "arch.yaml")
     with (out / "trajectory.jsonl").open("w") as f:
         for row in result.trajectory:
             f.write(json.dumps(row) + "\n")
-    return {"arch": str(arch_path), "spec": spec, "accuracy": result.accuracy, "latency_ms": result.latency_ms,
-            "timing": timing}  # fmt: skip
+    return {
+        "arch": str(arch_path),
+        "spec": spec,
+        "accuracy": result.accuracy,
+        "latency_ms": result.latency_ms,
+        "timing": timing,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -693,16 +909,34 @@ def build_report(p: Pipeline) -> dict[str, Any]:
     retrain = r["retrain"]
     plots = _plots(p, measured, retrain)
     search = {k: r["search"][k] for k in ("found", "stopped", "evaluations", "seconds")}
-    rates = {"supernet_steps_per_s": p.timing["supernet"].get("steps_per_s"),
-             "candidates_scored_per_s": p.timing["search"].get("candidates_per_s"),
-             "retrain_seconds_per_run": p.timing["retrain"].get("seconds_per_run")}  # fmt: skip
-    report = {"config": p.cfg["config"], "budget": p.cfg["budget"], "target_like": p.cfg["target_like"],
-              "target_ms": p.target_ms(), "machine": r["table"]["machine"], "table": r["table"]["path"],
-              "check": r["check"]["summary"], "measured": r["measure"], "retrain": retrain,
-              "recipe": {"config": p.cfg["retrain"]["config"], "overrides": p.cfg["retrain"]["overrides"],
-                         "seeds": p.cfg["retrain"]["seeds"]},
-              "ranking": r["ranking"], "export": r["export"], "search": search, "stages": p.timing, "rates": rates,
-              "plots": plots, "comparisons": _comparisons(retrain, measured, p.target_ms())}  # fmt: skip
+    rates = {
+        "supernet_steps_per_s": p.timing["supernet"].get("steps_per_s"),
+        "candidates_scored_per_s": p.timing["search"].get("candidates_per_s"),
+        "retrain_seconds_per_run": p.timing["retrain"].get("seconds_per_run"),
+    }
+    report = {
+        "config": p.cfg["config"],
+        "budget": p.cfg["budget"],
+        "target_like": p.cfg["target_like"],
+        "target_ms": p.target_ms(),
+        "machine": r["table"]["machine"],
+        "table": r["table"]["path"],
+        "check": r["check"]["summary"],
+        "measured": r["measure"],
+        "retrain": retrain,
+        "recipe": {
+            "config": p.cfg["retrain"]["config"],
+            "overrides": p.cfg["retrain"]["overrides"],
+            "seeds": p.cfg["retrain"]["seeds"],
+        },
+        "ranking": r["ranking"],
+        "export": r["export"],
+        "search": search,
+        "stages": p.timing,
+        "rates": rates,
+        "plots": plots,
+        "comparisons": _comparisons(retrain, measured, p.target_ms()),
+    }
     report = _portable(report, p.out)
     atomic_write_json(p.out / "report.json", report)
     atomic_write_text(p.out / "report.md", _markdown(p, report))
@@ -728,8 +962,9 @@ def _portable(obj: Any, out: Path) -> Any:
     return path.name
 
 
-def _comparisons(retrain: dict[str, Any], measured: dict[str, Any] | None = None,
-                 targets: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _comparisons(
+    retrain: dict[str, Any], measured: dict[str, Any] | None = None, targets: dict[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
     """Each searched model's mean accuracy minus each retrained reference's (``searched@x - ref``), final and EMA
     top-1, with the difference's standard error (sd^2/n summed over both sides) where both have at least two
     seeds, and both measured latencies; ``target`` marks the pair a search aimed at."""
@@ -746,15 +981,21 @@ def _comparisons(retrain: dict[str, Any], measured: dict[str, Any] | None = None
                 a, b = s.get(f"{prefix}mean"), r.get(f"{prefix}mean")
                 sa, sb = s.get(f"{prefix}sd"), r.get(f"{prefix}sd")
                 row[f"{prefix}difference"] = a - b if a is not None and b is not None else None
-                row[f"{prefix}standard_error"] = (math.sqrt(sa**2 / len(s["runs"]) + sb**2 / len(r["runs"]))
-                                                  if sa is not None and sb is not None else None)  # fmt: skip
+                row[f"{prefix}standard_error"] = (
+                    math.sqrt(sa**2 / len(s["runs"]) + sb**2 / len(r["runs"]))
+                    if sa is not None and sb is not None
+                    else None
+                )
             ms_s, ms_r = (
                 measured.get(label, {}).get("measured_ms"),
                 measured.get(measure_key(name), {}).get("measured_ms"),
             )
-            row.update(searched_ms=ms_s, reference_ms=ms_r,
-                       latency_ratio=ms_s / ms_r if ms_s is not None and ms_r is not None else None,
-                       target=label == target_label(measure_key(name)) and label in targets)  # fmt: skip
+            row.update(
+                searched_ms=ms_s,
+                reference_ms=ms_r,
+                latency_ratio=ms_s / ms_r if ms_s is not None and ms_r is not None else None,
+                target=label == target_label(measure_key(name)) and label in targets,
+            )
             out[f"{label} - {name}"] = row
     return out
 
@@ -777,13 +1018,25 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
         ax.plot(f["latency_ms"], f["accuracy"], "*", ms=14, color=f"C{k + 3}", label=label)
     for name, pt in p.results["search"]["published"].items():
         ax.plot(pt["latency_ms"], pt["accuracy"], "ks", ms=6)
-        ax.annotate(name.replace("efficientformerv2_", "V2-").upper(), (pt["latency_ms"], pt["accuracy"]),
-                    fontsize=8, xytext=(4, -10), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            name.replace("efficientformerv2_", "V2-").upper(),
+            (pt["latency_ms"], pt["accuracy"]),
+            fontsize=8,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
     for name, m in measured.items():
         if m["family"] == "timm":
             ax.axvline(m["measured_ms"], color="tab:green", ls=":", lw=1.2)
-            ax.text(m["measured_ms"], ax.get_ylim()[0], f" {name} (measured)", rotation=90, fontsize=7,
-                    va="bottom", color="tab:green")  # fmt: skip
+            ax.text(
+                m["measured_ms"],
+                ax.get_ylim()[0],
+                f" {name} (measured)",
+                rotation=90,
+                fontsize=7,
+                va="bottom",
+                color="tab:green",
+            )
     for ms in p.target_ms().values():
         ax.axvline(ms, color="tab:red", ls="--", lw=0.8)
     ax.set_xlabel("predicted latency (ms; timm models: measured); dashed: targets")
@@ -796,11 +1049,21 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
     # predicted against measured: the check's networks (leave-one-out) and this run's models
     check = json.loads(Path(p.results["check"]["json"]).read_text())
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter([x["loo_per_kind_ms"] for x in check["rows"]], [x["measured_ms"] for x in check["rows"]], s=18,
-               label="table check (leave-one-out)")  # fmt: skip
+    ax.scatter(
+        [x["loo_per_kind_ms"] for x in check["rows"]],
+        [x["measured_ms"] for x in check["rows"]],
+        s=18,
+        label="table check (leave-one-out)",
+    )
     ours = {k: v for k, v in measured.items() if v["predicted_ms"] is not None}
-    ax.scatter([v["predicted_ms"] for v in ours.values()], [v["measured_ms"] for v in ours.values()], marker="*",
-               s=90, c="tab:red", label="this run's models")  # fmt: skip
+    ax.scatter(
+        [v["predicted_ms"] for v in ours.values()],
+        [v["measured_ms"] for v in ours.values()],
+        marker="*",
+        s=90,
+        c="tab:red",
+        label="this run's models",
+    )
     for k, v in ours.items():
         ax.annotate(k.replace("efficientformerv2_", "V2-"), (v["predicted_ms"], v["measured_ms"]), fontsize=8)
     vals = [x["measured_ms"] for x in check["rows"]] + [v["measured_ms"] for v in ours.values()]
@@ -820,10 +1083,18 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
         key = label if label.startswith("searched") else measure_key(info["model"])
         if key not in measured or info["mean"] is None:
             continue
-        ax.errorbar(measured[key]["measured_ms"], info["mean"], yerr=info["sd"] or 0.0, fmt="o", capsize=4,
-                    label=f"{label} ({len(info['runs'])} seeds)")  # fmt: skip
-    ax.set_xlabel(f"measured latency, {p.cfg['table']['runtime']}, {p.cfg['table']['threads']} thread(s), "
-                  f"{p.cfg['table']['img_size']} px (ms)")  # fmt: skip
+        ax.errorbar(
+            measured[key]["measured_ms"],
+            info["mean"],
+            yerr=info["sd"] or 0.0,
+            fmt="o",
+            capsize=4,
+            label=f"{label} ({len(info['runs'])} seeds)",
+        )
+    ax.set_xlabel(
+        f"measured latency, {p.cfg['table']['runtime']}, {p.cfg['table']['threads']} thread(s), "
+        f"{p.cfg['table']['img_size']} px (ms)"
+    )
     ax.set_ylabel("val top-1 after retraining (%, mean +- sd)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -833,8 +1104,13 @@ def _plots(p: Pipeline, measured: dict, retrain: dict) -> dict[str, str]:
     rows = p.results["ranking"]["subnets"]
     if rows:  # the supernet's score against stand-alone training
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        sc = ax.scatter([r["supernet_top1"] for r in rows], [r["mean"] for r in rows],
-                        c=[r["predicted_ms"] for r in rows], cmap="viridis", s=30)  # fmt: skip
+        sc = ax.scatter(
+            [r["supernet_top1"] for r in rows],
+            [r["mean"] for r in rows],
+            c=[r["predicted_ms"] for r in rows],
+            cmap="viridis",
+            s=30,
+        )
         for r in rows:
             ax.annotate(r["label"].replace("efficientformerv2_", "V2-"), (r["supernet_top1"], r["mean"]), fontsize=7)
         fig.colorbar(sc, label="predicted latency (ms)")
@@ -856,20 +1132,31 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 def _markdown(p: Pipeline, rep: dict[str, Any]) -> str:
     t, m = p.cfg["table"], rep["machine"]
     targets = ", ".join(f"{k} = {v:.3f} ms" for k, v in rep["target_ms"].items())
-    lines = [f"# Search pipeline report ({rep['budget']} budget)", "",
-             f"Config `{rep['config']}`; targets: {targets}. Machine: "
-             f"{m.get('cpu_model')} [{' '.join(m.get('isa', []))}], {t['runtime']}, {t['threads']} thread(s), "
-             f"{t['img_size']} px, {t['clock']} clock; load average at the table {m.get('loadavg')}.", "",
-             "## Latency predictor (leave-one-out over the table check's networks)", "",
-             "| predictor | Kendall tau | MAPE | within +-10% |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Search pipeline report ({rep['budget']} budget)",
+        "",
+        f"Config `{rep['config']}`; targets: {targets}. Machine: "
+        f"{m.get('cpu_model')} [{' '.join(m.get('isa', []))}], {t['runtime']}, {t['threads']} thread(s), "
+        f"{t['img_size']} px, {t['clock']} clock; load average at the table {m.get('loadavg')}.",
+        "",
+        "## Latency predictor (leave-one-out over the table check's networks)",
+        "",
+        "| predictor | Kendall tau | MAPE | within +-10% |",
+        "|---|---|---|---|",
+    ]
     for method, a in rep["check"]["methods_leave_one_out"].items():
         lines.append(
             f"| {method} | {a['kendall_tau']:.3f} | {a['mape_percent']:.1f}% | {a['within_10_percent']:.0f}% |"
         )
-    lines += ["", f"## Measured end to end ({rep['measured']['_stamp']['statistic']} of "
-              f"{rep['measured']['_stamp']['runs']} runs in 5 alternating turns, load "
-              f"{rep['measured']['_stamp']['loadavg']})", "", "| model | predicted | measured | error | params |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"## Measured end to end ({rep['measured']['_stamp']['statistic']} of "
+        f"{rep['measured']['_stamp']['runs']} runs in 5 alternating turns, load "
+        f"{rep['measured']['_stamp']['loadavg']})",
+        "",
+        "| model | predicted | measured | error | params |",
+        "|---|---|---|---|---|",
+    ]
     for name, v in rep["measured"].items():
         if name.startswith("_"):
             continue
@@ -878,38 +1165,57 @@ def _markdown(p: Pipeline, rep: dict[str, Any]) -> str:
         lines.append(f"| {name} | {pred:.3f} ms |" if pred is not None else f"| {name} | - |")
         lines[-1] += f" {v['measured_ms']:.3f} ms | {err} | {v['params'] / 1e6:.2f} M |"
     rc = rep["recipe"]
-    lines += ["", f"## Retrained (`{rc['config']}` with {rc['overrides']}, the same for every model)", "",
-              "| model | seeds | val top-1 mean | sd | EMA top-1 mean | sd | val top-1 per seed |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"## Retrained (`{rc['config']}` with {rc['overrides']}, the same for every model)",
+        "",
+        "| model | seeds | val top-1 mean | sd | EMA top-1 mean | sd | val top-1 per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, info in rep["retrain"].items():
         accs = ", ".join(f"{x['val_top1']:.2f}" for x in info["runs"] if x["val_top1"] is not None)
-        lines.append(f"| {label} | {len(info['runs'])} | {_fmt(info['mean'])} | {_fmt(info['sd'])} | "
-                     f"{_fmt(info.get('ema_mean'))} | {_fmt(info.get('ema_sd'))} | {accs} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {len(info['runs'])} | {_fmt(info['mean'])} | {_fmt(info['sd'])} | "
+            f"{_fmt(info.get('ema_mean'))} | {_fmt(info.get('ema_sd'))} | {accs} |"
+        )
     if rep["comparisons"]:
-        lines += ["", "| comparison | seeds | difference (s.e.) | EMA difference (s.e.) | latency (ms) | ratio |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| comparison | seeds | difference (s.e.) | EMA difference (s.e.) | latency (ms) | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, d in rep["comparisons"].items():
-            lines.append(f"| {name}{' (target)' if d['target'] else ''} | {d['seeds']} | "
-                         f"{_fmt(d['difference'], '+.2f')} ({_fmt(d['standard_error'])}) | "
-                         f"{_fmt(d['ema_difference'], '+.2f')} ({_fmt(d['ema_standard_error'])}) | "
-                         f"{_fmt(d['searched_ms'], '.3f')} vs {_fmt(d['reference_ms'], '.3f')} | "
-                         f"{_fmt(d['latency_ratio'], '.3f')} |")  # fmt: skip
+            lines.append(
+                f"| {name}{' (target)' if d['target'] else ''} | {d['seeds']} | "
+                f"{_fmt(d['difference'], '+.2f')} ({_fmt(d['standard_error'])}) | "
+                f"{_fmt(d['ema_difference'], '+.2f')} ({_fmt(d['ema_standard_error'])}) | "
+                f"{_fmt(d['searched_ms'], '.3f')} vs {_fmt(d['reference_ms'], '.3f')} | "
+                f"{_fmt(d['latency_ratio'], '.3f')} |"
+            )
     rk = rep["ranking"]
     if rk["subnets"]:
         tau = rk["kendall_tau"]
-        lines += ["", f"## Supernet ranking: Kendall tau {_fmt(tau['mean'], '.3f')} (final top-1), "
-                  f"{_fmt(tau['ema_mean'], '.3f')} (EMA top-1) over {len(rk['subnets'])} subnets, "
-                  f"{rk['seeds']} seed(s) each, supernet at {rk['supernet_img_size']} px", "",
-                  "| subnet | predicted ms | params | supernet top-1 | stand-alone top-1 | EMA top-1 |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Supernet ranking: Kendall tau {_fmt(tau['mean'], '.3f')} (final top-1), "
+            f"{_fmt(tau['ema_mean'], '.3f')} (EMA top-1) over {len(rk['subnets'])} subnets, "
+            f"{rk['seeds']} seed(s) each, supernet at {rk['supernet_img_size']} px",
+            "",
+            "| subnet | predicted ms | params | supernet top-1 | stand-alone top-1 | EMA top-1 |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in sorted(rk["subnets"], key=lambda r: r["predicted_ms"]):
-            lines.append(f"| {r['label']} | {r['predicted_ms']:.2f} | {r['params'] / 1e6:.2f} M | "
-                         f"{r['supernet_top1']:.2f} | {_fmt(r['mean'])} | {_fmt(r['ema_mean'])} |")  # fmt: skip
+            lines.append(
+                f"| {r['label']} | {r['predicted_ms']:.2f} | {r['params'] / 1e6:.2f} M | "
+                f"{r['supernet_top1']:.2f} | {_fmt(r['mean'])} | {_fmt(r['ema_mean'])} |"
+            )
     s = rep["search"]
     lines += ["", f"Search: {s['stopped']} after {s['evaluations']} subnet evaluations ({s['seconds']:.0f} s)."]
     for label, f in s["found"].items():
-        lines.append(f"- {label}: `{f['arch']}`, step {f['step']}, table latency {f['final']['latency_ms']:.3f} ms "
-                     f"(target {f['target_ms']:.3f} ms), supernet top-1 {f['final']['accuracy']:.2f}%")  # fmt: skip
+        lines.append(
+            f"- {label}: `{f['arch']}`, step {f['step']}, table latency {f['final']['latency_ms']:.3f} ms "
+            f"(target {f['target_ms']:.3f} ms), supernet top-1 {f['final']['accuracy']:.2f}%"
+        )
     lines += ["", "## Time per stage", "", "| stage | seconds | rate | cached |", "|---|---|---|---|"]
     for name, tm in rep["stages"].items():
         rate = ", ".join(f"{k} {v}" for k, v in tm.items() if k.endswith(("_per_s", "per_run", "per_subnet")))

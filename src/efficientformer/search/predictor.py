@@ -68,8 +68,11 @@ def within(pred: Sequence[float], meas: Sequence[float], percent: float = 10.0) 
 
 def accuracy(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
     """The three figures the goal is stated in: Kendall's tau, MAPE and the share within +-10%."""
-    return {"kendall_tau": kendall_tau(pred, meas), "mape_percent": mape(pred, meas),
-            "within_10_percent": within(pred, meas)}  # fmt: skip
+    return {
+        "kendall_tau": kendall_tau(pred, meas),
+        "mape_percent": mape(pred, meas),
+        "within_10_percent": within(pred, meas),
+    }
 
 
 def fit_affine(pred: Sequence[float], meas: Sequence[float]) -> tuple[float, float]:
@@ -121,27 +124,42 @@ class KindCalibration:
     method: str = "per-kind"
 
     def predict(self, f: NetworkFeatures) -> float:
-        return (sum((self.scale + self.deviations.get(g, 0.0)) * x for g, x in f.groups.items())
-                + self.per_call_ms * f.calls + self.offset_ms)  # fmt: skip
+        return (
+            sum((self.scale + self.deviations.get(g, 0.0)) * x for g, x in f.groups.items())
+            + self.per_call_ms * f.calls
+            + self.offset_ms
+        )
 
     def coefficient(self, group: str) -> float:
         return self.scale + self.deviations.get(group, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "scale": self.scale, "deviations": dict(self.deviations),
-                "per_call_ms": self.per_call_ms, "offset_ms": self.offset_ms, "penalty": self.penalty}  # fmt: skip
+        return {
+            "method": self.method,
+            "scale": self.scale,
+            "deviations": dict(self.deviations),
+            "per_call_ms": self.per_call_ms,
+            "offset_ms": self.offset_ms,
+            "penalty": self.penalty,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KindCalibration:
         """A stored calibration; an affine one (``scale``, ``offset_ms`` only) is the special case without
         deviations and per-call term."""
-        return cls(float(data.get("scale", 1.0)), {k: float(v) for k, v in (data.get("deviations") or {}).items()},
-                   float(data.get("per_call_ms", 0.0)), float(data.get("offset_ms", 0.0)),
-                   float(data.get("penalty", 0.0)), str(data.get("method", "affine")))  # fmt: skip
+        return cls(
+            float(data.get("scale", 1.0)),
+            {k: float(v) for k, v in (data.get("deviations") or {}).items()},
+            float(data.get("per_call_ms", 0.0)),
+            float(data.get("offset_ms", 0.0)),
+            float(data.get("penalty", 0.0)),
+            str(data.get("method", "affine")),
+        )
 
 
-def _solve(feats: Sequence[NetworkFeatures], meas: Sequence[float], groups: list[str], penalty: float
-           ) -> KindCalibration:  # fmt: skip
+def _solve(
+    feats: Sequence[NetworkFeatures], meas: Sequence[float], groups: list[str], penalty: float
+) -> KindCalibration:
     """Weighted ridge least squares; unknowns ``[scale, dev_g..., per_call, offset]``; penalty on the devs and,
     more lightly, on the per-call term, each standardised by its feature's typical share of a network."""
     y = np.asarray(meas, dtype=float)
@@ -171,8 +189,9 @@ def _loo_predictions(feats, meas, groups, penalty) -> list[float]:
     return out
 
 
-def fit_kinds(feats: Sequence[NetworkFeatures], meas: Sequence[float],
-              penalties: Sequence[float] = PENALTIES) -> KindCalibration:  # fmt: skip
+def fit_kinds(
+    feats: Sequence[NetworkFeatures], meas: Sequence[float], penalties: Sequence[float] = PENALTIES
+) -> KindCalibration:
     """The per-kind calibration of ``meas`` (ms), its penalty chosen by leave-one-out MAPE over ``penalties``;
     with fewer than :data:`MIN_PER_KIND` networks, the affine fit (as a calibration without deviations)."""
     feats, meas = list(feats), list(meas)
@@ -186,8 +205,12 @@ def fit_kinds(feats: Sequence[NetworkFeatures], meas: Sequence[float],
     return _solve(feats, meas, groups, best)
 
 
-def leave_one_out(feats: Sequence[NetworkFeatures], meas: Sequence[float], method: str = "per-kind",
-                  penalties: Sequence[float] = PENALTIES) -> list[float]:  # fmt: skip
+def leave_one_out(
+    feats: Sequence[NetworkFeatures],
+    meas: Sequence[float],
+    method: str = "per-kind",
+    penalties: Sequence[float] = PENALTIES,
+) -> list[float]:
     """The prediction of every network by a calibration fitted without it (``method``: per-kind, affine or sum;
     for per-kind the penalty is chosen again each time, on the other networks only)."""
     feats, meas = list(feats), list(meas)

@@ -198,10 +198,16 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_batche
 def save_supernet(net: V2Supernet, path: str | Path, data: str = "") -> Path:
     """Write a trained supernet (its space, resolution, classes and weights) atomically."""
     return atomic_torch_save(
-        {"format": SUPERNET_FORMAT, "space": net.space.to_dict(), "img_size": list(net.img_size),
-         "num_classes": net.num_classes, "data": data, "state_dict": net.state_dict()},
+        {
+            "format": SUPERNET_FORMAT,
+            "space": net.space.to_dict(),
+            "img_size": list(net.img_size),
+            "num_classes": net.num_classes,
+            "data": data,
+            "state_dict": net.state_dict(),
+        },
         path,
-    )  # fmt: skip
+    )
 
 
 def load_supernet(path: str | Path) -> V2Supernet:
@@ -214,7 +220,8 @@ def load_supernet(path: str | Path) -> V2Supernet:
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != SUPERNET_FORMAT:
         raise ValueError(f"{path} is not a supernet checkpoint written by `efficientformer search supernet`")
-    net = V2Supernet(V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"],
-                     img_size=tuple(ckpt["img_size"]))  # fmt: skip
+    net = V2Supernet(
+        V2Space.from_dict(ckpt["space"]), num_classes=ckpt["num_classes"], img_size=tuple(ckpt["img_size"])
+    )
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()

@@ -57,9 +57,17 @@ class SandwichModel(nn.Module):
     soft predictions (temperature ``tau``) are mixed into the largest subnet's loss with weight ``teacher_weight``.
     After each forward, ``last_losses`` holds the detached loss of every subnet."""
 
-    def __init__(self, supernet: V2Supernet, *, num_random: int = 2, inplace_distillation: bool = True,
-                 teacher: nn.Module | None = None, teacher_weight: float = 0.5, tau: float = 1.0,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        supernet: V2Supernet,
+        *,
+        num_random: int = 2,
+        inplace_distillation: bool = True,
+        teacher: nn.Module | None = None,
+        teacher_weight: float = 0.5,
+        tau: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if num_random < 0:
             raise ValueError(f"num_random must be >= 0, got {num_random}")
@@ -143,25 +151,35 @@ def train_supernet(cfg: SupernetConfig, space: V2Space, root: Path) -> tuple[V2S
         held_out = load_split(val, cfg.img_size, limit=cfg.eval_images) if cfg.eval_images and val.is_dir() else None
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         net = V2Supernet(space, num_classes=int(labels.max()) + 1, img_size=cfg.img_size).to(info.device)
-        model = SandwichModel(net, num_random=cfg.num_random, inplace_distillation=cfg.inplace_distillation,
-                              seed=cfg.seed)  # fmt: skip
+        model = SandwichModel(
+            net, num_random=cfg.num_random, inplace_distillation=cfg.inplace_distillation, seed=cfg.seed
+        )
         plan = _plan(cfg, info, model, images, labels, held_out)
         torch.manual_seed(cfg.seed + info.rank)
         state = fit(plan)
     return net, state.metrics
 
 
-def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: torch.Tensor, labels: torch.Tensor,
-          held_out: tuple[torch.Tensor, torch.Tensor] | None) -> Plan:  # fmt: skip
+def _plan(
+    cfg: SupernetConfig,
+    info: DistInfo,
+    model: SandwichModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None,
+) -> Plan:
     sampler = TrainSampler(len(labels), info.rank, info.world, seed=cfg.seed)
     per_epoch = len(sampler) // cfg.batch_size
     if per_epoch == 0:
-        raise ValueError(f"{len(labels)} training images over {info.world} process(es) is fewer than one batch of "
-                         f"{cfg.batch_size}; lower batch_size")  # fmt: skip
+        raise ValueError(
+            f"{len(labels)} training images over {info.world} process(es) is fewer than one batch of "
+            f"{cfg.batch_size}; lower batch_size"
+        )
     epochs = -(-cfg.steps // per_epoch)
     optimizer = build_optimizer(model.supernet, "adamw", cfg.lr, cfg.weight_decay)
-    scheduler = epoch_scheduler(optimizer, "cosine", epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.min_lr,
-                                min_lr=cfg.min_lr)  # fmt: skip
+    scheduler = epoch_scheduler(
+        optimizer, "cosine", epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.min_lr, min_lr=cfg.min_lr
+    )
 
     def step(train_model: nn.Module, batch) -> Step:
         x, y = batch[0].to(info.device), batch[1].to(info.device)
@@ -176,22 +194,40 @@ def _plan(cfg: SupernetConfig, info: DistInfo, model: SandwichModel, images: tor
 
     return Plan(
         task=Task(
-            name="search-supernet", model=model, optimizer=optimizer, step=step,
-            batches=memory_batches(images, labels, sampler, cfg.batch_size, cfg.seed), evaluate=evaluate, config=cfg,
-            seed=cfg.seed, meta={"space": model.supernet.space.to_dict()},
+            name="search-supernet",
+            model=model,
+            optimizer=optimizer,
+            step=step,
+            batches=memory_batches(images, labels, sampler, cfg.batch_size, cfg.seed),
+            evaluate=evaluate,
+            config=cfg,
+            seed=cfg.seed,
+            meta={"space": model.supernet.space.to_dict()},
         ),
         schedule=Schedule(
-            steps_per_epoch=per_epoch, total_steps=cfg.steps, epoch_scheduler=scheduler, clip_grad=cfg.clip_grad,
-            clip_mode="norm", eval_every=cfg.eval_every, eval_unit="epoch", resume=cfg.resume,
+            steps_per_epoch=per_epoch,
+            total_steps=cfg.steps,
+            epoch_scheduler=scheduler,
+            clip_grad=cfg.clip_grad,
+            clip_mode="norm",
+            eval_every=cfg.eval_every,
+            eval_unit="epoch",
+            resume=cfg.resume,
         ),
         reporting=Reporting(
-            log_every=20, best_metric=None, metric_names=("val_top1", "val_top1_smallest"), progress=cfg.progress,
-            describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f}" + (
-                f" | largest {r['val_top1']:.2f}% smallest {r['val_top1_smallest']:.2f}%" if "val_top1" in r else ""),
+            log_every=20,
+            best_metric=None,
+            metric_names=("val_top1", "val_top1_smallest"),
+            progress=cfg.progress,
+            describe=lambda r: (
+                f"epoch {r['epoch']} loss {r['train_loss']:.4f}"
+                + (f" | largest {r['val_top1']:.2f}% smallest {r['val_top1_smallest']:.2f}%" if "val_top1" in r else "")
+            ),
             trackers=cfg.log or False,
         ),
-        output=Path(cfg.output), info=info,
-    )  # fmt: skip
+        output=Path(cfg.output),
+        info=info,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,8 +291,13 @@ def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.T
 # Scoring subnets
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def held_out_accuracy(model: nn.Module, calib: list[torch.Tensor], eval_images: torch.Tensor,
-                      eval_labels: torch.Tensor, eval_batch: int = 256) -> float:  # fmt: skip
+def held_out_accuracy(
+    model: nn.Module,
+    calib: list[torch.Tensor],
+    eval_images: torch.Tensor,
+    eval_labels: torch.Tensor,
+    eval_batch: int = 256,
+) -> float:
     """Top-1 (%) of ``model`` on uint8 ``eval_images`` after re-estimating its BatchNorm statistics on the uint8
     ``calib`` batches (:func:`~.supernet.recalibrate_bn`). The one evaluator of both searches: V2 subnets (an
     extracted standalone model) and V1 hard paths (a copy of the MetaPath supernet)."""

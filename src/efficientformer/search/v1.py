@@ -189,8 +189,9 @@ class V1MetaSupernet(nn.Module):
         return float(keep / p[-1].clamp_min(1e-12))
 
     def argmax_path(self) -> V1Path:
-        choices = [[options(i)[int(self.alphas[i][j].argmax())] for j in range(self.space.max_depths[i])]
-                   for i in range(4)]  # fmt: skip
+        choices = [
+            [options(i)[int(self.alphas[i][j].argmax())] for j in range(self.space.max_depths[i])] for i in range(4)
+        ]
         return canonical(V1Path(choices, list(self.space.max_widths)))
 
 
@@ -212,19 +213,33 @@ class GumbelTraining(nn.Module):
         return F.cross_entropy(self.net(images), targets)
 
 
-def train_v1_supernet(net: V1MetaSupernet, images: torch.Tensor, labels: torch.Tensor, *, output: str | Path,
-                      steps: int, batch_size: int = 64, lr: float = 2e-3, arch_lr: float = 3e-3,
-                      tau_start: float = 5.0, tau_end: float = 0.5, seed: int = 0, device: str = "auto",
-                      progress: bool = True) -> dict:  # fmt: skip
+def train_v1_supernet(
+    net: V1MetaSupernet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    output: str | Path,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    arch_lr: float = 3e-3,
+    tau_start: float = 5.0,
+    tau_end: float = 0.5,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Train the weights and the architecture parameters jointly on the training runtime (one optimiser, two
     groups: AdamW on the weights, Adam-like on the alphas with betas (0.5, 0.999) and no weight decay; the epoch
     cosine applies to both); checkpoints and exact resume in ``output``. Returns the final state's summary."""
     with process_group(device) as info:
         model = GumbelTraining(net.to(info.device), steps, tau_start, tau_end)
-        optimizer = torch.optim.AdamW([
-            {"params": net.weight_parameters(), "lr": lr, "weight_decay": 0.05},
-            {"params": net.arch_parameters(), "lr": arch_lr, "weight_decay": 0.0, "betas": (0.5, 0.999)},
-        ])  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": net.weight_parameters(), "lr": lr, "weight_decay": 0.05},
+                {"params": net.arch_parameters(), "lr": arch_lr, "weight_decay": 0.0, "betas": (0.5, 0.999)},
+            ]
+        )
         sampler = TrainSampler(len(labels), info.rank, info.world, seed=seed)
         per_epoch = len(sampler) // batch_size
         if per_epoch == 0:
@@ -238,16 +253,31 @@ def train_v1_supernet(net: V1MetaSupernet, images: torch.Tensor, labels: torch.T
 
         plan = Plan(
             task=Task(
-                name="search-v1-supernet", model=model, optimizer=optimizer, step=step,
-                batches=memory_batches(images, labels, sampler, batch_size, seed), evaluate=lambda m: {},
-                config=_V1TrainConfig(steps, batch_size, lr, arch_lr, tau_start, tau_end, seed), seed=seed,
+                name="search-v1-supernet",
+                model=model,
+                optimizer=optimizer,
+                step=step,
+                batches=memory_batches(images, labels, sampler, batch_size, seed),
+                evaluate=lambda m: {},
+                config=_V1TrainConfig(steps, batch_size, lr, arch_lr, tau_start, tau_end, seed),
+                seed=seed,
             ),
-            schedule=Schedule(steps_per_epoch=per_epoch, total_steps=steps, epoch_scheduler=scheduler, clip_grad=5.0,
-                              clip_mode="norm", eval_every=0),
-            reporting=Reporting(log_every=20, progress=progress,
-                                describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f} tau {net.tau:.3f}"),
-            output=Path(output), info=info,
-        )  # fmt: skip
+            schedule=Schedule(
+                steps_per_epoch=per_epoch,
+                total_steps=steps,
+                epoch_scheduler=scheduler,
+                clip_grad=5.0,
+                clip_mode="norm",
+                eval_every=0,
+            ),
+            reporting=Reporting(
+                log_every=20,
+                progress=progress,
+                describe=lambda r: f"epoch {r['epoch']} loss {r['train_loss']:.4f} tau {net.tau:.3f}",
+            ),
+            output=Path(output),
+            info=info,
+        )
         state = fit(plan)
     return {"steps": state.iteration, "tau": net.tau, "history": state.history}
 
@@ -312,8 +342,9 @@ def slim(
     acc = evaluate(current)
     lat = latency(current.spec())
     result = SlimResult(current, lat, acc)
-    result.trajectory.append({"step": 0, "action": "start", "accuracy": acc, "latency_ms": lat,
-                              "arch": _describe(current)})  # fmt: skip
+    result.trajectory.append(
+        {"step": 0, "action": "start", "accuracy": acc, "latency_ms": lat, "arch": _describe(current)}
+    )
     if log:
         log(result.trajectory[-1])
     step = 0
@@ -354,8 +385,9 @@ def slim(
         assert best is not None
         _, name, current, acc, lat = best
         step += 1
-        result.trajectory.append({"step": step, "action": name, "accuracy": acc, "latency_ms": lat,
-                                  "arch": _describe(current)})  # fmt: skip
+        result.trajectory.append(
+            {"step": step, "action": name, "accuracy": acc, "latency_ms": lat, "arch": _describe(current)}
+        )
         if log:
             log(result.trajectory[-1])
     result.final, result.latency_ms, result.accuracy = current, lat, acc

@@ -93,10 +93,12 @@ class TrainConfig:
     # -- hardware ------------------------------------------------------------------------------------------------
     device: str = param("auto", help="auto | cpu | cuda | cuda:N")
     amp: str = param(
-        "auto", choices=AMP_CHOICES, help="training autocast: auto (bf16 on CUDA GPUs that support it and on CPUs "
+        "auto",
+        choices=AMP_CHOICES,
+        help="training autocast: auto (bf16 on CUDA GPUs that support it and on CPUs "
         f"with native bf16 where a start-up probe measures it >= {CPU_BF16_MIN_SPEEDUP}x fp32; else fp32; a resumed "
-        "run keeps its precision) | none (fp32, as published) | bf16 | fp16"
-    )  # fmt: skip
+        "run keeps its precision) | none (fp32, as published) | bf16 | fp16",
+    )
     eval_amp: str = param("none", choices=("none", "bf16", "fp16"), help="evaluation autocast (none: fp32, as `eval`)")
     sync_bn: bool = param(True, help="only applied on multi-GPU CUDA runs")
     channels_last: bool | None = param(None, help="None: auto (on for CUDA and CPU devices)")
@@ -140,10 +142,13 @@ class TrainConfig:
         if self.distillation != "none" and not self.teacher:
             raise ValueError(f"distillation={self.distillation} needs teacher=NAME (or set distillation=none)")
         if self.mixup_active and self.batch_size % 2:
-            raise ValueError(f"Mixup/CutMix mix each batch with its reverse and need an even batch_size, got "
-                             f"{self.batch_size}; use an even batch_size or set mixup=0 cutmix=0")  # fmt: skip
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                          and self.device[5:].isdigit())):  # fmt: skip
+            raise ValueError(
+                f"Mixup/CutMix mix each batch with its reverse and need an even batch_size, got "
+                f"{self.batch_size}; use an even batch_size or set mixup=0 cutmix=0"
+            )
+        if not (
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0 and self.sched != "constant":
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
@@ -164,8 +169,9 @@ def _check_auto_augment(spec: str) -> None:
         ) from None
 
 
-def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None
-                 ) -> TrainConfig:  # fmt: skip
+def build_config(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None
+) -> TrainConfig:
     """Defaults, then the YAML recipe, then overrides (later wins); every value type- and range-checked."""
     return runtime_config.load_config(TrainConfig, config_file, overrides or {})
 

@@ -22,8 +22,14 @@ class DistillationLoss(nn.Module):
     The teacher sees the same (mixed) images as the student.
     """
 
-    def __init__(self, base: nn.Module, kind: str = "none", teacher: nn.Module | None = None, alpha: float = 0.5,
-                 tau: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base: nn.Module,
+        kind: str = "none",
+        teacher: nn.Module | None = None,
+        alpha: float = 0.5,
+        tau: float = 1.0,
+    ) -> None:
         super().__init__()
         if kind not in ("none", "soft", "hard"):
             raise ValueError(f"distillation must be none, soft or hard, got {kind!r}")

@@ -73,10 +73,17 @@ def train_transform(cfg: TrainConfig):
     if cfg.no_aug:
         return eval_transform(cfg.img_size, cfg.eval_resize)
     return create_transform(
-        input_size=cfg.img_size, is_training=True, scale=(cfg.crop_scale_min, 1.0), hflip=cfg.hflip,
-        color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, interpolation=cfg.train_interpolation,
-        re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
-    )  # fmt: skip
+        input_size=cfg.img_size,
+        is_training=True,
+        scale=(cfg.crop_scale_min, 1.0),
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter,
+        auto_augment=cfg.auto_augment,
+        interpolation=cfg.train_interpolation,
+        re_prob=cfg.reprob,
+        re_mode=cfg.remode,
+        re_count=cfg.recount,
+    )
 
 
 def base_criterion(cfg: TrainConfig) -> nn.Module:
@@ -105,9 +112,15 @@ class StepMixup(Mixup):
 def mixup_fn(cfg: TrainConfig, num_classes: int) -> StepMixup | None:
     if not cfg.mixup_active:
         return None
-    return StepMixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                 switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
-                 num_classes=num_classes)  # fmt: skip
+    return StepMixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode="batch",
+        label_smoothing=cfg.smoothing,
+        num_classes=num_classes,
+    )
 
 
 @torch.no_grad()
@@ -132,8 +145,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: st
     all_reduce_sum(sums)
     correct1, correct5, loss, count, skipped = sums.tolist()
     n = max(count, 1.0)
-    return {"val_top1": 100.0 * correct1 / n, "val_top5": 100.0 * correct5 / n, "val_loss": loss / n,
-            "val_count": int(count), "val_skipped": int(skipped)}  # fmt: skip
+    return {
+        "val_top1": 100.0 * correct1 / n,
+        "val_top5": 100.0 * correct5 / n,
+        "val_loss": loss / n,
+        "val_count": int(count),
+        "val_skipped": int(skipped),
+    }
 
 
 def eval_loader(dataset, batch_size: int, workers: int, info: DistInfo) -> DataLoader:
@@ -219,27 +237,38 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
     )
     class_names = list(train_set.classes)
     num_classes = len(class_names)
-    sampler = TrainSampler(len(train_set), info.rank, info.world, seed=cfg.seed,
-                           repeats=cfg.repeats if cfg.repeated_aug else 1)  # fmt: skip
+    sampler = TrainSampler(
+        len(train_set), info.rank, info.world, seed=cfg.seed, repeats=cfg.repeats if cfg.repeated_aug else 1
+    )
     steps_per_epoch = sampler.per_rank // (cfg.batch_size * cfg.grad_accum)  # optimiser steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images over {info.world} process(es) is fewer than one step of "
-                         f"{cfg.grad_accum} batch(es) of {cfg.batch_size}; lower batch_size or grad_accum")  # fmt: skip
+        raise ValueError(
+            f"{len(train_set)} training images over {info.world} process(es) is fewer than one step of "
+            f"{cfg.grad_accum} batch(es) of {cfg.batch_size}; lower batch_size or grad_accum"
+        )
     if cfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
 
     def batches(epoch: int, start: int):
         sampler.set_epoch(epoch, start * cfg.batch_size)
-        return DataLoader(SeededSamples(train_set, cfg.seed, epoch), batch_size=cfg.batch_size, sampler=sampler,
-                          drop_last=True, num_workers=cfg.workers, collate_fn=collate_skip,
-                          pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init,
-                          generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))  # fmt: skip
+        return DataLoader(
+            SeededSamples(train_set, cfg.seed, epoch),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.workers,
+            collate_fn=collate_skip,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=loader_worker_init,
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+        )
 
     # The same initial weights on every rank; each rank's own random stream (drop path, Mixup) after that.
     seed_all(cfg.seed)
     distill = cfg.distillation != "none"
-    model = create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, distillation=distill,
-                         drop_path_rate=cfg.drop_path)  # fmt: skip
+    model = create_model(
+        cfg.model, num_classes=num_classes, img_size=cfg.img_size, distillation=distill, drop_path_rate=cfg.drop_path
+    )
     if distill:
         model.set_distilled_training(True)
     if cfg.grad_checkpointing:
@@ -257,15 +286,17 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
 
     lr = cfg.global_lr(info.world)
     optimizer = build_optimizer(model, cfg.opt, lr, cfg.weight_decay, cfg.opt_eps, no_decay_scales=cfg.no_decay_scales)
-    scheduler = epoch_scheduler(optimizer, cfg.sched, cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                                warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)  # fmt: skip
+    scheduler = epoch_scheduler(
+        optimizer, cfg.sched, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr
+    )
     teacher = None
     if distill:
         teacher = build_teacher(cfg.teacher, cfg.teacher_checkpoint, num_classes, cfg.img_size).to(device)
         if channels_last:
             teacher.to(memory_format=torch.channels_last)
-    criterion = DistillationLoss(base_criterion(cfg), cfg.distillation, teacher, cfg.distillation_alpha,
-                                 cfg.distillation_tau)  # fmt: skip
+    criterion = DistillationLoss(
+        base_criterion(cfg), cfg.distillation, teacher, cfg.distillation_alpha, cfg.distillation_tau
+    )
     mixer = mixup_fn(cfg, num_classes)
 
     def step(train_model: nn.Module, batch) -> Step:
@@ -297,39 +328,70 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
                 "--output or the model the run was started with"
             )
         if list(ckpt.get("class_names", class_names)) != class_names:
-            raise CheckpointReadError(f"cannot resume from {path}: it was trained on other classes; use another "
-                                      "--output")  # fmt: skip
+            raise CheckpointReadError(
+                f"cannot resume from {path}: it was trained on other classes; use another --output"
+            )
 
     plan = Plan(
         task=Task(
-            name="classify", model=model, optimizer=optimizer, step=step, batches=batches,
-            evaluate=lambda m: evaluate(m, val_loader, device, cfg.eval_amp), config=cfg, seed=cfg.seed, amp=amp,
-            ema=ema, ema_warmup=cfg.ema_warmup, compile=cfg.compile, train_mode=train_mode,
+            name="classify",
+            model=model,
+            optimizer=optimizer,
+            step=step,
+            batches=batches,
+            evaluate=lambda m: evaluate(m, val_loader, device, cfg.eval_amp),
+            config=cfg,
+            seed=cfg.seed,
+            amp=amp,
+            ema=ema,
+            ema_warmup=cfg.ema_warmup,
+            compile=cfg.compile,
+            train_mode=train_mode,
             new_step=mixer.new_step if mixer is not None else None,
-            meta={"class_names": class_names, "model_name": cfg.model,
-                  "precision": {"amp": amp, "channels_last": channels_last}}, check_resume=check_resume,
+            meta={
+                "class_names": class_names,
+                "model_name": cfg.model,
+                "precision": {"amp": amp, "channels_last": channels_last},
+            },
+            check_resume=check_resume,
         ),
         schedule=Schedule(
-            steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs, grad_accum=cfg.grad_accum,
-            epoch_scheduler=scheduler, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, eval_every=cfg.eval_every,
-            eval_unit="epoch", checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
-            stop_signals=cfg.stop_signals, resume=cfg.resume,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * cfg.epochs,
+            grad_accum=cfg.grad_accum,
+            epoch_scheduler=scheduler,
+            clip_grad=cfg.clip_grad,
+            clip_mode=cfg.clip_mode,
+            eval_every=cfg.eval_every,
+            eval_unit="epoch",
+            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_minutes=cfg.checkpoint_minutes,
+            stop_signals=cfg.stop_signals,
+            resume=cfg.resume,
         ),
         reporting=Reporting(
-            log_every=cfg.log_every, best_metric="val_top1", metric_names=("val_top1", "val_top5", "ema_top1"),
-            describe=_describe, progress=cfg.progress, trackers=cfg.log or cfg.tensorboard,
+            log_every=cfg.log_every,
+            best_metric="val_top1",
+            metric_names=("val_top1", "val_top5", "ema_top1"),
+            describe=_describe,
+            progress=cfg.progress,
+            trackers=cfg.log or cfg.tensorboard,
         ),
-        output=out, info=info,
-    )  # fmt: skip
+        output=out,
+        info=info,
+    )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     n_params = sum(p.numel() for p in model.parameters())
-    _log(info, f"training {cfg.model} ({n_params / 1e6:.2f} M params) on {dataset_name}: {len(train_set)} train / "
-               f"{len(val_set)} val images, {num_classes} classes, {info.world} process(es) on {device}, global batch "
-               f"{cfg.effective_batch(info.world)}{_accumulation(cfg)}, lr {lr:.2e}, distillation {cfg.distillation}, "
-               f"precision {_precision(amp, channels_last)}; eval: "
-               f"{describe_eval_transform(cfg.img_size, cfg.eval_resize)}; output {out}")  # fmt: skip
+    _log(
+        info,
+        f"training {cfg.model} ({n_params / 1e6:.2f} M params) on {dataset_name}: {len(train_set)} train / "
+        f"{len(val_set)} val images, {num_classes} classes, {info.world} process(es) on {device}, global batch "
+        f"{cfg.effective_batch(info.world)}{_accumulation(cfg)}, lr {lr:.2e}, distillation {cfg.distillation}, "
+        f"precision {_precision(amp, channels_last)}; eval: "
+        f"{describe_eval_transform(cfg.img_size, cfg.eval_resize)}; output {out}",
+    )
     state = fit(plan)
 
     last_eval = next((h for h in reversed(state.history) if h.get("val_top1") is not None), state.metrics)
@@ -351,8 +413,11 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
     if info.is_main:
         atomic_write_json(out / "summary.json", summary)
         if summary["val_top1"] is not None:
-            print(f"done: held-out top-1 {summary['val_top1']:.2f}% (best {state.best:.2f}%) after "
-                  f"{len(state.history)} epochs; checkpoint {out / 'last.pth'}", flush=True)  # fmt: skip
+            print(
+                f"done: held-out top-1 {summary['val_top1']:.2f}% (best {state.best:.2f}%) after "
+                f"{len(state.history)} epochs; checkpoint {out / 'last.pth'}",
+                flush=True,
+            )
     return summary
 
 

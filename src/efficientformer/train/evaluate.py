@@ -25,10 +25,19 @@ def checkpoint_class_names(path: str | Path) -> list[str] | None:
 
 
 def evaluate_checkpoint(
-    model_name: str, checkpoint: str | Path, data: str | Path, *, img_size: int = 224, resize: int | None = None,
-    batch_size: int = 64, workers: int = 2, use_ema: bool = False, amp: str = "none", device: str = "auto",
+    model_name: str,
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    img_size: int = 224,
+    resize: int | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    use_ema: bool = False,
+    amp: str = "none",
+    device: str = "auto",
     max_pixels: int | None = None,
-) -> dict | None:  # fmt: skip
+) -> dict | None:
     """Top-1/top-5/loss of ``checkpoint`` on an ImageNet-style folder; under torchrun each process scores a share
     and rank 0 returns the result (other ranks return None)."""
     if max_pixels is not None and max_pixels < 1:

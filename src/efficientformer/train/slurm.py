@@ -49,9 +49,18 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg))
 
 
-def submit(cfg: TrainConfig, *, nodes: int = 1, gpus_per_node: int = 8, cpus_per_task: int = 10,
-           partition: str | None = None, timeout_min: int = 4320, job_dir: str | None = None, local: bool = False,
-           wait: bool = False):  # fmt: skip
+def submit(
+    cfg: TrainConfig,
+    *,
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    cpus_per_task: int = 10,
+    partition: str | None = None,
+    timeout_min: int = 4320,
+    job_dir: str | None = None,
+    local: bool = False,
+    wait: bool = False,
+):
     """Submit ``cfg`` (its ``output`` must be set, so that a requeued job finds its checkpoint).
     Returns ``(job, summary or None)``."""
     try:
@@ -67,9 +76,13 @@ def submit(cfg: TrainConfig, *, nodes: int = 1, gpus_per_node: int = 8, cpus_per
     else:
         executor = submitit.AutoExecutor(folder=folder, slurm_max_num_timeout=30)
         params = dict(
-            nodes=nodes, tasks_per_node=gpus_per_node, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
-            timeout_min=timeout_min, name=f"efficientformer-{cfg.model}",
-        )  # fmt: skip
+            nodes=nodes,
+            tasks_per_node=gpus_per_node,
+            gpus_per_node=gpus_per_node,
+            cpus_per_task=cpus_per_task,
+            timeout_min=timeout_min,
+            name=f"efficientformer-{cfg.model}",
+        )
         if partition:
             params["slurm_partition"] = partition
         executor.update_parameters(**params)

@@ -13,14 +13,19 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|desel
 
 
 def main() -> int:
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py"))
+    # Files named on the command line, else every test file.
+    files = sys.argv[1:] or sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py"))
     totals: dict[str, int] = {}
     bad: list[str] = []
     crashed = 0  # files that ended without a failure count (killed by a signal, or pytest itself failed)
     start = time.time()
     for path in files:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path], cwd=ROOT,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         tail = (done.stdout.strip().splitlines() or [""])[-1]
         counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in COUNTS.findall(tail)}
         for kind, n in counts.items():

@@ -72,6 +72,7 @@ def cfg_of(**kw) -> TrainConfig:
 
 
 # -- configuration ----------------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_config_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 7\nlr: 0.5\nmodel: efficientformer_l1\n")
@@ -235,6 +236,7 @@ def test_lr_curve_equals_the_official_loop_epoch_by_epoch(tmp_path):
     assert ours[3] == pytest.approx(1e-5 + 2 * (1e-3 - 1e-5) / warmup)
 
 
+@pytest.mark.fast
 def test_weight_decay_falls_on_the_official_tensors_and_the_exemption_is_an_option():
     """The official optimiser is timm's factory over models without ``no_weight_decay()``: its rule
     (``param_groups_weight_decay``: exempt 1-D tensors and biases only) applied to the official layout decays the
@@ -273,6 +275,7 @@ def test_weight_decay_falls_on_the_official_tensors_and_the_exemption_is_an_opti
     assert build_config(None, {}).no_decay_scales is False  # the official recipe is the default
 
 
+@pytest.mark.fast
 def test_distillation_losses():
     from timm.loss import SoftTargetCrossEntropy
 
@@ -316,6 +319,7 @@ def test_teacher_sources_and_class_mismatch(tmp_path):
 
 
 # -- runs ---------------------------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_digits_short_run_learns(tmp_path):
     """2 epochs of the bundled digits recipe (32 px, capped at 12 steps each, i.e. ~1.5k images seen). Chance is
     10%; the full README run (12 epochs) reaches >90%, this quarter-length run must clearly learn: >= 50%."""

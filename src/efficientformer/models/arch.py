@@ -80,7 +80,7 @@ def _plain_number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def _int_list(arch: dict, key: str, length: int = 4) -> tuple[int, ...]:
+def _int_list(arch: dict[str, Any], key: str, length: int = 4) -> tuple[int, ...]:
     value = arch.get(key)
     if not isinstance(value, list | tuple) or len(value) != length:
         raise ArchError(f"'{key}' must be a list of {length} integers, got {value!r}")

@@ -16,8 +16,8 @@ class ModelSpec:
 
     name: str
     family: str  # "v1" or "v2"
-    widths: tuple[int, int, int, int]
-    depths: tuple[int, int, int, int]
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
     num_vit: int  # V1: Meta3D blocks at the end of stage 4; V2: attention blocks at the end of stages 3 and 4
     drop_path_rate: float = 0.0
     mlp_ratios: tuple[tuple[float, ...], ...] = field(default=())  # V2: per-block expansion ratios
@@ -81,6 +81,10 @@ class EfficientFormerBase(nn.Module):
         for h, w in [self.img_size]:
             if h % 32 or w % 32 or h < 32 or w < 32:
                 raise ValueError(f"img_size must have sides that are positive multiples of 32, got {h}x{w}")
+
+    norm: nn.Module | None
+    head: nn.Module | None
+    head_dist: nn.Module | None
 
     # -- pieces the families provide ---------------------------------------------------------------------------
     def _build_head(self, norm: nn.Module | None) -> None:
@@ -156,6 +160,8 @@ class EfficientFormerBase(nn.Module):
         x = self.head_drop(x.mean(dim=(2, 3)))
         if pre_logits:
             return x
+        if self.head is None:
+            raise RuntimeError("a features_only model has no classifier; call forward() for its feature maps")
         logits = self.head(x)
         if self.head_dist is None:
             return logits
@@ -164,7 +170,7 @@ class EfficientFormerBase(nn.Module):
             return logits, dist
         return (logits + dist) / 2
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]:
         if self.features_only:
             outs = self.forward_stages(x)
             return [outs[i] for i in self.out_indices]
@@ -185,6 +191,8 @@ class EfficientFormerBase(nn.Module):
         self.distilled_training = enable
 
     def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
+        if self.head is None:
+            raise RuntimeError("a features_only model has no classifier")
         return self.head if self.head_dist is None else (self.head, self.head_dist)
 
     def no_weight_decay(self) -> set[str]:

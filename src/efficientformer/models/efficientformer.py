@@ -7,6 +7,8 @@ tokens; the flatten happens once, before the first Meta3D block.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -154,7 +156,7 @@ class Stage(nn.Module):
 
 
 class EfficientFormer(EfficientFormerBase):
-    def __init__(self, spec: ModelSpec, *, drop_path_rate: float | None = None, **kwargs) -> None:
+    def __init__(self, spec: ModelSpec, *, drop_path_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(spec, **kwargs)
         rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
         dpr = drop_path_rates(spec.depths, rate)
@@ -181,8 +183,10 @@ class EfficientFormer(EfficientFormerBase):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (training only): less memory, more time."""
         for stage in self.stages:
-            stage.grad_checkpointing = enable
+            cast(Stage, stage).grad_checkpointing = enable
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         # LayerNorm over channels, as on the official tokens; kept in NCHW so both families look alike.
+        if self.norm is None:
+            raise RuntimeError("a features_only model has no final norm")
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

@@ -7,6 +7,8 @@ is dual-path: a stride-2 ConvNorm plus attention whose queries come from the hal
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,7 +207,7 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attn is not None:
+        if self.attn is not None and self.ls1 is not None:
             x = x + self.drop_path(self.ls1(self.attn(x)))
         return x + self.drop_path(self.ls2(self.mlp(x)))
 
@@ -227,7 +229,7 @@ class Stage(nn.Module):
 
 
 class EfficientFormerV2(EfficientFormerBase):
-    def __init__(self, spec: ModelSpec, *, drop_path_rate: float | None = None, **kwargs) -> None:
+    def __init__(self, spec: ModelSpec, *, drop_path_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(spec, **kwargs)
         rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
         dpr = drop_path_rates(spec.depths, rate)
@@ -262,7 +264,9 @@ class EfficientFormerV2(EfficientFormerBase):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (training only): less memory, more time."""
         for stage in self.stages:
-            stage.grad_checkpointing = enable
+            cast(Stage, stage).grad_checkpointing = enable
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            raise RuntimeError("a features_only model has no final norm")
         return self.norm(x)

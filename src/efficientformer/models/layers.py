@@ -145,6 +145,8 @@ class RelPosBias(nn.Module):
     integer index for the native grid is kept, as a non-persistent buffer, because it depends on shapes alone.
     """
 
+    native_index: torch.Tensor
+
     def __init__(self, num_heads: int, key_grid: Grid, query_stride: int = 1) -> None:
         super().__init__()
         self.query_stride = query_stride

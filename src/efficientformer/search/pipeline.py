@@ -712,6 +712,26 @@ class Pipeline:
         }, {}
 
 
+def run_search_pipeline(
+    config: str | Path,
+    output: str | Path,
+    *,
+    budget: str = "proxy",
+    target_like: str | None = None,
+    data: str | None = None,
+    table_cache: str | Path | None = None,
+) -> Pipeline:
+    """Run (or continue) every stage of the pipeline of ``config`` at ``budget`` in the run folder ``output``;
+    ``data`` overrides the config's data, ``target_like`` its targets (comma-separated: one walk). Returns the
+    finished :class:`Pipeline` (its ``results`` and per-stage ``timing``, ``cached`` for stages done before)."""
+    cfg = load_pipeline_config(config, budget)
+    if data:
+        cfg["data"] = data
+    pipeline = Pipeline(cfg, output, target_like=target_like, table_cache=table_cache)
+    pipeline.run()
+    return pipeline
+
+
 def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample sd over seeds of the final top-1 (``mean``/``sd``) and of the EMA model's (``ema_*``)."""
     out: dict[str, Any] = {}

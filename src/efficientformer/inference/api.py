@@ -93,6 +93,24 @@ def checkpoint_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
 
 
 # -- building ----------------------------------------------------------------------------------------------------
+def build_model(
+    name: str, checkpoint: str | os.PathLike | None = None, img_size: int | None = None
+) -> tuple[nn.Module, list[str] | None]:
+    """``(eval model, class names or None)`` of any name ``create_model`` takes (architecture files and
+    ``timm:NAME`` included) at ``img_size`` (default 224). With a ``checkpoint`` the classifier is sized from it,
+    so a fine-tuned (e.g. 10-class) model exports as it is, and the class names it carries (our training stores
+    them) come along."""
+    if checkpoint is None:
+        return create_model(name, img_size=img_size or 224).eval(), None
+    obj = read_checkpoint_file(checkpoint)  # weights-only / safetensors, with a one-line error for a bad file
+    names = checkpoint_class_names(obj)
+    state = read_checkpoint(obj)[0]
+    num_classes = checkpoint_num_classes(state) or 1000
+    # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too
+    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=obj).eval()
+    return model, names
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -77,3 +77,11 @@ def test_bad_options_are_one_line(argv, needle, capsys, monkeypatch):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+def test_work_moved_out_of_the_cli_keeps_its_old_import_path_with_a_deprecation_warning():
+    import efficientformer.cli.zoo as cli_zoo
+    from efficientformer.bench.profile import zoo_summary
+
+    with pytest.warns(DeprecationWarning, match="efficientformer.bench.profile.zoo_summary"):
+        assert cli_zoo.zoo_summary is zoo_summary

@@ -90,7 +90,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the model was built before the output path was checked")
 
-    monkeypatch.setattr(cli_deploy, "_build_named", no_build)
+    monkeypatch.setattr(cli_deploy, "build_model", no_build)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     (tmp_path / "taken.pt").mkdir()

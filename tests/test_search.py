@@ -200,18 +200,23 @@ def test_sandwich_model_trains_every_subnet_with_inplace_distillation():
     assert not teacher.training
 
 
-def test_supernet_trains_on_the_runtime_and_resumes_exactly(tmp_path):
-    """``search supernet`` is a plan for the training runtime: checkpoints, and 2 steps + resume to 4 equal 4
-    straight steps bit for bit (the random subnets are drawn from (seed, step))."""
-    from efficientformer.search.train import SupernetConfig, train_supernet
-
-    root = tmp_path / "data"
+def _noise_folder(root):
+    """train/ (12 images per class) and val/ (4) of two classes of random 32 px images."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("val", 4)):
         for c in ("a", "b"):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_supernet_trains_on_the_runtime_and_resumes_exactly(tmp_path):
+    """``search supernet`` is a plan for the training runtime: checkpoints, and 2 steps + resume to 4 equal 4
+    straight steps bit for bit (the random subnets are drawn from (seed, step))."""
+    from efficientformer.search.train import SupernetConfig, train_supernet
+
+    root = _noise_folder(tmp_path / "data")
     common = dict(data=str(root), img_size=32, batch_size=8, threads=1, progress=False, eval_images=8)
     straight, _ = train_supernet(SupernetConfig(output=str(tmp_path / "a"), steps=4, **common), TINY, root)
     train_supernet(SupernetConfig(output=str(tmp_path / "b"), steps=2, **common), TINY, root)
@@ -221,6 +226,60 @@ def test_supernet_trains_on_the_runtime_and_resumes_exactly(tmp_path):
     assert {"val_top1", "val_top1_smallest"} <= set(metrics)
     ckpt = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
     assert ckpt["task"] == "search-supernet" and int(ckpt["model"]["steps"]) == 4
+
+
+def test_sigterm_stops_search_supernet_at_a_checkpoint_and_the_same_command_resumes_exactly(tmp_path, monkeypatch):
+    """``search supernet --stop-signals ... --checkpoint-every ...``: SIGTERM in the middle of epoch 2 finishes the
+    step, writes a mid-epoch checkpoint and exits 75; the same command ends bit-identical to a straight run."""
+    import os
+    import signal
+
+    import yaml
+
+    import efficientformer.search.train as search_train
+    from efficientformer.cli import main
+    from efficientformer.runtime.signals import PREEMPTED_EXIT_CODE, Preempted
+    from efficientformer.search.supernet import load_supernet
+
+    root = _noise_folder(tmp_path / "data")
+    config = tmp_path / "space.yaml"
+    config.write_text(yaml.safe_dump({"space": TINY.to_dict()}))
+
+    def command(out):  # 24 images, batch 8: 3 steps per epoch, 6 steps in all
+        flags = ["--config", str(config), "--data", str(root), "--steps", "6", "--batch-size", "8"]
+        flags += ["--stop-signals", "SIGTERM,SIGUSR2", "--checkpoint-every", "2", "--checkpoint-minutes", "30"]
+        return ["search", "supernet", *flags, "--output", str(out), "progress=false", "eval_images=0"]
+
+    assert main(command(tmp_path / "straight")) == 0
+    real_fit = search_train.fit
+
+    def fit(plan):  # a real SIGTERM to this process during the fifth step (the second of epoch 2)
+        real_step, calls = plan.task.step, []
+
+        def step(model, batch):
+            calls.append(1)
+            if len(calls) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_step(model, batch)
+
+        plan.task.step = step
+        return real_fit(plan)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(search_train, "fit", fit)
+    with pytest.raises(Preempted) as stopped:
+        main(command(out))
+    assert stopped.value.code == PREEMPTED_EXIT_CODE and "SIGTERM" in str(stopped.value)
+    mid = torch.load(out / "last.pth", weights_only=True)
+    assert (mid["progress"]["iteration"], mid["progress"]["epoch"]) == (5, 1) and not (out / "supernet.pth").exists()
+    recorded = mid["config"]
+    assert tuple(recorded["stop_signals"]) == ("SIGTERM", "SIGUSR2")
+    assert (recorded["checkpoint_every"], recorded["checkpoint_minutes"]) == (2, 30.0)
+    monkeypatch.undo()
+    assert main(command(out)) == 0  # the same command resumes
+    straight = load_supernet(tmp_path / "straight" / "supernet.pth").state_dict()
+    resumed = load_supernet(out / "supernet.pth").state_dict()
+    assert straight.keys() == resumed.keys() and all(torch.equal(v, resumed[k]) for k, v in straight.items())
 
 
 def test_subnet_evaluator_equals_extract_then_recalibrate(supernet):

@@ -169,3 +169,28 @@ def test_comparison_has_the_difference_and_its_standard_error():
     assert out["searched@s0 - s0"]["ema_difference"] is None  # the searched side has no EMA figures
     assert out["searched@s0 - s0"]["latency_ratio"] == pytest.approx(0.9) and out["searched@s0 - s0"]["target"]
     assert out["searched@s0 - one"]["standard_error"] is None and not out["searched@s0 - one"]["target"]
+
+
+def test_report_paths_are_relative_to_the_run_folder_whatever_the_output_was_given_as(tmp_path, monkeypatch):
+    """A relative --output: the stages record paths relative to the working directory (runs/x/retrain/...); the
+    report names them relative to the run folder, like the paths of an absolute --output."""
+    from efficientformer.search.pipeline import _portable
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = "retrain/searched@1ms/seed0/last.pth"
+    record = {
+        "checkpoint": f"runs/x/{ckpt}",
+        "absolute": str(tmp_path / "runs" / "x" / ckpt),
+        "elsewhere": "configs/search/proxy_train.yaml",
+        "model": "timm:mobilenetv2_100",
+        "label": "searched@1ms",
+        "plot": "",
+        "runs": [{"checkpoint": f"./runs/x/{ckpt}"}],
+    }
+    for out in (Path("runs/x"), tmp_path / "runs" / "x"):
+        got = _portable(record, out)
+        assert got["checkpoint"] == got["absolute"] == got["runs"][0]["checkpoint"] == ckpt
+        assert (out / got["checkpoint"]).as_posix().endswith("runs/x/" + ckpt)
+        assert {k: got[k] for k in ("elsewhere", "model", "label", "plot")} == {
+            k: record[k] for k in ("elsewhere", "model", "label", "plot")
+        }

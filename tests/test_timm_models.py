@@ -88,3 +88,19 @@ def test_timm_model_trains_and_evaluates_on_digits(tmp_path):
         ]
     )
     assert rc == 0
+
+
+def test_export_deploy_of_a_timm_model_skips_the_reparameterisation_with_a_note(tmp_path, capsys):
+    """``export --model timm:NAME --deploy``: timm's model has no deploy form; it is exported as it is (parity
+    checked) with a one-line note, where deploy() used to fail with a TypeError."""
+    from efficientformer.cli import main
+
+    out = tmp_path / "mnv2"
+    argv = ["export", "--model", "timm:mobilenetv2_100", "--format", "torchscript", "--img-size", "64"]
+    assert main([*argv, "--deploy", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    notes = [line for line in text.splitlines() if "no deploy form" in line]
+    assert len(notes) == 1 and "--deploy skipped" in notes[0]
+    assert f"wrote {out}.pt" in text and "max |diff| vs PyTorch" in text
+    loaded = torch.jit.load(str(out) + ".pt")
+    assert loaded(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)

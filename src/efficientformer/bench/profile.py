@@ -17,12 +17,14 @@ Two parameter counts are given:
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.factory import create_model
 from ..models.facts import FACTS
 from ..models.layers import to_grid
 
@@ -146,3 +148,30 @@ def format_profile(result: ProfileResult) -> str:
         out = "x".join(str(s) for s in r.out_shape[1:]) if r.out_shape else "logits"
         lines.append(f"| {r.name} | {r.params / 1e6:.3f} | {r.paper_params / 1e6:.3f} | {r.macs / 1e9:.4f} | {out} |")
     return "\n".join(lines)
+
+
+def zoo_summary(models: list[str], img_size: int = 224, batch_size: int = 1, runs: int = 3) -> list[dict]:
+    """Parameters and median eval forward time (CPU, fp32, ``runs`` timed calls after one warm-up) of each model
+    (what ``efficientformer zoo`` lists)."""
+    rows = []
+    for name in models:
+        model = create_model(name, img_size=img_size).eval()
+        x = torch.randn(batch_size, 3, img_size, img_size)
+        times = []
+        with torch.inference_mode():
+            model(x)  # warm-up
+            for _ in range(runs):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "model": name,
+                "family": model.spec.family,
+                "params": sum(p.numel() for p in model.parameters()),
+                "img_size": img_size,
+                "batch_size": batch_size,
+                "forward_ms": 1000 * sorted(times)[len(times) // 2],
+            }
+        )
+    return rows

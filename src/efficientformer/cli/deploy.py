@@ -18,49 +18,23 @@ from ..bench.latency import (
     write_outputs,
 )
 from ..bench.profile import PUBLISHED, format_profile, profile_model
-from ..deploy.export import check_output_path, export_model, export_onnx
+from ..deploy.api import EXTENSIONS, export_path, export_to_file
+from ..deploy.export import check_output_path, export_onnx
 from ..deploy.fuse import deploy
-from ..deploy.openvino import export_openvino, openvino_int8_report
+from ..deploy.openvino import openvino_int8_report
 from ..deploy.pt2e import pt2e_report
 from ..deploy.quantize import list_images, quantize_onnx, readable_images
-from ..inference.api import checkpoint_class_names, checkpoint_num_classes, read_checkpoint_file
-from ..models.checkpoint import read_checkpoint
+from ..inference.api import build_model
 from ..models.factory import create_model, model_preprocessing
 from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
 
-EXTENSIONS = {
-    "onnx": ".onnx",
-    "torchscript": ".pt",
-    "coreml": ".mlpackage",
-    "executorch": ".pte",
-    "pt2": ".pt2",
-    "openvino": ".xml",
-}
 #: How a model with another activation is named on every command line (models.registry.with_activation).
 ACT_HELP = (
     "; append _relu or _hardswish (efficientformerv2_s0_relu) for the variant with that activation in place of "
     "every GELU, which INT8 backends fold into the int8 convolutions; or an architecture file (.yaml/.json, as "
     "`efficientformer search` writes)"
 )
-
-
-def _build(name: str, checkpoint: str | None, img_size: int | None):
-    return _build_named(name, checkpoint, img_size)[0]
-
-
-def _build_named(name: str, checkpoint: str | None, img_size: int | None):
-    """``(eval model, class names or None)``: the classifier is sized from the checkpoint, so a fine-tuned (e.g.
-    10-class) model exports as it is, and the class names it carries (our training stores them) come along."""
-    if checkpoint is None:
-        return create_model(name, img_size=img_size or 224).eval(), None
-    obj = read_checkpoint_file(checkpoint)  # weights-only / safetensors, with a one-line error for a bad file
-    names = checkpoint_class_names(obj)
-    state = read_checkpoint(obj)[0]
-    num_classes = checkpoint_num_classes(state) or 1000
-    # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too
-    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=obj).eval()
-    return model, names
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -83,27 +57,25 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    if output.suffix == "" and args.format != "coreml":
-        output = output.with_suffix(EXTENSIONS[args.format])
+    output = export_path(args.output, args.format)
     if args.onnx and args.format != "openvino":
         raise ValueError("--onnx (convert an existing ONNX file) is only for --format openvino")
     if args.fp16 and args.format != "coreml":
         raise ValueError("--fp16 is only supported for --format coreml; use `efficientformer quantize` for INT8 ONNX")
     check_output_path(output, directory=args.format == "coreml")  # before the work, not after it
-    model, class_names = _build_named(args.model, args.checkpoint, args.img_size)
-    if args.deploy:
-        model = deploy(model)
-    kwargs = {"img_size": args.img_size, "batch": args.batch}
-    if args.format == "coreml":
-        kwargs["fp16"] = args.fp16
-        kwargs["labels"] = class_names  # None: ImageNet names for 1000 classes, else class_i
-    if args.format == "onnx" and args.opset is not None:
-        kwargs["opset"] = args.opset
-    if args.format == "openvino":
-        report = export_openvino(model, output, onnx=args.onnx, **kwargs)
-    else:
-        report = export_model(model, args.format, output, **kwargs)
+    model, class_names = build_model(args.model, args.checkpoint, args.img_size)
+    report = export_to_file(
+        model,
+        args.format,
+        output,
+        deploy_form=args.deploy,
+        img_size=args.img_size,
+        batch=args.batch,
+        fp16=args.fp16,
+        labels=class_names,
+        opset=args.opset,
+        onnx=args.onnx,
+    )
     print(report)
     return 0
 
@@ -114,7 +86,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not args.model or args.onnx:
             raise ValueError("--backend openvino quantises a PyTorch model: pass --model NAME, not --onnx")
         check_output_path(out_dir / "probe", flag="--output-dir")  # before the work
-        built = _build(args.model, args.checkpoint, args.img_size)
+        built = build_model(args.model, args.checkpoint, args.img_size)[0]
         own, model = model_preprocessing(built), deploy(built)
         img = (args.img_size, args.img_size)
         calib, skipped = readable_images(list_images(args.calib_dir)[:64], img, own)
@@ -141,7 +113,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.backend == "pt2e":
         if not args.model or args.onnx:
             raise ValueError("--backend pt2e quantises a PyTorch model: pass --model NAME, not --onnx")
-        model = _build(args.model, args.checkpoint, args.img_size)
+        model = build_model(args.model, args.checkpoint, args.img_size)[0]
         package = check_output_path(out_dir / f"{model.spec.name}.int8.pt2", flag="--output-dir")  # before the work
         report = pt2e_report(
             model,
@@ -164,7 +136,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ValueError("pass --model NAME (to export first) or --onnx FILE")
-        built = _build(args.model, args.checkpoint, args.img_size)
+        built = build_model(args.model, args.checkpoint, args.img_size)[0]
         own, model = model_preprocessing(built), deploy(built)
         fp32 = out_dir / f"{model.name}.fp32.onnx"
         print(export_onnx(model, fp32, img_size=args.img_size, batch=1))

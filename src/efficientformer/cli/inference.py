@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, TextIO
 
-import torch
 from tqdm import tqdm
 
-from ..data.images import ImageLoadError, as_rgb_image, find_images
+from ..data.images import ImageLoadError, find_images
 from ..data.transforms import PIL_INTERPOLATIONS, EvalTransform
-from ..inference.api import Predictor, load_model, preprocessing_for
+from ..inference.api import Predictor, classify_files, load_model, preprocessing_for
 from ..inference.publish import publish_run, push_run
 from ..models.cards import format_card, model_card
 from ..models.hub import parse_hub_name
@@ -112,23 +109,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
     failed = 0
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.no_progress, desc="predict")
-    for batch in _batches(files, args.batch_size):
-        tensors, names = [], []
-        for path in batch:
-            try:
-                tensors.append(preprocess(as_rgb_image(path, max_pixels=args.max_pixels)))
-                names.append(path)
-            except ImageLoadError as err:
-                failed += 1
+    for batch in classify_files(predictor, files, args.batch_size, args.max_pixels):
+        for path, err in batch.failures:
+            failed += 1
+            if isinstance(err, ImageLoadError):
                 tqdm.write(f"error: {printable(str(err))}", file=sys.stderr)
-            except ValueError as err:  # the preprocessing refused this image (e.g. too large after resizing)
-                failed += 1
+            else:  # the preprocessing refused this image (e.g. too large after resizing)
                 tqdm.write(f"error: {printable(str(path))}: {err}", file=sys.stderr)
-        results = predictor.predict_tensor(torch.stack(tensors)) if tensors else []
-        for path, result in zip(names, results, strict=True):
+        for path, result in batch.results:
             writer.write(str(path), result)
         sys.stdout.flush()
-        bar.update(len(batch))
+        bar.update(len(batch.files))
     bar.close()
     done = len(files) - failed
     unlisted = f", {len(problems)} folder(s) could not be read" if problems else ""
@@ -142,11 +133,6 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class _Writer:

@@ -1,29 +1,27 @@
-"""``efficientformer search ...``: latency tables, supernet training, the V2 greedy search and V1 slimming."""
+"""``efficientformer search ...``: latency tables, supernet training, the V2 greedy search and V1 slimming.
+
+Parsing and printing only: each step is a call of :mod:`efficientformer.search.api` (or of the pipeline).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import torch
-import yaml
-
-from ..models.arch import arch_to_spec, is_arch_path, load_arch
-from ..models.registry import get_spec, resolve_name
-from ..runtime.config import load_config
-from ..search.greedy import MESConfig, SearchTargets
-from ..search.latency import RUNTIMES, LatencyTable, build_table, import_table
-from ..search.lut_check import check_keys, check_table, recheck_table, write_report
-from ..search.params import count_params
-from ..search.pipeline import BUDGETS, Pipeline, data_root, load_pipeline_config, run_v1_search, run_v2_search
-from ..search.space import V2Space
-from ..search.supernet import load_supernet, save_supernet
-from ..search.train import SupernetConfig, train_supernet
-from ..search.v1space import V1_PUBLISHED, V1Space
-from ..utils.recipes import resolve_config
+from ..runtime.signals import PREEMPTED_EXIT_CODE
+from ..search.api import (
+    check_latency_table,
+    describe_arch,
+    measure_table,
+    search_v1,
+    search_v2,
+    store_calibration,
+    train_and_save_supernet,
+)
+from ..search.latency import RUNTIMES, import_table
+from ..search.pipeline import BUDGETS, run_search_pipeline
 from .errors import UserError
 
 
@@ -123,6 +121,27 @@ def register(subparsers) -> None:
     sn.add_argument("--threads", type=int, default=1)
     sn.add_argument("--seed", type=int, default=0)
     sn.add_argument("--output", required=True, help="run folder; writes supernet.pth, last.pth and log.jsonl")
+    sn.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also checkpoint every N optimiser steps inside an epoch (default 0: at epoch ends only)",
+    )
+    sn.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="also checkpoint every M minutes inside an epoch (default 0: off)",
+    )
+    sn.add_argument(
+        "--stop-signals",
+        default=None,
+        metavar="SIG[,SIG]",
+        help=f"on these signals finish the step, checkpoint and exit {PREEMPTED_EXIT_CODE}; the same command "
+        "resumes (default SIGTERM,SIGUSR1)",
+    )
     sn.add_argument("overrides", nargs="*", metavar="key=value", help="more SupernetConfig keys (e.g. eval_every=1)")
     sn.set_defaults(func=run_supernet)
 
@@ -202,41 +221,24 @@ def _help(p: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _config(path: str | None) -> dict:
-    if not path:
-        return {}
-    f = resolve_config(path)  # a path, or a shipped config by name (v2_proxy); one-line error if neither
-    data = yaml.safe_load(f.read_text()) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping (space:, mes:, ...)")
-    return data
-
-
 # ---------------------------------------------------------------------------------------------------------------
 def run_lut(args: argparse.Namespace) -> int:
-
-    cfg = _config(args.space)
-    space_cfg = cfg.get("space", cfg) if cfg else None
-    if args.family == "v2":
-        space = V2Space.from_dict(space_cfg) if space_cfg else V2Space()
-    else:
-        space = V1Space.from_dict(space_cfg) if space_cfg else V1Space()
     start = time.time()
-    table = build_table(
+    table = measure_table(
         args.output,
         args.family,
         args.runtime,
+        space=args.space,
+        for_check=args.for_check,
         threads=args.threads,
         img_size=args.img_size,
         batch=args.batch,
         num_classes=args.num_classes,
         warmup=args.warmup,
         runs=args.runs,
-        space=space,
         statistic=args.statistic,
         clock=args.clock,
         context=args.context,
-        keys=check_keys(args.family, space.to_dict(), args.for_check, 0) if args.for_check is not None else None,
     )
     m = table.meta["machine"]
     print(
@@ -248,7 +250,6 @@ def run_lut(args: argparse.Namespace) -> int:
 
 
 def run_lut_import(args: argparse.Namespace) -> int:
-
     table = import_table(args.csv, family=args.family, img_size=args.img_size, runtime=args.runtime)
     table.save(args.output)
     print(f"{args.output}: {len(table.entries)} entries ({table.family}, {table.meta['runtime']})")
@@ -256,15 +257,18 @@ def run_lut_import(args: argparse.Namespace) -> int:
 
 
 def run_lut_check(args: argparse.Namespace) -> int:
-
-    table = LatencyTable.load(args.lut)
     if args.statistic and not args.measured:
         raise UserError("--statistic refits stored measurements: give --measured lut_check.json too")
-    if args.measured:
-        result = recheck_table(table, args.measured, args.statistic)
-    else:
-        result = check_table(table, n_random=args.random, seed=args.seed, warmup=args.warmup, runs=args.runs)
-    paths = write_report(result, args.output_dir)
+    table, result, paths = check_latency_table(
+        args.lut,
+        args.output_dir,
+        n_random=args.random,
+        seed=args.seed,
+        warmup=args.warmup,
+        runs=args.runs,
+        measured=args.measured,
+        statistic=args.statistic,
+    )
     s = result["summary"]
     for r in result["rows"]:
         print(
@@ -282,25 +286,17 @@ def run_lut_check(args: argparse.Namespace) -> int:
         )
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if args.update_lut:
-        if Path(args.lut).suffix.lower() == ".csv":
-            raise UserError("--update-lut needs a JSON table; convert the CSV with `search lut-import` first")
-        table.meta["calibration"] = {**s["calibration"], "from": str(paths["json"])}
-        table.save(args.lut)
+        store_calibration(table, args.lut, result, paths["json"])
         print(f"stored the calibration in {args.lut}")
     return 0
 
 
 def run_supernet(args: argparse.Namespace) -> int:
-    cfg = _config(args.config)
-    space = V2Space.from_dict(cfg.get("space", {}))
-    root = data_root(args.data)
-    out = Path(args.output)
-    scfg = load_config(
-        SupernetConfig,
-        None,
+    net, metrics, path = train_and_save_supernet(
+        args.config,
+        args.data,
+        args.output,
         list(args.overrides or []),
-        data=str(root),
-        output=str(out),
         img_size=args.img_size,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -308,64 +304,37 @@ def run_supernet(args: argparse.Namespace) -> int:
         num_random=args.num_random,
         threads=args.threads,
         seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        stop_signals=args.stop_signals,
     )
-    net, metrics = train_supernet(scfg, space, root)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_supernet(net, out / "supernet.pth", data=str(root))
+    if path is not None:  # the first process wrote it
         held_out = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if isinstance(v, float))
         print(
-            f"wrote {out / 'supernet.pth'} ({sum(p.numel() for p in net.parameters()):,} parameters)"
+            f"wrote {path} ({sum(p.numel() for p in net.parameters()):,} parameters)"
             + (f"; held-out {held_out}" if held_out else "")
         )
     return 0
 
 
-def _target_latency(args: argparse.Namespace, table) -> float | None:
-    if args.target_latency is not None:
-        return args.target_latency
-    if args.target_like:
-        if is_arch_path(args.target_like):
-            spec = arch_to_spec(load_arch(args.target_like))
-        else:
-            spec = get_spec(resolve_name(args.target_like)[0])
-        return table.predict(spec)
-    return None
-
-
 def run_search(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    net = load_supernet(args.supernet)
-    table = LatencyTable.load(args.lut)
-    if table.family != "v2":
-        raise UserError(f"{args.lut} is a {table.family} table; the V2 search needs a v2 table")
-    cfg = _config(args.config)
-    mes = MESConfig.from_dict(cfg.get("mes"))
-    targets = SearchTargets(
-        latency_ms=_target_latency(args, table),
-        params=int(args.target_params * 1e6) if args.target_params else None,
-        mes=args.target_mes,
-    )
-    if not targets.any():
-        raise UserError("give a target: --target-latency MS, --target-like MODEL, --target-params M or --target-mes")
-    lines = None
-    if args.v1_lut:
-        v1_table = LatencyTable.load(args.v1_lut)
-        lines = {n: v1_table.predict(s) for n, s in V1_PUBLISHED.items() if not v1_table.missing(s)}
-    out = Path(args.output)
-    summary = run_v2_search(
-        net,
-        table,
-        targets,
-        data_root(args.data),
-        out,
-        mes=mes,
+    summary = search_v2(
+        args.supernet,
+        args.lut,
+        args.output,
+        data=args.data,
+        config=args.config,
+        target_latency_ms=args.target_latency,
+        target_like=args.target_like,
+        target_params_m=args.target_params,
+        target_mes=args.target_mes,
         actions_per_step=args.actions_per_step,
         calib_images=args.calib_images,
         eval_images=args.eval_images,
-        lines=lines,
-        lut_name=str(args.lut),
-        supernet_name=str(args.supernet),
+        v1_lut=args.v1_lut,
+        threads=args.threads,
     )
+    out = Path(args.output)
     final = summary["final"]
     rate = summary["evaluations"] / max(summary["seconds"], 1e-9)
     print(
@@ -381,32 +350,24 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_v1(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    table = LatencyTable.load(args.lut)
-    if table.family != "v1":
-        raise UserError(f"{args.lut} is a {table.family} table; V1 slimming needs a v1 table (search lut --family v1)")
-    target = _target_latency(args, table)
-    if target is None:
-        raise UserError("give a target: --target-latency MS or --target-like efficientformer_l1")
-    cfg = _config(args.config)
-    space = V1Space.from_dict(cfg.get("space", {}))
-    res = run_v1_search(
-        table,
-        target,
-        space,
-        data_root(args.data),
-        Path(args.output),
+    res = search_v1(
+        args.lut,
+        args.output,
+        config=args.config,
+        data=args.data,
+        target_latency_ms=args.target_latency,
+        target_like=args.target_like,
         img_size=args.img_size,
         steps=args.steps,
         batch_size=args.batch_size,
+        threads=args.threads,
         seed=args.seed,
-        train=cfg.get("train", {}),
         log=lambda line: print(line, flush=True),
     )
     spec, tm = res["spec"], res["timing"]
     print(
         f"{res['arch']}: widths {list(spec.widths)} depths {list(spec.depths)} MB3D {spec.num_vit}, "
-        f"{res['latency_ms']:.2f} ms (target {target:.2f}), held-out acc {res['accuracy']:.2f}%; supernet "
+        f"{res['latency_ms']:.2f} ms (target {res['target_ms']:.2f}), held-out acc {res['accuracy']:.2f}%; supernet "
         f"{tm['supernet_steps_per_s']} steps/s, {tm['paths_scored']} paths scored at "
         f"{tm['paths_per_s']}/s"
     )
@@ -414,32 +375,23 @@ def run_v1(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config(args.config, args.budget)
-    if args.data:
-        cfg["data"] = args.data
-    pipeline = Pipeline(cfg, args.output, target_like=args.target_like, table_cache=args.table_cache)
-    results = pipeline.run()
+    pipeline = run_search_pipeline(
+        args.config,
+        args.output,
+        budget=args.budget,
+        target_like=args.target_like,
+        data=args.data,
+        table_cache=args.table_cache,
+    )
+    report = pipeline.results["report"]
     cached = [n for n, t in pipeline.timing.items() if t.get("cached")]
     print(
-        f"wrote {results['report']['report_md']} and {results['report']['report_json']}"
+        f"wrote {report['report_md']} and {report['report_json']}"
         + (f" (cached stages: {', '.join(cached)})" if cached else "")
     )
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-
-    spec = arch_to_spec(load_arch(args.arch)) if is_arch_path(args.arch) else get_spec(resolve_name(args.arch)[0])
-    info = {
-        "name": spec.name,
-        "family": spec.family,
-        "widths": list(spec.widths),
-        "depths": list(spec.depths),
-        "params": count_params(spec, args.img_size),
-    }
-    if args.lut:
-        table = LatencyTable.load(args.lut)
-        info["table_latency_ms"] = round(table.predict(spec), 3)
-        info["table_sum_ms"] = round(table.block_sum(spec), 3)
-    print(json.dumps(info, indent=2))
+    print(json.dumps(describe_arch(args.arch, args.lut, args.img_size), indent=2))
     return 0

@@ -7,10 +7,10 @@ import json
 from dataclasses import fields
 
 from ..runtime.config import parse_overrides
-from ..train.config import TrainConfig, build_config
+from ..train.config import TrainConfig
 from ..train.engine import train
 from ..train.evaluate import evaluate_checkpoint
-from ..train.recipes import DIGITS_RECIPE
+from ..train.recipes import config_or_digits
 from ..train.slurm import submit
 
 
@@ -84,10 +84,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key, value in vars(args).items():
         if key.startswith("cfg__") and value is not None:
             overrides[key[len("cfg__") :]] = value
-    config_file = args.config
-    if config_file is None and overrides.get("data") in (None, "", "none"):
-        return build_config(None, {**{k: v for k, v in DIGITS_RECIPE.items()}, **overrides})
-    return build_config(config_file, overrides)
+    return config_or_digits(args.config, overrides)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -4,37 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import warnings
+from typing import Any
 
-import torch
-
-from ..models import create_model, list_models
-
-
-def zoo_summary(models: list[str], img_size: int = 224, batch_size: int = 1, runs: int = 3) -> list[dict]:
-    """Parameters and median eval forward time (CPU, fp32) for each model."""
-    rows = []
-    for name in models:
-        model = create_model(name, img_size=img_size).eval()
-        x = torch.randn(batch_size, 3, img_size, img_size)
-        times = []
-        with torch.inference_mode():
-            model(x)  # warm-up
-            for _ in range(runs):
-                start = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - start)
-        rows.append(
-            {
-                "model": name,
-                "family": model.spec.family,
-                "params": sum(p.numel() for p in model.parameters()),
-                "img_size": img_size,
-                "batch_size": batch_size,
-                "forward_ms": 1000 * sorted(times)[len(times) // 2],
-            }
-        )
-    return rows
+from ..bench import profile
+from ..models import list_models
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}; see `efficientformer zoo` for all names")
-    rows = zoo_summary(names, args.img_size, args.batch_size, args.runs)
+    rows = profile.zoo_summary(names, args.img_size, args.batch_size, args.runs)
     if args.json:
         for row in rows:
             print(json.dumps(row))
@@ -63,3 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_run)
+
+
+def __getattr__(name: str) -> Any:
+    # the old import path of a function that moved to its layer keeps working for one release
+    if name == "zoo_summary":
+        warnings.warn(
+            "efficientformer.cli.zoo.zoo_summary moved to efficientformer.bench.profile.zoo_summary",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return profile.zoo_summary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -276,6 +276,12 @@ def _fill_v2(dst: DeployedEfficientFormer, model: EfficientFormerBase, img: Grid
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------------------------
+def has_deploy_form(model: nn.Module) -> bool:
+    """Whether ``model`` has an inference form :func:`deploy` makes: an EfficientFormer (or its deploy form
+    already); another library's model (``timm:NAME``) has none and is exported as it is."""
+    return isinstance(model, DeployedEfficientFormer | EfficientFormerBase)
+
+
 @torch.no_grad()
 def deploy(
     model: nn.Module, img_size: int | Grid | None = None, *, cpu_kernels: bool = True

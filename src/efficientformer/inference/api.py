@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,24 @@ def checkpoint_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
 
 
 # -- building ----------------------------------------------------------------------------------------------------
+def build_model(
+    name: str, checkpoint: str | os.PathLike | None = None, img_size: int | None = None
+) -> tuple[nn.Module, list[str] | None]:
+    """``(eval model, class names or None)`` of any name ``create_model`` takes (architecture files and
+    ``timm:NAME`` included) at ``img_size`` (default 224). With a ``checkpoint`` the classifier is sized from it,
+    so a fine-tuned (e.g. 10-class) model exports as it is, and the class names it carries (our training stores
+    them) come along."""
+    if checkpoint is None:
+        return create_model(name, img_size=img_size or 224).eval(), None
+    obj = read_checkpoint_file(checkpoint)  # weights-only / safetensors, with a one-line error for a bad file
+    names = checkpoint_class_names(obj)
+    state = read_checkpoint(obj)[0]
+    num_classes = checkpoint_num_classes(state) or 1000
+    # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too
+    model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=obj).eval()
+    return model, names
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -253,6 +271,36 @@ class Predictor:
             "pred_scores": probs,
             "topk": top,
         }
+
+
+@dataclass
+class FileBatch:
+    """One batch of :func:`classify_files`: its files, ``(file, result)`` of each one classified (a result as
+    :meth:`Predictor.predict_tensor` gives it) and ``(file, error)`` of each one that could not be read or
+    preprocessed (an :class:`~efficientformer.data.images.ImageLoadError`, or the preprocessing's ``ValueError``)."""
+
+    files: list[Path]
+    results: list[tuple[Path, dict[str, Any]]]
+    failures: list[tuple[Path, ValueError]]
+
+
+def classify_files(
+    predictor: Predictor, files: Sequence[Path], batch_size: int = 32, max_pixels: int | None = None
+) -> Iterator[FileBatch]:
+    """Classify image files ``batch_size`` at a time with the predictor's preprocessing, one :class:`FileBatch`
+    per batch; a file that fails is reported in its batch and the others are still classified. ``max_pixels``
+    refuses larger images (a decompression-bomb guard)."""
+    for start in range(0, len(files), batch_size):
+        batch = list(files[start : start + batch_size])
+        tensors, names, failures = [], [], []
+        for path in batch:
+            try:
+                tensors.append(predictor.preprocess(as_rgb_image(path, max_pixels=max_pixels)))
+                names.append(path)
+            except ValueError as err:  # ImageLoadError, or the preprocessing refused it (too large after resizing)
+                failures.append((path, err))
+        results = predictor.predict_tensor(torch.stack(tensors)) if tensors else []
+        yield FileBatch(batch, list(zip(names, results, strict=True)), failures)
 
 
 def _as_list(images: Any) -> tuple[list[Any], bool]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..utils.optional import require
 from .arch import arch_spec, build_from_arch, is_arch_path
-from .base import EfficientFormerBase
+from .base import EfficientFormerBase, ModelSpec
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, variant_of
 from .facts import EVAL_CROP_PCT, EVAL_INTERPOLATION, FACTS, HUB_LICENCE, IMAGENET_MEAN, IMAGENET_STD
 from .hub import hub_id, hub_model, hub_weights, is_hub_name, pretrained_path
@@ -191,6 +191,12 @@ def create_model(
         # a training checkpoint records
         load_checkpoint(model, checkpoint, strict=args["num_classes"] == 1000, change_activation=False)
     return model
+
+
+def named_spec(name: str | Path) -> ModelSpec:
+    """The spec behind a published model name (any spelling :func:`resolve_name` takes, ``_relu``/``_hardswish``
+    variants included) or an architecture file (``.yaml``/``.yml``/``.json``); one-line errors for either."""
+    return arch_spec(name) if is_arch_path(name) else get_spec(resolve_name(str(name))[0])
 
 
 #: ``create_model("timm:NAME")``: timm's model ``NAME``, e.g. a baseline trained with our recipe.

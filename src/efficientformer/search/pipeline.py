@@ -712,6 +712,26 @@ class Pipeline:
         }, {}
 
 
+def run_search_pipeline(
+    config: str | Path,
+    output: str | Path,
+    *,
+    budget: str = "proxy",
+    target_like: str | None = None,
+    data: str | None = None,
+    table_cache: str | Path | None = None,
+) -> Pipeline:
+    """Run (or continue) every stage of the pipeline of ``config`` at ``budget`` in the run folder ``output``;
+    ``data`` overrides the config's data, ``target_like`` its targets (comma-separated: one walk). Returns the
+    finished :class:`Pipeline` (its ``results`` and per-stage ``timing``, ``cached`` for stages done before)."""
+    cfg = load_pipeline_config(config, budget)
+    if data:
+        cfg["data"] = data
+    pipeline = Pipeline(cfg, output, target_like=target_like, table_cache=table_cache)
+    pipeline.run()
+    return pipeline
+
+
 def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample sd over seeds of the final top-1 (``mean``/``sd``) and of the EMA model's (``ema_*``)."""
     out: dict[str, Any] = {}
@@ -944,15 +964,24 @@ def build_report(p: Pipeline) -> dict[str, Any]:
 
 
 def _portable(obj: Any, out: Path) -> Any:
-    """``obj`` with every absolute path made shareable: inside the run folder relative to it, the working
-    directory's files relative to it, under the home folder as ``~/...`` (the table cache), anything else (a
+    """``obj`` with every path made shareable: inside the run folder relative to it (also a path the stages
+    recorded relative to the working directory, as they do for a relative ``--output``), other absolute paths in
+    the working directory relative to it, under the home folder as ``~/...`` (the table cache), anything else (a
     temporary folder) by its file name alone."""
     if isinstance(obj, dict):
         return {k: _portable(v, out) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_portable(v, out) for v in obj]
-    if not isinstance(obj, str) or not obj.startswith("/"):
+    if not isinstance(obj, str):
         return obj
+    if not obj.startswith("/"):
+        if "/" not in obj:  # a name, a number, or a file of the working directory: nothing to rebase
+            return obj
+        # a relative path is relative to the working directory; inside the run folder it becomes relative to that
+        try:
+            return str(Path(obj).resolve().relative_to(out.resolve()))
+        except (ValueError, OSError):
+            return obj
     path = Path(obj)
     for base, prefix in ((out.resolve(), ""), (Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
         try:

@@ -32,6 +32,7 @@ from ..runtime.distributed import DistInfo, process_group
 from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
+from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
 from ..runtime.trackers import parse_trackers
 from .space import V2Space
 from .supernet import V2Supernet, recalibrate_bn
@@ -132,12 +133,18 @@ class SupernetConfig:
     seed: int = param(0, ge=0)
     threads: int | None = param(None, ge=1)
     device: str = param("auto")
+    checkpoint_every: int = param(0, ge=0, help="optimiser steps between mid-epoch checkpoints (0: epoch ends only)")
+    checkpoint_minutes: float = param(0.0, ge=0.0, help="minutes between mid-epoch checkpoints (0: off)")
+    stop_signals: tuple[str, ...] = param(
+        DEFAULT_STOP_SIGNALS, help=f"on these, finish the step, checkpoint and exit {PREEMPTED_EXIT_CODE}"
+    )
     resume: bool = param(True)
     progress: bool = param(True)
     log: str | None = param(None, help="experiment trackers beside log.jsonl: tensorboard,wandb,mlflow (any of them)")
 
     def check(self) -> None:
         parse_trackers(self.log)  # an unknown tracker name: one line naming log, before any work
+        check_stop_signals(self.stop_signals)
 
 
 def train_supernet(cfg: SupernetConfig, space: V2Space, root: Path) -> tuple[V2Supernet, dict[str, Any]]:
@@ -212,6 +219,9 @@ def _plan(
             clip_mode="norm",
             eval_every=cfg.eval_every,
             eval_unit="epoch",
+            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_minutes=cfg.checkpoint_minutes,
+            stop_signals=cfg.stop_signals,
             resume=cfg.resume,
         ),
         reporting=Reporting(

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, build_config
 
 #: Overrides of the ImageNet defaults for the bundled 8x8 digits (1438 train / 359 val images, 10 classes).
 DIGITS_RECIPE: dict = {
@@ -36,3 +39,11 @@ DIGITS_RECIPE: dict = {
 
 def repo_configs_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "configs"
+
+
+def config_or_digits(config_file: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The training config of ``config_file`` and ``overrides``; with neither a config file nor ``data``, the
+    bundled digits recipe (:data:`DIGITS_RECIPE`) under the overrides (what ``efficientformer train`` runs bare)."""
+    if config_file is None and overrides.get("data") in (None, "", "none"):
+        return build_config(None, {**DIGITS_RECIPE, **overrides})
+    return build_config(config_file, overrides)

@@ -20,6 +20,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models import create_model, load_checkpoint
+from ..models.layers import fit_img_size
 
 STRIDES = (4, 8, 16, 32)
 
@@ -97,7 +98,7 @@ class EfficientFormerBackbone(nn.Module):
         super().__init__()
         if frozen_stages not in range(-1, 4):
             raise ValueError(f"frozen_stages must be -1 (none) or a stage number 0..3, got {frozen_stages}")
-        img_size = _round_size(img_size)
+        img_size = fit_img_size(img_size)  # the bias grid needs a stride multiple; any input still runs
         self.body = create_model(
             name, features_only=True, img_size=img_size, out_indices=(0, 1, 2, 3), drop_path_rate=drop_path_rate
         )
@@ -134,7 +135,8 @@ class EfficientFormerBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        pad_h, pad_w = (-h) % 32, (-w) % 32
+        fit_h, fit_w = fit_img_size((h, w))
+        pad_h, pad_w = fit_h - h, fit_w - w
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = self.body(x)
@@ -144,12 +146,6 @@ class EfficientFormerBackbone(nn.Module):
             # Normalise after cropping: statistics over the padding would make the output depend on it.
             outs.append(norm(feats[i][..., : math.ceil(h / s), : math.ceil(w / s)]))
         return outs
-
-
-def _round_size(img_size: int | tuple[int, int]) -> tuple[int, int]:
-    """The bias grid must come from a size that is a multiple of 32; round up (any input still runs)."""
-    hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    return tuple(max(32, -(-int(s) // 32) * 32) for s in hw)  # type: ignore[return-value]
 
 
 class FPN(nn.Module):

@@ -28,6 +28,7 @@ from ..data.transforms import describe_eval_transform, eval_transform
 from ..models import create_model, load_checkpoint
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, seed_all
+from ..runtime.config import dump_yaml
 from ..runtime.distributed import DistInfo, all_reduce_sum
 from ..runtime.lock import run_folder_lock
 from ..runtime.loop import NonFiniteLossError, Plan, Reporting, Schedule, Step, Task, fit
@@ -43,7 +44,7 @@ from ..runtime.precision import (
 from ..runtime.schedule import epoch_scheduler
 from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
-from .config import TrainConfig, dump_yaml
+from .config import TrainConfig
 from .distill import DistillationLoss, build_teacher
 
 

@@ -10,6 +10,7 @@ classifier, BatchNorm that can be frozen for real (no trainable parameters, stat
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class EfficientFormerBackbone(nn.Module):
 
     ``checkpoint``: ImageNet (or any supported) weights, loaded through :func:`efficientformer.load_checkpoint`;
     classifier head and final norm are dropped and attention-bias tables resampled to ``img_size``.
-    ``out_indices``: which stages to return (0..3, strides 4/8/16/32). ``frozen_bn``: turn BatchNorm into
+    ``out_indices``: which stages to return (0..3, strides 4/8/16/32). ``freeze_bn``: turn BatchNorm into
     :class:`FrozenBatchNorm2d`. ``frozen_stages``: -1 trains everything; k >= 0 freezes the stem and stages 0..k.
     ``img_size``: the grid the bias tables are stored for (the typical working resolution); any input still works.
     ``output_norm``: a trainable ``GroupNorm(1, C)`` on every returned map; ``None`` follows the official dense
@@ -89,13 +90,22 @@ class EfficientFormerBackbone(nn.Module):
         name: str,
         checkpoint: str | Path | dict | None = None,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
-        frozen_bn: bool = False,
+        freeze_bn: bool = False,
         frozen_stages: int = -1,
         img_size: int | tuple[int, int] = 224,
         drop_path_rate: float | None = None,
         output_norm: bool | None = None,
+        *,
+        frozen_bn: bool | None = None,
     ) -> None:
         super().__init__()
+        if frozen_bn is not None:  # the old spelling of freeze_bn (the configs' key), accepted for one release
+            warnings.warn(
+                "EfficientFormerBackbone(frozen_bn=...) is deprecated; use freeze_bn=... (same meaning)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            freeze_bn = frozen_bn
         if frozen_stages not in range(-1, 4):
             raise ValueError(f"frozen_stages must be -1 (none) or a stage number 0..3, got {frozen_stages}")
         img_size = fit_img_size(img_size)  # the bias grid needs a stride multiple; any input still runs
@@ -112,7 +122,7 @@ class EfficientFormerBackbone(nn.Module):
         # GroupNorm(1, C): per-sample statistics over (C, H, W), so batch size and BN freezing do not affect it.
         self.norms = nn.ModuleList(nn.GroupNorm(1, c) if self.output_norm else nn.Identity() for c in self.channels)
         self.frozen_stages = frozen_stages
-        if frozen_bn:
+        if freeze_bn:
             freeze_batchnorm(self.body)
         self._freeze_stages()
 

@@ -95,7 +95,7 @@ def train_detection(cfg: det.DetectConfig) -> dict:
 
 
 def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
-    train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.flip_prob)
+    train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.hflip)
     val_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.val_split))
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError("train and val annotation files list different categories")
@@ -106,7 +106,7 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
     schedule = WarmupSchedule(
         optimizer,
         total,
-        warmup_iters=cfg.warmup_iters,
+        warmup_iters=cfg.warmup_steps,
         warmup_ratio=cfg.warmup_ratio,
         milestones=tuple(e * per_epoch for e in cfg.lr_steps),
     )
@@ -241,7 +241,7 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
     model = seg.SemanticFPN(cfg).to(env.device)
     optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay)
     schedule = WarmupSchedule(
-        optimizer, cfg.steps, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power, min_lr=cfg.resolved_min_lr()
+        optimizer, cfg.steps, warmup_iters=cfg.warmup_steps, poly_power=cfg.poly_power, min_lr=cfg.resolved_min_lr()
     )
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last

@@ -10,6 +10,7 @@ from PIL import Image
 from efficientformer.data.folder import build_datasets, collate_skip
 from efficientformer.data.samplers import EvalSampler, TrainSampler
 from efficientformer.data.transforms import eval_transform
+from efficientformer.utils.seeding import derive_seed
 
 
 def _write_folder(root, classes=("a", "b"), n=4, size=40, splits=("train", "val")):
@@ -105,6 +106,15 @@ def test_train_sampler_ranks_cover_the_single_process_batches():
     assert list(s) != single  # reshuffled per epoch
     rep = TrainSampler(600, 0, 1, seed=0, repeats=3)
     assert len(rep) == 512 and len(set(rep)) < 200  # floor(600/256)*256 samples, ~1/3 unique
+
+
+def test_epoch_streams_keep_the_seed_formula_that_checkpoints_were_written_with():
+    # Resumed runs rebuild per-epoch streams from derive_seed: its values (and so the epoch permutations of runs
+    # already checkpointed) must not change.
+    assert [derive_seed(s, e) for s, e in ((0, 0), (0, 7), (3, 1), (42, 299))] == [0, 7, 3_000_010, 42_000_425]
+    s = TrainSampler(50, seed=42)
+    s.set_epoch(5)
+    assert list(s) == torch.randperm(50, generator=torch.Generator().manual_seed(42_000_131)).tolist()
 
 
 def test_bad_training_files_incl_a_decompression_bomb_are_skipped_counted_and_named(tmp_path):

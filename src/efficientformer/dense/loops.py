@@ -29,6 +29,7 @@ from ..runtime.optim import build_optimizer
 from ..runtime.schedule import WarmupSchedule
 from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..utils.seeding import derive_seed
 from . import detection as det
 from . import segmentation as seg
 
@@ -48,7 +49,7 @@ def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool 
             worker_init_fn=loader_worker_init,
             # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
             # resumed mid-epoch than in a straight one.
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, epoch)),
         )
 
     return make

@@ -44,6 +44,7 @@ from ..runtime.precision import (
 from ..runtime.schedule import epoch_scheduler
 from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
+from ..utils.seeding import derive_seed
 from .config import TrainConfig
 from .distill import DistillationLoss, build_teacher
 
@@ -261,7 +262,7 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
             collate_fn=collate_skip,
             pin_memory=device.type == "cuda",
             worker_init_fn=loader_worker_init,
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
+            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, epoch)),
         )
 
     # The same initial weights on every rank; each rank's own random stream (drop path, Mixup) after that.

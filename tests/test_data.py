@@ -10,6 +10,7 @@ from PIL import Image
 from efficientformer.data.folder import build_datasets, collate_skip
 from efficientformer.data.samplers import EvalSampler, TrainSampler
 from efficientformer.data.transforms import eval_transform
+from efficientformer.runtime.loaders import epoch_loader
 from efficientformer.utils.seeding import derive_seed
 
 
@@ -167,3 +168,21 @@ def test_max_pixels_reaches_both_splits(tmp_path):
         assert images is None and skipped == len(split)
     train, val = build_datasets(root, eval_transform(32), eval_transform(32), max_pixels=1600)
     assert collate_skip([val[i] for i in range(len(val))])[2] == 0
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Sample i is (i, a draw from the global torch RNG): the draw shows which augmentation seed it got."""
+
+    def __len__(self) -> int:
+        return 23
+
+    def __getitem__(self, i: int):
+        return torch.tensor(i), torch.rand(())
+
+
+def test_epoch_loader_resumed_mid_epoch_gives_the_rest_of_the_straight_epoch():
+    make = epoch_loader(_Noisy(), TrainSampler(23, seed=5), seed=5, batch_size=4, workers=0, drop_last=True)
+    straight = [(i.tolist(), r.tolist()) for i, r in make(2, 0)]
+    assert len(straight) == 5
+    assert [(i.tolist(), r.tolist()) for i, r in make(2, 3)] == straight[3:]
+    assert [(i.tolist(), r.tolist()) for i, r in make(3, 0)] != straight  # another epoch, another order and draws

@@ -10,6 +10,8 @@ from PIL import Image
 from efficientformer.data.folder import build_datasets, collate_skip
 from efficientformer.data.samplers import EvalSampler, TrainSampler
 from efficientformer.data.transforms import eval_transform
+from efficientformer.runtime.loaders import epoch_loader
+from efficientformer.utils.seeding import derive_seed
 
 
 def _write_folder(root, classes=("a", "b"), n=4, size=40, splits=("train", "val")):
@@ -107,6 +109,15 @@ def test_train_sampler_ranks_cover_the_single_process_batches():
     assert len(rep) == 512 and len(set(rep)) < 200  # floor(600/256)*256 samples, ~1/3 unique
 
 
+def test_epoch_streams_keep_the_seed_formula_that_checkpoints_were_written_with():
+    # Resumed runs rebuild per-epoch streams from derive_seed: its values (and so the epoch permutations of runs
+    # already checkpointed) must not change.
+    assert [derive_seed(s, e) for s, e in ((0, 0), (0, 7), (3, 1), (42, 299))] == [0, 7, 3_000_010, 42_000_425]
+    s = TrainSampler(50, seed=42)
+    s.set_epoch(5)
+    assert list(s) == torch.randperm(50, generator=torch.Generator().manual_seed(42_000_131)).tolist()
+
+
 def test_bad_training_files_incl_a_decompression_bomb_are_skipped_counted_and_named(tmp_path):
     from efficientformer.data.folder import SkippedImageWarning
     from efficientformer.data.images import DEFAULT_MAX_PIXELS
@@ -157,3 +168,21 @@ def test_max_pixels_reaches_both_splits(tmp_path):
         assert images is None and skipped == len(split)
     train, val = build_datasets(root, eval_transform(32), eval_transform(32), max_pixels=1600)
     assert collate_skip([val[i] for i in range(len(val))])[2] == 0
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Sample i is (i, a draw from the global torch RNG): the draw shows which augmentation seed it got."""
+
+    def __len__(self) -> int:
+        return 23
+
+    def __getitem__(self, i: int):
+        return torch.tensor(i), torch.rand(())
+
+
+def test_epoch_loader_resumed_mid_epoch_gives_the_rest_of_the_straight_epoch():
+    make = epoch_loader(_Noisy(), TrainSampler(23, seed=5), seed=5, batch_size=4, workers=0, drop_last=True)
+    straight = [(i.tolist(), r.tolist()) for i, r in make(2, 0)]
+    assert len(straight) == 5
+    assert [(i.tolist(), r.tolist()) for i, r in make(2, 3)] == straight[3:]
+    assert [(i.tolist(), r.tolist()) for i, r in make(3, 0)] != straight  # another epoch, another order and draws

@@ -71,6 +71,20 @@ def test_unknown_keys_did_you_mean_and_the_shared_vocabulary(capsys):
     assert back.steps == 9 and back.freeze_bn and capsys.readouterr().err == ""
 
 
+def test_flip_and_warmup_keys_renamed_to_the_classification_vocabulary(capsys):
+    for cls in (DetectConfig, SegmentConfig):
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert {"hflip", "warmup_steps"} <= names and not {"flip_prob", "warmup_iters"} & names
+        old = load_config(cls, None, ["flip_prob=0.25", "warmup_iters=3"])
+        assert (old.hflip, old.warmup_steps) == (0.25, 3)
+        notes = capsys.readouterr().err.strip().splitlines()
+        assert len(notes) == 2 and "use 'hflip'" in notes[0] and "use 'warmup_steps'" in notes[1], notes
+        saved = {**dataclasses.asdict(cls()), "flip_prob": 0.0, "warmup_iters": 4}
+        del saved["hflip"], saved["warmup_steps"]
+        back = from_dict(cls, saved)
+        assert (back.hflip, back.warmup_steps) == (0.0, 4) and capsys.readouterr().err == ""
+
+
 def test_missing_data_and_pretrained_are_one_line_when_the_run_starts(tmp_path):
     from efficientformer.dense import loops
 

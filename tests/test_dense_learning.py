@@ -233,7 +233,7 @@ def test_detection_resume_mid_epoch_is_exact(tmp_path):
         "threads=1",
         "epochs=2",
         "lr_steps=1",
-        "warmup_iters=2",
+        "warmup_steps=2",
         "eval_every=0",
         "checkpoint_every=0",
     ]

@@ -59,7 +59,7 @@ def test_backbone_loads_classifier_checkpoint_and_resamples_biases():
 
 def test_frozen_bn_really_frozen():
     torch.manual_seed(0)
-    bb = EfficientFormerBackbone("efficientformerv2_s0", img_size=64, frozen_bn=True)
+    bb = EfficientFormerBackbone("efficientformerv2_s0", img_size=64, freeze_bn=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
     frozen = [m for m in bb.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert frozen and all(len(list(m.parameters())) == 0 for m in frozen)
@@ -77,6 +77,13 @@ def test_frozen_bn_really_frozen():
         assert torch.equal(v, after[k]), k
     # the rest of the network did train
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.parameters())
+
+
+def test_frozen_bn_keyword_is_the_deprecated_spelling_of_freeze_bn():
+    with pytest.warns(DeprecationWarning, match="use freeze_bn="):
+        bb = EfficientFormerBackbone("efficientformerv2_s0", img_size=64, frozen_bn=True)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in bb.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
 
 
 def test_frozen_bn_equals_eval_batchnorm():

@@ -239,7 +239,7 @@ def test_preprocess_matches_torchvision_resize_and_centre_crop():
 
 
 def test_preprocess_rejects_bad_settings():
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiples of 32"):
         EvalPreprocess(img_size=100)
     with pytest.raises(ValueError, match="interpolation"):
         EvalPreprocess(interpolation="cubic")

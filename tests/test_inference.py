@@ -154,7 +154,7 @@ def test_bad_arguments(model, small_ckpt):
     img = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="not both"):
         inference_model(NAME, img, checkpoint=small_ckpt, pretrained=True)
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiples of 32"):
         inference_model(model, img, img_size=100)
     with pytest.raises(ValueError, match="batch_size"):
         inference_model(model, img, batch_size=0)

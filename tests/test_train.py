@@ -105,7 +105,7 @@ def test_config_yaml_and_overrides(tmp_path):
         ("mixup", "-1", "'mixup' must be >= 0.0"),
         ("drop_path", "1.5", "'drop_path' must be < 1.0"),
         ("eval_every", "-1", "'eval_every' must be >= 0"),
-        ("img_size", "48", "multiple of 32"),
+        ("img_size", "48", "multiples of 32"),
         ("auto_augment", "rand-q9", "not a timm auto-augment spec"),
         ("batch_size", "7", "even batch_size"),
         ("device", "gpu", "device='gpu'"),

@@ -312,7 +312,7 @@ def test_ddp_detection_resume_exact_and_metrics_equal_eval(tmp_path):
         "threads=1",
         "epochs=2",
         "lr_steps=1",
-        "warmup_iters=2",
+        "warmup_steps=2",
         "eval_every=0",
         "checkpoint_every=0",
     ]

@@ -44,6 +44,7 @@ from ..models.arch import is_arch_path
 from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
 from ..models.facts import BASELINE_TOP1, FACTS
+from ..models.layers import check_img_size
 from ..models.registry import list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils.machine import bf16_support, faults_per_call, gemm_probe, machine_report, pin_allocator
@@ -182,8 +183,7 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
 def _validate(cfg: BenchConfig) -> None:
     for b in cfg.backends:
         get_backend(b)  # one line naming the choices
-    if cfg.img_size % 32 or cfg.img_size < 32:
-        raise ValueError(f"--img-size must be a positive multiple of 32, got {cfg.img_size}")
+    check_img_size(cfg.img_size, "--img-size")
     if cfg.threads < 1 or any(b < 1 for b in cfg.batch_sizes) or cfg.runs < 1 or cfg.warmup < 0:
         raise ValueError("--threads, --batch-size and --runs must be positive (and --warmup not negative)")
     if cfg.clock not in BENCHMARK_CLOCKS:

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.factory import create_model
 from ..models.facts import FACTS
-from ..models.layers import to_grid
+from ..models.layers import check_img_size
 
 #: Published (params M, GMACs) at 224 px, from the facts table: the official ``toolbox.py`` parameter count (three
 #: decimals) and the README / paper GMACs.
@@ -86,10 +86,7 @@ def _parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
 @torch.no_grad()
 def profile_model(model: nn.Module, img_size: int | tuple[int, int] | None = None, name: str | None = None):
     """Count parameters and MACs of ``model`` (an EfficientFormer, deployed or not) at ``img_size``."""
-    img = to_grid(img_size) if img_size is not None else to_grid(getattr(model, "img_size", 224))
-    h, w = img
-    if h % 32 or w % 32 or h < 32 or w < 32:
-        raise ValueError(f"--img-size must be a positive multiple of 32, got {h}x{w}")
+    h, w = img = check_img_size(img_size if img_size is not None else getattr(model, "img_size", 224), "--img-size")
     was_training = model.training
     model.eval()
     x = torch.zeros(1, getattr(model, "in_chans", 3), h, w, device=next(model.parameters()).device)

@@ -20,6 +20,7 @@ from ..inference.api import Predictor, classify_files, load_model, preprocessing
 from ..inference.publish import publish_run, push_run
 from ..models.cards import format_card, model_card
 from ..models.hub import parse_hub_name
+from ..models.layers import check_img_size
 from ..utils.io import SafeCsvWriter
 
 
@@ -186,8 +187,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 # -- info --------------------------------------------------------------------------------------------------------
 def run_info(args: argparse.Namespace) -> int:
-    if args.img_size < 32 or args.img_size % 32:
-        raise ValueError(f"--img-size must be a positive multiple of 32, got {args.img_size}")
+    check_img_size(args.img_size, "--img-size")
     card = model_card(args.name, img_size=args.img_size)
     print(json.dumps(card.to_dict(), indent=2) if args.json else format_card(card))
     return 0

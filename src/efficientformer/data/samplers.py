@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..utils.seeding import derive_seed
+
 
 class TrainSampler(Sampler[int]):
     """This rank's indices of a permutation seeded by ``(seed, epoch)``, identical on every rank.
@@ -52,7 +54,7 @@ class TrainSampler(Sampler[int]):
     def indices(self) -> list[int]:
         """All of this rank's indices for the current epoch (ignoring ``start``)."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
@@ -97,7 +99,7 @@ class SeededSamples(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63
+        sample_seed = (derive_seed(self.seed, self.epoch) * 10_000_019 + index) % 2**63
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):

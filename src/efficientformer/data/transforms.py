@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.layers import check_img_size
 from .constants import EVAL_CROP, EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 
 #: Pillow filters of the evaluation resize (torchvision's ``Resize`` on PIL images calls the same ones).
@@ -49,13 +50,9 @@ class EvalTransform:
     crop_pct: float = EVAL_CROP_PCT
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.img_size, bool)
-            or not isinstance(self.img_size, int)
-            or self.img_size < 32
-            or (self.img_size % 32)
-        ):
-            raise ValueError(f"img_size must be a positive multiple of 32 (the network's stride), got {self.img_size}")
+        if isinstance(self.img_size, bool) or not isinstance(self.img_size, int):
+            raise ValueError(f"img_size must be an integer, got {self.img_size!r}")
+        check_img_size(self.img_size)
         if self.interpolation not in PIL_INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of {sorted(PIL_INTERPOLATIONS)}")
         if not 0 < self.crop_pct <= 1:

@@ -10,6 +10,7 @@ classifier, BatchNorm that can be frozen for real (no trainable parameters, stat
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models import create_model, load_checkpoint
+from ..models.layers import fit_img_size
 
 STRIDES = (4, 8, 16, 32)
 
@@ -76,7 +78,7 @@ class EfficientFormerBackbone(nn.Module):
 
     ``checkpoint``: ImageNet (or any supported) weights, loaded through :func:`efficientformer.load_checkpoint`;
     classifier head and final norm are dropped and attention-bias tables resampled to ``img_size``.
-    ``out_indices``: which stages to return (0..3, strides 4/8/16/32). ``frozen_bn``: turn BatchNorm into
+    ``out_indices``: which stages to return (0..3, strides 4/8/16/32). ``freeze_bn``: turn BatchNorm into
     :class:`FrozenBatchNorm2d`. ``frozen_stages``: -1 trains everything; k >= 0 freezes the stem and stages 0..k.
     ``img_size``: the grid the bias tables are stored for (the typical working resolution); any input still works.
     ``output_norm``: a trainable ``GroupNorm(1, C)`` on every returned map; ``None`` follows the official dense
@@ -88,16 +90,25 @@ class EfficientFormerBackbone(nn.Module):
         name: str,
         checkpoint: str | Path | dict | None = None,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
-        frozen_bn: bool = False,
+        freeze_bn: bool = False,
         frozen_stages: int = -1,
         img_size: int | tuple[int, int] = 224,
         drop_path_rate: float | None = None,
         output_norm: bool | None = None,
+        *,
+        frozen_bn: bool | None = None,
     ) -> None:
         super().__init__()
+        if frozen_bn is not None:  # the old spelling of freeze_bn (the configs' key), accepted for one release
+            warnings.warn(
+                "EfficientFormerBackbone(frozen_bn=...) is deprecated; use freeze_bn=... (same meaning)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            freeze_bn = frozen_bn
         if frozen_stages not in range(-1, 4):
             raise ValueError(f"frozen_stages must be -1 (none) or a stage number 0..3, got {frozen_stages}")
-        img_size = _round_size(img_size)
+        img_size = fit_img_size(img_size)  # the bias grid needs a stride multiple; any input still runs
         self.body = create_model(
             name, features_only=True, img_size=img_size, out_indices=(0, 1, 2, 3), drop_path_rate=drop_path_rate
         )
@@ -111,7 +122,7 @@ class EfficientFormerBackbone(nn.Module):
         # GroupNorm(1, C): per-sample statistics over (C, H, W), so batch size and BN freezing do not affect it.
         self.norms = nn.ModuleList(nn.GroupNorm(1, c) if self.output_norm else nn.Identity() for c in self.channels)
         self.frozen_stages = frozen_stages
-        if frozen_bn:
+        if freeze_bn:
             freeze_batchnorm(self.body)
         self._freeze_stages()
 
@@ -134,7 +145,8 @@ class EfficientFormerBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        pad_h, pad_w = (-h) % 32, (-w) % 32
+        fit_h, fit_w = fit_img_size((h, w))
+        pad_h, pad_w = fit_h - h, fit_w - w
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = self.body(x)
@@ -144,12 +156,6 @@ class EfficientFormerBackbone(nn.Module):
             # Normalise after cropping: statistics over the padding would make the output depend on it.
             outs.append(norm(feats[i][..., : math.ceil(h / s), : math.ceil(w / s)]))
         return outs
-
-
-def _round_size(img_size: int | tuple[int, int]) -> tuple[int, int]:
-    """The bias grid must come from a size that is a multiple of 32; round up (any input still runs)."""
-    hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    return tuple(max(32, -(-int(s) // 32) * 32) for s in hw)  # type: ignore[return-value]
 
 
 class FPN(nn.Module):

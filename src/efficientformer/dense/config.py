@@ -2,9 +2,10 @@
 runtime's one config loader (``efficientformer.runtime.config``): every key has a type and a range or a set of
 choices, so a bad value is refused in one line, and unknown keys get a "did you mean".
 
-One vocabulary across tasks: ``clip_grad`` (gradient clipping), ``freeze_bn`` (BatchNorm on fixed statistics) and
-``steps`` (optimiser steps of the run) mean here what they mean for classification and the search; the old
-spellings (``grad_clip``, ``frozen_bn``, ``iters``, ``max_iters``) are still read, with a one-line note.
+One vocabulary across tasks: ``clip_grad`` (gradient clipping), ``freeze_bn`` (BatchNorm on fixed statistics),
+``hflip`` (horizontal flip probability) and ``steps`` / ``warmup_steps`` (optimiser steps of the run / of the
+warm-up) mean here what they mean for classification and the search; the old spellings (``grad_clip``,
+``frozen_bn``, ``flip_prob``, ``iters``, ``max_iters``, ``warmup_iters``) are still read, with a one-line note.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ class DenseConfig:
     """Task configs add head, data pipeline and schedule fields (and override the defaults that differ, such as
     the split names)."""
 
-    RENAMED: ClassVar[dict[str, str]] = {"grad_clip": "clip_grad", "frozen_bn": "freeze_bn"}
+    RENAMED: ClassVar[dict[str, str]] = {
+        "grad_clip": "clip_grad",
+        "frozen_bn": "freeze_bn",
+        "flip_prob": "hflip",
+        "warmup_iters": "warmup_steps",
+    }
 
     data: str = param("", help="the data set root")
     train_split: str = param("train")
@@ -68,7 +74,7 @@ class DenseConfig:
         return EfficientFormerBackbone(
             self.model,
             checkpoint=self.pretrained,
-            frozen_bn=self.freeze_bn,
+            freeze_bn=self.freeze_bn,
             frozen_stages=self.frozen_stages,
             img_size=self.img_size or working_size,
             output_norm=self.output_norm,

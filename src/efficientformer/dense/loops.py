@@ -19,39 +19,18 @@ from PIL import Image
 from torch import nn
 
 from ..data.images import read_rgb
-from ..data.samplers import SeededSamples, TrainSampler
+from ..data.samplers import TrainSampler
 from ..runtime import config as runtime_config
 from ..runtime.checkpoint import CheckpointReadError, read_checkpoint, seed_all
 from ..runtime.distributed import DistInfo, process_group, resolve_device
+from ..runtime.loaders import epoch_loader
 from ..runtime.lock import run_folder_lock
 from ..runtime.loop import Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.optim import build_optimizer
 from ..runtime.schedule import WarmupSchedule
-from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import detection as det
 from . import segmentation as seg
-
-
-def _batches(dataset, sampler: TrainSampler, cfg, collate=None, drop_last: bool = False) -> Callable:
-    """``(epoch, first batch) -> DataLoader`` with per-sample augmentation seeds and a resumable sampler."""
-
-    def make(epoch: int, start: int) -> torch.utils.data.DataLoader:
-        sampler.set_epoch(epoch, start * cfg.batch_size)
-        return torch.utils.data.DataLoader(
-            SeededSamples(dataset, cfg.seed, epoch),
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            collate_fn=collate,
-            drop_last=drop_last,
-            worker_init_fn=loader_worker_init,
-            # Its own generator: otherwise creating the iterator draws from the global RNG, one draw more in a run
-            # resumed mid-epoch than in a straight one.
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
-        )
-
-    return make
 
 
 def _check_model(cfg) -> Callable[[dict, Path], None]:
@@ -95,7 +74,7 @@ def train_detection(cfg: det.DetectConfig) -> dict:
 
 
 def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
-    train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.flip_prob)
+    train_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.train_split), train=True, flip_prob=cfg.hflip)
     val_set = det.CocoInstances(*det.coco_paths(cfg.data, cfg.val_split))
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError("train and val annotation files list different categories")
@@ -106,7 +85,7 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
     schedule = WarmupSchedule(
         optimizer,
         total,
-        warmup_iters=cfg.warmup_iters,
+        warmup_iters=cfg.warmup_steps,
         warmup_ratio=cfg.warmup_ratio,
         milestones=tuple(e * per_epoch for e in cfg.lr_steps),
     )
@@ -133,7 +112,9 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
             model=model,
             optimizer=optimizer,
             step=step,
-            batches=_batches(train_set, sampler, cfg, collate=det.collate),
+            batches=epoch_loader(
+                train_set, sampler, seed=cfg.seed, batch_size=cfg.batch_size, workers=cfg.workers, collate=det.collate
+            ),
             evaluate=lambda m: det.evaluate(
                 m, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world
             ),
@@ -241,7 +222,7 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
     model = seg.SemanticFPN(cfg).to(env.device)
     optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay)
     schedule = WarmupSchedule(
-        optimizer, cfg.steps, warmup_iters=cfg.warmup_iters, poly_power=cfg.poly_power, min_lr=cfg.resolved_min_lr()
+        optimizer, cfg.steps, warmup_iters=cfg.warmup_steps, poly_power=cfg.poly_power, min_lr=cfg.resolved_min_lr()
     )
     sampler = TrainSampler(len(train_set), env.rank, env.world, seed=cfg.seed)
     per_epoch = len(sampler) // cfg.batch_size  # crops are batched with drop_last
@@ -261,7 +242,9 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
             model=model,
             optimizer=optimizer,
             step=step,
-            batches=_batches(train_set, sampler, cfg, drop_last=True),
+            batches=epoch_loader(
+                train_set, sampler, seed=cfg.seed, batch_size=cfg.batch_size, workers=cfg.workers, drop_last=True
+            ),
             evaluate=lambda m: seg.evaluate(m, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
             config=cfg,
             seed=cfg.seed,

@@ -51,12 +51,12 @@ class SegmentConfig(DenseConfig):
     weight_decay: float = param(1e-4, ge=0.0)
     poly_power: float = param(0.9, ge=0.0, help="0: constant rate")
     min_lr: float | None = param(None, ge=0.0, help="None = 0 for V1, 1e-6 for V2 (official)")
-    warmup_iters: int = param(0, ge=0)
+    warmup_steps: int = param(0, ge=0, help="optimiser steps of linear warm-up")
     crop_size: int = param(512, ge=32)
     scale: tuple[int, ...] = param((2048, 512), ge=1, help="(long, short) bound of the keep-ratio resize")
     ratio_range: tuple[float, ...] = param((0.5, 2.0), gt=0.0, help="(low, high) jitter of the resize scale")
     cat_max_ratio: float = param(0.75, gt=0.0, le=1.0, help="retry crops where one class covers more (up to 10x)")
-    flip_prob: float = param(0.5, ge=0.0, le=1.0)
+    hflip: float = param(0.5, ge=0.0, le=1.0, help="horizontal flip probability")
     photometric: bool = param(True)
     batch_size: int = param(4, ge=1, help="images per process")
     eval_every: int = param(4000, ge=0, help="optimiser steps between evaluations (0 = only at the end)")
@@ -266,7 +266,7 @@ class ADESegmentation(SkipsUnreadable, torch.utils.data.Dataset):
                 break
         img = img.crop((x0, y0, x0 + cw, y0 + ch))
         label = label[y0 : y0 + ch, x0 : x0 + cw]
-        if rng.random() < cfg.flip_prob:
+        if rng.random() < cfg.hflip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
             label = label[:, ::-1]
         if cfg.photometric:

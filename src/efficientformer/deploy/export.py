@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.classes import resolve_class_names
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..models.layers import to_grid
+from ..models.layers import check_img_size
 from ..utils.io import atomic_write_bytes
 from ..utils.optional import require
 from .inductor import compile_aot
@@ -80,10 +80,7 @@ def parse_batch(batch: str | int) -> int | None:
 
 
 def _img_of(model: nn.Module, img_size) -> tuple[int, int]:
-    img = to_grid(img_size) if img_size is not None else to_grid(getattr(model, "img_size", 224))
-    if img[0] % 32 or img[1] % 32 or min(img) < 32:
-        raise ValueError(f"--img-size must be a positive multiple of 32, got {img[0]}x{img[1]}")
-    return img
+    return check_img_size(img_size if img_size is not None else getattr(model, "img_size", 224), "--img-size")
 
 
 def _inputs(batch: int, img: tuple[int, int], seed: int, in_chans: int = 3) -> torch.Tensor:

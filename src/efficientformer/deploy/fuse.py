@@ -29,7 +29,7 @@ from torch import nn
 
 from ..models.arch import ArchError, arch_to_spec, spec_to_arch
 from ..models.base import EfficientFormerBase, ModelSpec
-from ..models.layers import ConvNorm, Grid, to_grid
+from ..models.layers import ConvNorm, Grid, check_img_size, to_grid
 from ..models.registry import UnknownModelError, get_spec
 from ..utils.io import atomic_write_bytes
 from .modules import (
@@ -55,9 +55,7 @@ class DeployedEfficientFormer(nn.Module):
 
     def __init__(self, spec: ModelSpec, img_size: int | Grid = 224, num_classes: int = 1000, in_chans: int = 3):
         super().__init__()
-        h, w = self.img_size = to_grid(img_size)
-        if h % 32 or w % 32 or h < 32 or w < 32:
-            raise ValueError(f"img_size must have sides that are positive multiples of 32, got {h}x{w}")
+        h, w = self.img_size = check_img_size(img_size)
         if num_classes < 1:
             raise ValueError("deploy needs a classifier (num_classes >= 1); deploy a model with a head")
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import Grid, to_grid
+from .layers import Grid, check_img_size, to_grid
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ class EfficientFormerBase(nn.Module):
             {"num_chs": spec.widths[i], "reduction": 2 ** (i + 2), "module": f"stages.{i}"} for i in range(4)
         ]
         self.head_drop = nn.Dropout(drop_rate)
-        for h, w in [self.img_size]:
-            if h % 32 or w % 32 or h < 32 or w < 32:
-                raise ValueError(f"img_size must have sides that are positive multiples of 32, got {h}x{w}")
+        check_img_size(self.img_size)
 
     norm: nn.Module | None
     head: nn.Module | None
@@ -127,12 +125,7 @@ class EfficientFormerBase(nn.Module):
                 f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
                 "convert greyscale or RGBA images to RGB first"
             )
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if h % 32 or w % 32 or h < 32 or w < 32:
-            fit_h, fit_w = max(32, -(-h // 32) * 32), max(32, -(-w // 32) * 32)
-            raise ValueError(
-                f"input sides must be multiples of 32, got {h}x{w}; resize or pad the image, e.g. to {fit_h}x{fit_w}"
-            )
+        check_img_size((int(x.shape[2]), int(x.shape[3])), "the input")
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem and all four stages; returns every stage map (NCHW, strides 4/8/16/32)."""

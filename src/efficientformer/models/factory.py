@@ -20,7 +20,7 @@ from .base import EfficientFormerBase, ModelSpec
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, variant_of
 from .facts import EVAL_CROP_PCT, EVAL_INTERPOLATION, FACTS, HUB_LICENCE, IMAGENET_MEAN, IMAGENET_STD
 from .hub import hub_id, hub_model, hub_weights, is_hub_name, pretrained_path
-from .layers import check_activation
+from .layers import check_activation, check_img_size
 from .registry import get_spec, resolve_name, with_activation
 
 #: What ``create_model`` builds when neither the caller nor a Hub config says otherwise.
@@ -39,8 +39,7 @@ def _check_img_size(value: Any) -> int | tuple[int, int]:
     sides = [value] if not isinstance(value, (tuple, list)) else list(value)
     if len(sides) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in sides):
         raise TypeError(f"img_size must be an integer or an (height, width) pair of integers, got {value!r}")
-    if any(v < 32 or v % 32 for v in sides):
-        raise ValueError(f"img_size must have sides that are positive multiples of 32, got {value!r}")
+    check_img_size(tuple(sides) if len(sides) == 2 else sides[0])
     return int(sides[0]) if len(sides) == 1 else (int(sides[0]), int(sides[1]))
 
 

@@ -39,6 +39,31 @@ def ceil_div(value: int, divisor: int) -> int:
     return -(-value // divisor)
 
 
+NETWORK_STRIDE = 32  # the last stage's stride: every network here takes inputs whose sides are multiples of it
+
+
+def fit_img_size(size: int | tuple[int, int] | list[int]) -> Grid:
+    """The smallest ``(h, w)`` at least ``size`` whose sides are positive multiples of :data:`NETWORK_STRIDE`."""
+    h, w = to_grid(size)
+    return (
+        max(NETWORK_STRIDE, ceil_div(h, NETWORK_STRIDE) * NETWORK_STRIDE),
+        max(NETWORK_STRIDE, ceil_div(w, NETWORK_STRIDE) * NETWORK_STRIDE),
+    )
+
+
+def check_img_size(size: int | tuple[int, int] | list[int], name: str = "img_size") -> Grid:
+    """``size`` as ``(h, w)``, or a one-line ``ValueError`` (naming ``name``, the size and the nearest size that
+    fits) when a side is not a positive multiple of :data:`NETWORK_STRIDE`."""
+    h, w = to_grid(size)
+    if h % NETWORK_STRIDE or w % NETWORK_STRIDE or h < NETWORK_STRIDE or w < NETWORK_STRIDE:
+        fit_h, fit_w = fit_img_size((h, w))
+        raise ValueError(
+            f"{name} must have sides that are positive multiples of {NETWORK_STRIDE}, got {h}x{w}; "
+            f"resize or pad to e.g. {fit_h}x{fit_w}"
+        )
+    return h, w
+
+
 class ConvNorm(nn.Module):
     """Conv2d (with bias, as in the official models) followed by BatchNorm2d."""
 

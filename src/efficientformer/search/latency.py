@@ -58,7 +58,7 @@ from ..deploy.fuse import deploy
 from ..models.arch import build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
-from ..models.layers import ceil_div, to_grid
+from ..models.layers import ceil_div, check_img_size, to_grid
 from ..utils.io import atomic_write_json
 from ..utils.machine import cpu_model, isa_flags
 from ..utils.optional import require
@@ -648,8 +648,7 @@ def build_table(
     ok, why = backend_of(runtime).available()
     if not ok:
         raise ValueError(f"--runtime {runtime} cannot run here: {why}")
-    if img_size % 32 or img_size < 32:
-        raise ValueError(f"--img-size must be a positive multiple of 32, got {img_size}")
+    check_img_size(img_size, "--img-size")
     if threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     if statistic not in STATISTICS:

@@ -34,6 +34,7 @@ from ..runtime.optim import build_optimizer
 from ..runtime.schedule import epoch_scheduler
 from ..runtime.signals import DEFAULT_STOP_SIGNALS, PREEMPTED_EXIT_CODE, check_stop_signals
 from ..runtime.trackers import parse_trackers
+from ..utils.seeding import derive_seed
 from .space import V2Space
 from .supernet import V2Supernet, recalibrate_bn
 
@@ -80,7 +81,7 @@ class SandwichModel(nn.Module):
         self.last_losses: dict[str, torch.Tensor] = {}
 
     def subnets(self, step: int) -> list[tuple[str, ModelSpec]]:
-        space, rng = self.supernet.space, random.Random(self.seed * 1_000_003 + step)
+        space, rng = self.supernet.space, random.Random(derive_seed(self.seed, step))
         out = [("largest", space.largest()), ("smallest", space.smallest())]
         return out + [(f"random{k}", space.sample(rng)) for k in range(self.num_random)]
 
@@ -252,7 +253,7 @@ def memory_batches(images: torch.Tensor, labels: torch.Tensor, sampler: TrainSam
         order = torch.tensor(sampler.indices()[start * batch_size :], dtype=torch.long)
         for b in range(len(order) // batch_size):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_007 + start + b)
+            gen = torch.Generator().manual_seed(derive_seed(seed, epoch) * 10_007 + start + b)
             yield normalise(augment(images[idx], gen)), labels[idx]
 
     return batches

@@ -3,6 +3,7 @@ config loader (YAML recipes that state only what differs, ``key=value`` / ``--ke
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
 from ..data.images import DEFAULT_MAX_PIXELS
+from ..models.layers import check_img_size
 from ..runtime import config as runtime_config
 from ..runtime.config import param
 from ..runtime.precision import AMP_CHOICES, CPU_BF16_MIN_SPEEDUP
@@ -135,8 +137,7 @@ class TrainConfig:
     def check(self) -> None:
         """Rules that involve more than one field."""
         parse_trackers(self.log)  # an unknown tracker name: one line naming log, before any work
-        if self.img_size % 32:
-            raise ValueError(f"img_size must be a multiple of 32, got {self.img_size}")
+        check_img_size(self.img_size)
         if self.eval_resize is not None and self.eval_resize < self.img_size:
             raise ValueError(f"eval_resize ({self.eval_resize}) must be at least img_size ({self.img_size})")
         if self.distillation != "none" and not self.teacher:
@@ -180,8 +181,16 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return runtime_config.from_dict(TrainConfig, data)
 
 
-def dump_yaml(cfg: TrainConfig, only_changed: bool = False) -> str:
-    return runtime_config.dump_yaml(cfg, only_changed)
+def __getattr__(name: str) -> Any:
+    # dump_yaml was defined here and in runtime/config.py; one definition remains (the runtime's, every config's)
+    if name == "dump_yaml":
+        warnings.warn(
+            "efficientformer.train.config.dump_yaml is deprecated; use efficientformer.runtime.config.dump_yaml",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return runtime_config.dump_yaml
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "build_config", "config_from_dict", "dump_yaml"]
+__all__ = ["TrainConfig", "build_config", "config_from_dict"]

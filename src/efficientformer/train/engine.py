@@ -23,12 +23,14 @@ from torch.utils.data import DataLoader
 
 from ..data.digits import prepare_digits
 from ..data.folder import build_datasets, collate_skip
-from ..data.samplers import EvalSampler, SeededSamples, TrainSampler
+from ..data.samplers import EvalSampler, TrainSampler
 from ..data.transforms import describe_eval_transform, eval_transform
 from ..models import create_model, load_checkpoint
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, seed_all
+from ..runtime.config import dump_yaml
 from ..runtime.distributed import DistInfo, all_reduce_sum
+from ..runtime.loaders import epoch_loader
 from ..runtime.lock import run_folder_lock
 from ..runtime.loop import NonFiniteLossError, Plan, Reporting, Schedule, Step, Task, fit
 from ..runtime.optim import build_optimizer
@@ -41,9 +43,8 @@ from ..runtime.precision import (
     resolve_channels_last,
 )
 from ..runtime.schedule import epoch_scheduler
-from ..runtime.signals import loader_worker_init
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_dir
-from .config import TrainConfig, dump_yaml
+from .config import TrainConfig
 from .distill import DistillationLoss, build_teacher
 
 
@@ -249,19 +250,16 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
     if cfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
 
-    def batches(epoch: int, start: int):
-        sampler.set_epoch(epoch, start * cfg.batch_size)
-        return DataLoader(
-            SeededSamples(train_set, cfg.seed, epoch),
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=cfg.workers,
-            collate_fn=collate_skip,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=loader_worker_init,
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch),
-        )
+    batches = epoch_loader(
+        train_set,
+        sampler,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        collate=collate_skip,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
 
     # The same initial weights on every rank; each rank's own random stream (drop path, Mixup) after that.
     seed_all(cfg.seed)

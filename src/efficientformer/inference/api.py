@@ -27,7 +27,7 @@ from ..data.images import as_rgb_image
 from ..data.transforms import EvalTransform, eval_transform_of
 from ..models import create_model, load_checkpoint, model_preprocessing, resolve_name
 from ..models.base import EfficientFormerBase
-from ..models.checkpoint import CheckpointError, read_checkpoint, stored_img_size, torch_load_weights
+from ..models.checkpoint import CheckpointError, read_state_dict, stored_img_size, torch_load_weights
 from ..models.hub import is_hub_name, pretrained_path
 from ..utils.timing import OpenVINOClassifier
 
@@ -146,7 +146,7 @@ def load_model(
         desc = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
         obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint_file(checkpoint)
         ckpt_names = checkpoint_class_names(obj)
-        state, _, _ = read_checkpoint(obj)
+        state, _, _ = read_state_dict(obj)
         n_ckpt = checkpoint_num_classes(state)
         if net is None:
             if n_ckpt is None:

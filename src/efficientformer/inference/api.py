@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..models import create_model, load_checkpoint, model_preprocessing, resolve
 from ..models.base import EfficientFormerBase
 from ..models.checkpoint import CheckpointError, read_state_dict, stored_img_size, torch_load_weights
 from ..models.hub import is_hub_name, pretrained_path
+from ..runtime import distributed
 from ..utils.timing import OpenVINOClassifier
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
@@ -93,15 +95,6 @@ def checkpoint_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
 
 
 # -- building ----------------------------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use device='cpu'")
-    return dev
-
-
 def load_model(
     model: str | nn.Module,
     *,
@@ -170,7 +163,7 @@ def load_model(
     names = resolve_class_names(num_classes, given)
     if device is None and isinstance(model, nn.Module):
         return LoadedModel(net, names, source)  # a module the caller built stays where they put it
-    return LoadedModel(net.to(resolve_device(device)), names, source)
+    return LoadedModel(net.to(distributed.resolve_device(device, local_rank=None)), names, source)
 
 
 def _stored_img_size(state: Mapping[str, torch.Tensor]) -> int | None:
@@ -313,3 +306,16 @@ def inference_model(
         pil = [as_rgb_image(obj, index=start + i, max_pixels=max_pixels) for i, obj in enumerate(chunk)]
         results += predictor.predict_batch(pil)
     return results[0] if single else results
+
+
+def __getattr__(name: str) -> Any:
+    # this module's resolve_device merged into the runtime's (one device rule for training and inference)
+    if name == "resolve_device":
+        warnings.warn(
+            "efficientformer.inference.api.resolve_device is deprecated; use "
+            "efficientformer.runtime.distributed.resolve_device",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return distributed.resolve_device
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

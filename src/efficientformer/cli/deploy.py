@@ -23,8 +23,8 @@ from ..deploy.fuse import deploy
 from ..deploy.openvino import export_openvino, openvino_int8_report
 from ..deploy.pt2e import pt2e_report
 from ..deploy.quantize import list_images, quantize_onnx, readable_images
-from ..inference.api import checkpoint_class_names, checkpoint_num_classes, read_checkpoint_file
-from ..models.checkpoint import read_state_dict
+from ..inference.api import checkpoint_num_classes, read_checkpoint_file
+from ..models.checkpoint import read_state_dict, stored_class_names
 from ..models.factory import create_model, model_preprocessing
 from ..utils.io import atomic_write_json
 from ..utils.machine import OMP_POLICIES, apply_omp_wait_policy
@@ -55,7 +55,7 @@ def _build_named(name: str, checkpoint: str | None, img_size: int | None):
     if checkpoint is None:
         return create_model(name, img_size=img_size or 224).eval(), None
     obj = read_checkpoint_file(checkpoint)  # weights-only / safetensors, with a one-line error for a bad file
-    names = checkpoint_class_names(obj)
+    names = stored_class_names(obj)
     state = read_state_dict(obj)[0]
     num_classes = checkpoint_num_classes(state) or 1000
     # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too

@@ -28,7 +28,13 @@ from ..data.images import as_rgb_image
 from ..data.transforms import EvalTransform, eval_transform_of
 from ..models import create_model, load_checkpoint, model_preprocessing, resolve_name
 from ..models.base import EfficientFormerBase
-from ..models.checkpoint import CheckpointError, read_state_dict, stored_img_size, torch_load_weights
+from ..models.checkpoint import (
+    CheckpointError,
+    read_state_dict,
+    stored_class_names,
+    stored_img_size,
+    torch_load_weights,
+)
 from ..models.hub import is_hub_name, pretrained_path
 from ..runtime import distributed
 from ..utils.timing import OpenVINOClassifier
@@ -75,16 +81,6 @@ def read_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary")
     return obj
-
-
-def checkpoint_class_names(obj: Mapping[str, Any]) -> list[str] | None:
-    """The ``class_names`` list our training stores beside the weights, if any."""
-    names = obj.get("class_names")
-    if names is None:
-        return None
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise CheckpointError("checkpoint entry 'class_names' must be a list of strings")
-    return list(names)
 
 
 def checkpoint_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
@@ -138,7 +134,7 @@ def load_model(
     if checkpoint is not None:
         desc = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
         obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint_file(checkpoint)
-        ckpt_names = checkpoint_class_names(obj)
+        ckpt_names = stored_class_names(obj)
         state, _, _ = read_state_dict(obj)
         n_ckpt = checkpoint_num_classes(state)
         if net is None:
@@ -309,6 +305,15 @@ def inference_model(
 
 
 def __getattr__(name: str) -> Any:
+    # checkpoint_class_names moved to the models layer (train.evaluate had another function of that name)
+    if name == "checkpoint_class_names":
+        warnings.warn(
+            "efficientformer.inference.api.checkpoint_class_names is deprecated; use "
+            "efficientformer.models.checkpoint.stored_class_names",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return stored_class_names
     # this module's resolve_device merged into the runtime's (one device rule for training and inference)
     if name == "resolve_device":
         warnings.warn(

@@ -542,6 +542,16 @@ def variant_of(state: Mapping[str, torch.Tensor], layout: str | None = None) -> 
     return infer_variant(to_official(dict(state), layout), "official")
 
 
+def stored_class_names(obj: Mapping[str, object]) -> list[str] | None:
+    """The ``class_names`` list our training stores beside the weights, if any."""
+    names = obj.get("class_names")
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError("checkpoint entry 'class_names' must be a list of strings")
+    return list(names)
+
+
 def stored_img_size(state: Mapping[str, torch.Tensor], layout: str | None = None) -> int | None:
     """The input side a checkpoint's attention-bias tables were made for: the last stage works at 1/32 of it (both
     families), and its tables are one entry per grid offset. None when the weights have no such table."""

@@ -29,6 +29,7 @@ import platform
 import shutil
 import statistics
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -36,10 +37,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..deploy.backends import BACKENDS, BackendContext, get_backend, random_calibration
 from ..deploy.fuse import deploy
+from ..models import cards
 from ..models.arch import is_arch_path
 from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
@@ -147,14 +148,6 @@ def environment(threads: int) -> dict:
         "versions": versions,
         "loadavg_start": os.getloadavg(),
     }
-
-
-def count_macs(model: nn.Module, img: int) -> int:
-    """Multiply-accumulates of one image (FlopCounterMode / 2: convolutions, linear layers, matmuls)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, img, img))
-    return counter.get_total_flops() // 2
 
 
 def _timm():
@@ -289,11 +282,13 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             if cfg.channels_last:
                 fused = fused.to(memory_format=torch.channels_last)
             params = sum(p.numel() for p in ours.parameters())
-            built.append((name, ours, fused, foreign, params, count_macs(ours, img)))
+            built.append((name, ours, fused, foreign, params, cards.count_macs(ours, img)))
         base_models = []
         for bname in baselines if timm is not None else []:
             bmodel = timm.create_model(bname, pretrained=False).eval()
-            base_models.append((bname, bmodel, sum(p.numel() for p in bmodel.parameters()), count_macs(bmodel, img)))
+            base_models.append(
+                (bname, bmodel, sum(p.numel() for p in bmodel.parameters()), cards.count_macs(bmodel, img))
+            )
 
         for batch in cfg.batch_sizes:
             x = torch.randn(batch, 3, img, img)
@@ -601,3 +596,15 @@ def write_outputs(result: dict, out_dir: str | Path, stem: str = "benchmark") ->
     atomic_write_text(paths["md"], to_markdown(result))
     plot(result, paths["png"])
     return paths
+
+
+def __getattr__(name: str) -> object:
+    # the MAC count is the models layer's (models.cards.count_macs, the one the model cards use)
+    if name == "count_macs":
+        warnings.warn(
+            "efficientformer.bench.latency.count_macs is deprecated; use efficientformer.models.cards.count_macs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cards.count_macs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -409,7 +409,7 @@ def coco_evaluate(gt: dict, results: list[dict], iou_types: tuple[str, ...] = ("
 
 
 @torch.no_grad()
-def evaluate(
+def detection_metrics(
     model: torch.nn.Module,
     dataset: CocoInstances,
     device: torch.device,
@@ -481,3 +481,16 @@ def draw_detections(
 
 def iterations_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
     return math.ceil(math.ceil(num_images / world_size) / batch_size)
+
+
+def __getattr__(name: str) -> Any:
+    # evaluate was defined for each task (classification, detection, segmentation); each now names its task
+    if name == "evaluate":
+        warnings.warn(
+            "efficientformer.dense.detection.evaluate is deprecated; "
+            "use efficientformer.dense.detection.detection_metrics",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return detection_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from ..models import create_model, load_checkpoint
 from ..models.checkpoint import stored_class_names
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, read_checkpoint
-from .engine import eval_loader, evaluate
+from .engine import classification_metrics, eval_loader
 
 
 def _trained_class_names(path: str | Path) -> list[str] | None:
@@ -57,7 +57,7 @@ def evaluate_checkpoint(
         model = create_model(model_name, num_classes=len(dataset.classes), img_size=img_size)
         report = load_checkpoint(model, checkpoint, strict=True, use_ema=use_ema)
         model.to(info.device)
-        result = evaluate(model, eval_loader(dataset, batch_size, workers, info), info.device, amp)
+        result = classification_metrics(model, eval_loader(dataset, batch_size, workers, info), info.device, amp)
     if not info.is_main:
         return None
     return {

@@ -104,3 +104,19 @@ def test_train_evaluates_old_class_names_reader_warns_and_reads_a_training_check
         reader = evaluate.checkpoint_class_names
     assert reader(path) == ["cat", "dog"]
     assert reader(tmp_path / "w.safetensors") is None  # other layouts: load_checkpoint reads them
+
+
+def test_family_is_asked_of_the_spec_never_guessed_from_the_name():
+    from efficientformer.models.registry import VARIANTS, family_of, list_models
+
+    for name in list_models():
+        assert family_of(name) == VARIANTS[name].family
+        assert family_of(f"{name}_relu") == VARIANTS[name].family
+    # a timm baseline whose name holds "v2", and an architecture file, are no family of ours
+    assert family_of("mobilenetv2_100") is None and family_of("searched.yaml") is None
+    guesses = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if '"v2" in ' in line or '"v1" in ' in line or 'startswith("efficientformer' in line:
+                guesses.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
+    assert not guesses, f"model family guessed from a name (use models.registry.family_of): {guesses}"

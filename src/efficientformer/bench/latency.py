@@ -45,7 +45,7 @@ from ..models.arch import is_arch_path
 from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
 from ..models.facts import BASELINE_TOP1, FACTS
-from ..models.registry import list_models, resolve_name
+from ..models.registry import family_of, list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils.machine import bf16_support, faults_per_call, gemm_probe, machine_report, pin_allocator
 from ..utils.timing import BENCHMARK_CLOCKS, p90, time_blocks
@@ -162,7 +162,7 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
     """timm's model at ``img`` px (V2 takes ``img_size``; V1 only runs at 224), or None if it cannot run there."""
     if is_arch_path(name):
         return None
-    kwargs = {"img_size": img} if "v2" in name else {}
+    kwargs = {"img_size": img} if family_of(name) == "v2" else {}
     try:
         model = timm.create_model(name, pretrained=False, **kwargs).eval()
         with torch.inference_mode():
@@ -553,8 +553,8 @@ def plot(result: dict, path: Path) -> None:
     series: dict[str, list[dict]] = {}
     for r in rows:
         # one line per family: joining V1 and V2 points by latency would draw a meaningless zigzag
-        m = r["model"]
-        family = "V2" if m.startswith("efficientformerv2") else "V1" if m.startswith("efficientformer") else m
+        family = family_of(r["model"])  # None for a baseline or an architecture file: a series of its own
+        family = family.upper() if family else r["model"]
         series.setdefault(f"{r['impl']} {r['backend']} {family}", []).append(r)
     for ax, key, label in ((axes[0], "top1", "published ImageNet top-1 (%)"), (axes[1], "params_m", "params (M)")):
         for s_name, s_rows in sorted(series.items()):

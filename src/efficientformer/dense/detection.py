@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import ImageLoadError, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
+from ..models.registry import family_of
 from ..runtime.config import param
 from ..runtime.distributed import all_gather_objects, shard
 from .backbone import BackboneWithFPN
@@ -86,7 +87,7 @@ class DetectConfig(DenseConfig):
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.05 if "v2" in self.model else 1e-4
+        return 0.05 if family_of(self.model) == "v2" else 1e-4
 
 
 # -- data --------------------------------------------------------------------------------------------------------

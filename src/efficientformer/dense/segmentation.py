@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import IMAGE_EXTENSIONS, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
+from ..models.registry import family_of
 from ..runtime.config import param
 from ..runtime.distributed import all_reduce_sum, shard
 from .backbone import FPN
@@ -74,7 +75,7 @@ class SegmentConfig(DenseConfig):
     def resolved_min_lr(self) -> float:
         if self.min_lr is not None:
             return self.min_lr
-        return 1e-6 if "v2" in self.model else 0.0
+        return 1e-6 if family_of(self.model) == "v2" else 0.0
 
 
 # -- data --------------------------------------------------------------------------------------------------------

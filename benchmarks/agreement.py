@@ -26,7 +26,7 @@ from efficientformer.deploy.pt2e import quantize_pt2e_x86
 from efficientformer.deploy.quantize import list_images, load_image, quantize_static_qdq
 from efficientformer.inference.api import checkpoint_num_classes
 from efficientformer.models import create_model, load_checkpoint
-from efficientformer.models.checkpoint import read_checkpoint
+from efficientformer.models.checkpoint import read_state_dict
 from efficientformer.utils.timing import ort_session
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     data = Path(args.data).expanduser()
-    weights = read_checkpoint(args.checkpoint)[0]
+    weights = read_state_dict(args.checkpoint)[0]
     num_classes = checkpoint_num_classes(weights) or 1000
     if args.swap_act:  # the weights alone: the checkpoint's record of its (GELU) activation is set aside on purpose
         model = create_model(args.model, img_size=args.img_size, num_classes=num_classes, act=args.swap_act)

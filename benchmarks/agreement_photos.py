@@ -118,9 +118,9 @@ def build(name: str, checkpoint: str | None, img: int) -> tuple[torch.nn.Module,
     kwargs = {"checkpoint": checkpoint} if checkpoint else {}
     if checkpoint:
         from efficientformer.inference.api import checkpoint_num_classes, read_checkpoint_file
-        from efficientformer.models.checkpoint import read_checkpoint
+        from efficientformer.models.checkpoint import read_state_dict
 
-        kwargs["num_classes"] = checkpoint_num_classes(read_checkpoint(read_checkpoint_file(checkpoint))[0]) or 1000
+        kwargs["num_classes"] = checkpoint_num_classes(read_state_dict(read_checkpoint_file(checkpoint))[0]) or 1000
     model = create_model(name, img_size=img, **kwargs).eval()
     return deploy(model), f"trained ({Path(checkpoint).name})" if checkpoint else "random weights"
 

@@ -106,7 +106,7 @@ def _run_all(root: Path, rank: int = 0, world_size: int = 1) -> dict:
     return {
         "detect": loops.eval_detection(str(root / "det" / "last.pth"), "", "", "cpu"),
         "segment": loops.eval_segmentation(str(root / "seg" / "last.pth"), "", "", "cpu"),
-        "oracle": det.evaluate(Oracle(coco), coco, torch.device("cpu"), 2, rank=rank, world_size=world_size),
+        "oracle": det.detection_metrics(Oracle(coco), coco, torch.device("cpu"), 2, rank=rank, world_size=world_size),
     }
 
 

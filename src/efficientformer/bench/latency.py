@@ -29,6 +29,7 @@ import platform
 import shutil
 import statistics
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -36,16 +37,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..deploy.backends import BACKENDS, BackendContext, get_backend, random_calibration
 from ..deploy.fuse import deploy
+from ..models import cards
 from ..models.arch import is_arch_path
 from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
 from ..models.facts import BASELINE_TOP1, FACTS
 from ..models.layers import check_img_size
-from ..models.registry import list_models, resolve_name
+from ..models.registry import family_of, list_models, resolve_name
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils.machine import bf16_support, faults_per_call, gemm_probe, machine_report, pin_allocator
 from ..utils.timing import BENCHMARK_CLOCKS, p90, time_blocks
@@ -150,14 +151,6 @@ def environment(threads: int) -> dict:
     }
 
 
-def count_macs(model: nn.Module, img: int) -> int:
-    """Multiply-accumulates of one image (FlopCounterMode / 2: convolutions, linear layers, matmuls)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, img, img))
-    return counter.get_total_flops() // 2
-
-
 def _timm():
     try:
         import timm
@@ -170,7 +163,7 @@ def _timm_model(timm, name: str, img: int) -> nn.Module | None:
     """timm's model at ``img`` px (V2 takes ``img_size``; V1 only runs at 224), or None if it cannot run there."""
     if is_arch_path(name):
         return None
-    kwargs = {"img_size": img} if "v2" in name else {}
+    kwargs = {"img_size": img} if family_of(name) == "v2" else {}
     try:
         model = timm.create_model(name, pretrained=False, **kwargs).eval()
         with torch.inference_mode():
@@ -289,11 +282,13 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             if cfg.channels_last:
                 fused = fused.to(memory_format=torch.channels_last)
             params = sum(p.numel() for p in ours.parameters())
-            built.append((name, ours, fused, foreign, params, count_macs(ours, img)))
+            built.append((name, ours, fused, foreign, params, cards.count_macs(ours, img)))
         base_models = []
         for bname in baselines if timm is not None else []:
             bmodel = timm.create_model(bname, pretrained=False).eval()
-            base_models.append((bname, bmodel, sum(p.numel() for p in bmodel.parameters()), count_macs(bmodel, img)))
+            base_models.append(
+                (bname, bmodel, sum(p.numel() for p in bmodel.parameters()), cards.count_macs(bmodel, img))
+            )
 
         for batch in cfg.batch_sizes:
             x = torch.randn(batch, 3, img, img)
@@ -558,8 +553,8 @@ def plot(result: dict, path: Path) -> None:
     series: dict[str, list[dict]] = {}
     for r in rows:
         # one line per family: joining V1 and V2 points by latency would draw a meaningless zigzag
-        m = r["model"]
-        family = "V2" if m.startswith("efficientformerv2") else "V1" if m.startswith("efficientformer") else m
+        family = family_of(r["model"])  # None for a baseline or an architecture file: a series of its own
+        family = family.upper() if family else r["model"]
         series.setdefault(f"{r['impl']} {r['backend']} {family}", []).append(r)
     for ax, key, label in ((axes[0], "top1", "published ImageNet top-1 (%)"), (axes[1], "params_m", "params (M)")):
         for s_name, s_rows in sorted(series.items()):
@@ -601,3 +596,15 @@ def write_outputs(result: dict, out_dir: str | Path, stem: str = "benchmark") ->
     atomic_write_text(paths["md"], to_markdown(result))
     plot(result, paths["png"])
     return paths
+
+
+def __getattr__(name: str) -> object:
+    # the MAC count is the models layer's (models.cards.count_macs, the one the model cards use)
+    if name == "count_macs":
+        warnings.warn(
+            "efficientformer.bench.latency.count_macs is deprecated; use efficientformer.models.cards.count_macs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cards.count_macs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

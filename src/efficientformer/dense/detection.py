@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import ImageLoadError, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
+from ..models.registry import family_of
 from ..runtime.config import param
 from ..runtime.distributed import all_gather_objects, shard
 from .backbone import BackboneWithFPN
@@ -86,7 +87,7 @@ class DetectConfig(DenseConfig):
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.05 if "v2" in self.model else 1e-4
+        return 0.05 if family_of(self.model) == "v2" else 1e-4
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ def coco_evaluate(gt: dict, results: list[dict], iou_types: tuple[str, ...] = ("
 
 
 @torch.no_grad()
-def evaluate(
+def detection_metrics(
     model: torch.nn.Module,
     dataset: CocoInstances,
     device: torch.device,
@@ -481,3 +482,16 @@ def draw_detections(
 
 def iterations_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
     return math.ceil(math.ceil(num_images / world_size) / batch_size)
+
+
+def __getattr__(name: str) -> Any:
+    # evaluate was defined for each task (classification, detection, segmentation); each now names its task
+    if name == "evaluate":
+        warnings.warn(
+            "efficientformer.dense.detection.evaluate is deprecated; "
+            "use efficientformer.dense.detection.detection_metrics",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return detection_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -115,7 +115,7 @@ def _plan_detection(cfg: det.DetectConfig, env: DistInfo) -> Plan:
             batches=epoch_loader(
                 train_set, sampler, seed=cfg.seed, batch_size=cfg.batch_size, workers=cfg.workers, collate=det.collate
             ),
-            evaluate=lambda m: det.evaluate(
+            evaluate=lambda m: det.detection_metrics(
                 m, val_set, env.device, cfg.batch_size, rank=env.rank, world_size=env.world
             ),
             config=cfg,
@@ -193,7 +193,7 @@ def eval_detection(checkpoint: str, data: str, split: str, device: str = "auto")
             raise ValueError(
                 f"the data set's categories {dataset.cat_ids} differ from the checkpoint's {state['cat_ids']}"
             )
-        return det.evaluate(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world)
+        return det.detection_metrics(model, dataset, env.device, cfg.batch_size, rank=env.rank, world_size=env.world)
 
 
 def predict_detection(checkpoint: str, image: str, output: str, threshold: float | None, device: str = "auto") -> int:
@@ -245,7 +245,9 @@ def _plan_segmentation(cfg: seg.SegmentConfig, env: DistInfo) -> Plan:
             batches=epoch_loader(
                 train_set, sampler, seed=cfg.seed, batch_size=cfg.batch_size, workers=cfg.workers, drop_last=True
             ),
-            evaluate=lambda m: seg.evaluate(m, val_set, cfg, env.device, rank=env.rank, world_size=env.world),
+            evaluate=lambda m: seg.segmentation_metrics(
+                m, val_set, cfg, env.device, rank=env.rank, world_size=env.world
+            ),
             config=cfg,
             seed=cfg.seed,
             meta={"classes": train_set.class_names or [str(i) for i in range(cfg.num_classes)]},
@@ -276,7 +278,7 @@ def eval_segmentation(checkpoint: str, data: str, split: str, device: str = "aut
     with process_group(device) as env:
         model, cfg, _ = segmentation_model_from_checkpoint(checkpoint, env.device)
         dataset = seg.ADESegmentation(data or cfg.data, split or cfg.val_split, cfg)
-        return seg.evaluate(model, dataset, cfg, env.device, rank=env.rank, world_size=env.world)
+        return seg.segmentation_metrics(model, dataset, cfg, env.device, rank=env.rank, world_size=env.world)
 
 
 def predict_segmentation(checkpoint: str, image: str, output: str, device: str = "auto") -> dict:

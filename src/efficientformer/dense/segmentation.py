@@ -14,7 +14,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import IMAGE_EXTENSIONS, SkippedImageWarning, SkipsUnreadable, probe_image, read_rgb
+from ..models.registry import family_of
 from ..runtime.config import param
 from ..runtime.distributed import all_reduce_sum, shard
 from .backbone import FPN
@@ -74,7 +75,7 @@ class SegmentConfig(DenseConfig):
     def resolved_min_lr(self) -> float:
         if self.min_lr is not None:
             return self.min_lr
-        return 1e-6 if "v2" in self.model else 0.0
+        return 1e-6 if family_of(self.model) == "v2" else 0.0
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def predict_logits(model: nn.Module, img: Image.Image, cfg: SegmentConfig, devic
 
 
 @torch.no_grad()
-def evaluate(
+def segmentation_metrics(
     model: nn.Module,
     dataset: ADESegmentation,
     cfg: SegmentConfig,
@@ -419,3 +420,16 @@ def overlay(img: Image.Image, pred: np.ndarray, num_classes: int, alpha: float =
     colours = palette(num_classes)[pred]
     blend = (1 - alpha) * np.asarray(img.convert("RGB"), np.float32) + alpha * colours.astype(np.float32)
     return Image.fromarray(blend.clip(0, 255).astype(np.uint8))
+
+
+def __getattr__(name: str) -> Any:
+    # evaluate was defined for each task (classification, detection, segmentation); each now names its task
+    if name == "evaluate":
+        warnings.warn(
+            "efficientformer.dense.segmentation.evaluate is deprecated; "
+            "use efficientformer.dense.segmentation.segmentation_metrics",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return segmentation_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,15 @@ from ..data.images import as_rgb_image
 from ..data.transforms import EvalTransform, eval_transform_of
 from ..models import create_model, load_checkpoint, model_preprocessing, resolve_name
 from ..models.base import EfficientFormerBase
-from ..models.checkpoint import CheckpointError, read_checkpoint, stored_img_size, torch_load_weights
+from ..models.checkpoint import (
+    CheckpointError,
+    read_state_dict,
+    stored_class_names,
+    stored_img_size,
+    torch_load_weights,
+)
 from ..models.hub import is_hub_name, pretrained_path
+from ..runtime import distributed
 from ..utils.timing import OpenVINOClassifier
 
 #: Keys under which a classifier weight sits in the layouts ``load_checkpoint`` reads (ours/timm/official first,
@@ -75,16 +83,6 @@ def read_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
     return obj
 
 
-def checkpoint_class_names(obj: Mapping[str, Any]) -> list[str] | None:
-    """The ``class_names`` list our training stores beside the weights, if any."""
-    names = obj.get("class_names")
-    if names is None:
-        return None
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise CheckpointError("checkpoint entry 'class_names' must be a list of strings")
-    return list(names)
-
-
 def checkpoint_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
     for key in _HEAD_KEYS:
         if key in state and state[key].ndim == 2:
@@ -103,21 +101,12 @@ def build_model(
     if checkpoint is None:
         return create_model(name, img_size=img_size or 224).eval(), None
     obj = read_checkpoint_file(checkpoint)  # weights-only / safetensors, with a one-line error for a bad file
-    names = checkpoint_class_names(obj)
-    state = read_checkpoint(obj)[0]
+    names = stored_class_names(obj)
+    state = read_state_dict(obj)[0]
     num_classes = checkpoint_num_classes(state) or 1000
     # the whole checkpoint, not only its weights: a training checkpoint's recorded activation is checked too
     model = create_model(name, img_size=img_size or 224, num_classes=num_classes, checkpoint=obj).eval()
     return model, names
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use device='cpu'")
-    return dev
 
 
 def load_model(
@@ -163,8 +152,8 @@ def load_model(
     if checkpoint is not None:
         desc = "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
         obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint_file(checkpoint)
-        ckpt_names = checkpoint_class_names(obj)
-        state, _, _ = read_checkpoint(obj)
+        ckpt_names = stored_class_names(obj)
+        state, _, _ = read_state_dict(obj)
         n_ckpt = checkpoint_num_classes(state)
         if net is None:
             if n_ckpt is None:
@@ -188,7 +177,7 @@ def load_model(
     names = resolve_class_names(num_classes, given)
     if device is None and isinstance(model, nn.Module):
         return LoadedModel(net, names, source)  # a module the caller built stays where they put it
-    return LoadedModel(net.to(resolve_device(device)), names, source)
+    return LoadedModel(net.to(distributed.resolve_device(device, local_rank=None)), names, source)
 
 
 def _stored_img_size(state: Mapping[str, torch.Tensor]) -> int | None:
@@ -361,3 +350,25 @@ def inference_model(
         pil = [as_rgb_image(obj, index=start + i, max_pixels=max_pixels) for i, obj in enumerate(chunk)]
         results += predictor.predict_batch(pil)
     return results[0] if single else results
+
+
+def __getattr__(name: str) -> Any:
+    # checkpoint_class_names moved to the models layer (train.evaluate had another function of that name)
+    if name == "checkpoint_class_names":
+        warnings.warn(
+            "efficientformer.inference.api.checkpoint_class_names is deprecated; use "
+            "efficientformer.models.checkpoint.stored_class_names",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return stored_class_names
+    # this module's resolve_device merged into the runtime's (one device rule for training and inference)
+    if name == "resolve_device":
+        warnings.warn(
+            "efficientformer.inference.api.resolve_device is deprecated; use "
+            "efficientformer.runtime.distributed.resolve_device",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return distributed.resolve_device
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

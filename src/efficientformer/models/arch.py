@@ -30,6 +30,7 @@ builds the same network (same ``state_dict`` keys and shapes, same parameter cou
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -213,5 +214,18 @@ def build_from_arch(arch: dict[str, Any] | ModelSpec | str | Path, **kwargs: Any
     return cls(spec, **kwargs)
 
 
-def count_params(model: nn.Module) -> int:
+def num_params(model: nn.Module) -> int:
+    """The parameter count of a built network (``search.params.count_params`` computes it from a spec)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def __getattr__(name: str) -> Any:
+    # count_params is search.params' count from a spec, without building the network
+    if name == "count_params":
+        warnings.warn(
+            "efficientformer.models.arch.count_params is deprecated; use efficientformer.models.arch.num_params",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return num_params
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,10 +15,12 @@ import argparse
 import math
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -124,7 +126,7 @@ def check_finite(state: Mapping[str, torch.Tensor], desc: str) -> None:
         )
 
 
-def read_checkpoint(source: str | Path | Mapping, use_ema: bool = False) -> tuple[StateDict, str | None, str]:
+def read_state_dict(source: str | Path | Mapping, use_ema: bool = False) -> tuple[StateDict, str | None, str]:
     """Return ``(state_dict, container_key, description)`` for a path or an in-memory checkpoint."""
     obj, desc = _read_object(source)
     return (*_state_of(obj, desc, use_ema), desc)
@@ -540,6 +542,16 @@ def variant_of(state: Mapping[str, torch.Tensor], layout: str | None = None) -> 
     return infer_variant(to_official(dict(state), layout), "official")
 
 
+def stored_class_names(obj: Mapping[str, object]) -> list[str] | None:
+    """The ``class_names`` list our training stores beside the weights, if any."""
+    names = obj.get("class_names")
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError("checkpoint entry 'class_names' must be a list of strings")
+    return list(names)
+
+
 def stored_img_size(state: Mapping[str, torch.Tensor], layout: str | None = None) -> int | None:
     """The input side a checkpoint's attention-bias tables were made for: the last stage works at 1/32 of it (both
     families), and its tables are one entry per grid offset. None when the weights have no such table."""
@@ -663,7 +675,7 @@ def _load_plain(model: nn.Module, source: str | Path | Mapping, strict: bool, us
     """Weights of a model that is not ours (a ``timm:`` model) in its own keys, e.g. our training checkpoint of
     it: no layout conversion; with ``strict=False`` tensors of another shape (heads of another class count) are
     dropped and missing or unexpected keys reported."""
-    state, container, desc = read_checkpoint(source, use_ema)
+    state, container, desc = read_state_dict(source, use_ema)
     report = LoadReport(source=desc, layout="plain", container=container)
     target = model.state_dict()
     check_dtypes(state, target, desc)
@@ -706,3 +718,16 @@ def _fit_heads(
         for p in ("weight", "bias"):
             state[f"head_dist.{p}"] = state[f"head.{p}"].clone()
         report.notes.append("checkpoint has one head: copied it to head_dist so eval outputs match the checkpoint")
+
+
+def __getattr__(name: str) -> Any:
+    # read_checkpoint was also runtime.checkpoint's reader of whole training checkpoints; this one reads weights
+    if name == "read_checkpoint":
+        warnings.warn(
+            "efficientformer.models.checkpoint.read_checkpoint is deprecated; use "
+            "efficientformer.models.checkpoint.read_state_dict",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return read_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

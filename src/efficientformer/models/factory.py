@@ -17,7 +17,7 @@ from torch import nn
 from ..utils.optional import require
 from .arch import arch_spec, build_from_arch, is_arch_path
 from .base import EfficientFormerBase, ModelSpec
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, variant_of
+from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, variant_of
 from .facts import EVAL_CROP_PCT, EVAL_INTERPOLATION, FACTS, HUB_LICENCE, IMAGENET_MEAN, IMAGENET_STD
 from .hub import hub_id, hub_model, hub_weights, is_hub_name, pretrained_path
 from .layers import check_activation, check_img_size
@@ -282,7 +282,7 @@ def _create_from_hub(
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
     repo = hub_model(name)
     if repo.layout == "weights":  # no config.json: the weights' shapes say the variant
-        state, _, _ = read_checkpoint(hub_weights(repo))
+        state, _, _ = read_state_dict(hub_weights(repo))
         repo.model_name = variant_of(state)
         if repo.model_name is None:
             raise CheckpointError(f"{repo.source} has no config.json and its weights are no published variant")

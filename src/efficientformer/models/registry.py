@@ -68,6 +68,15 @@ def get_spec(model_name: str) -> ModelSpec:
     return with_activation(VARIANTS[base], act)
 
 
+def family_of(model_name: str) -> str | None:
+    """``"v1"`` or ``"v2"`` for a registered model name (as :func:`resolve_name` returns it), None for any other
+    name (a timm baseline such as ``mobilenetv2_100``, an architecture file): asked of the spec, never guessed
+    from the spelling."""
+    base, _ = split_activation(model_name)
+    spec = VARIANTS.get(base)
+    return spec.family if spec is not None else None
+
+
 def resolve_name(name: str) -> tuple[str, str | None]:
     """Map any accepted spelling to ``(model_name, tag)``; raise ``UnknownModelError`` with suggestions.
 

@@ -45,15 +45,25 @@ def backend_for(device: torch.device) -> str:
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` (the local rank's GPU) or ``cuda:N``; one-line error when
-    CUDA is asked for and absent."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but no CUDA device is available; use device=cpu")
+def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = 0) -> torch.device:
+    """``auto`` or None (CUDA when available), ``cpu``, ``cuda`` (the local rank's GPU; the current GPU when
+    ``local_rank`` is None), ``cuda:N`` or any other torch device; one-line error when CUDA is asked for and absent.
+    """
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        use_cuda = torch.cuda.is_available()
+    else:
+        dev = torch.device(name)
+        if dev.type != "cuda":
+            return dev
+        use_cuda = True
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} asked for CUDA but no CUDA device is available; use device=cpu")
+        if dev.index is not None:
+            return dev
     if not use_cuda:
         return torch.device("cpu")
-    return torch.device("cuda", int(device.split(":", 1)[1]) if device.startswith("cuda:") else local_rank)
+    return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
 
 
 def setup(device: str = "auto") -> DistInfo:

@@ -26,7 +26,7 @@ from typing import Any
 from ..models.arch import spec_to_arch
 from ..models.base import ModelSpec
 from .params import count_params
-from .space import ATTENTION_STAGES, V2Space, arch_key, normalise
+from .space import ATTENTION_STAGES, V2Space, arch_key, canonical_spec
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class SearchResult:
 
 
 def _with(spec: ModelSpec, **changes: Any) -> ModelSpec:
-    base = normalise(spec)
+    base = canonical_spec(spec)
     data = {
         "widths": base.widths,
         "depths": base.depths,
@@ -149,7 +149,7 @@ class Action:
 
 def apply_action(spec: ModelSpec, action: Action, space: V2Space) -> tuple[str, ModelSpec]:
     """The spec one action makes of ``spec``, and a description of the change."""
-    s = normalise(spec)
+    s = canonical_spec(spec)
     i, j = action.stage, action.block
     widths, depths = list(s.widths), list(s.depths)
     ratios = [list(r) for r in s.mlp_ratios]
@@ -175,7 +175,7 @@ def apply_action(spec: ModelSpec, action: Action, space: V2Space) -> tuple[str, 
 
 
 def available_actions(spec: ModelSpec, space: V2Space) -> list[Action]:
-    s = normalise(spec)
+    s = canonical_spec(spec)
     out: list[Action] = []
     for i in range(4):
         if s.depths[i] > space.min_depths[i]:
@@ -238,7 +238,7 @@ class GreedySearch:
             raise ValueError("give the search a stopping target: latency (ms), parameters or MES")
         if actions_per_step < 1:
             raise ValueError(f"actions_per_step must be >= 1, got {actions_per_step}")
-        current = self.point(normalise(start or self.space.largest(), "efficientformerv2_searched"))
+        current = self.point(canonical_spec(start or self.space.largest(), "efficientformerv2_searched"))
         result = SearchResult(current)
         self._record(result, 0, "start", current, candidates=0)
         step = 0
@@ -265,7 +265,7 @@ class GreedySearch:
             ranked.sort(key=lambda r: r[:3])
             ratio, _, name, act, best = ranked[0]
             if actions_per_step > 1:
-                depth = normalise(current.spec).depths
+                depth = canonical_spec(current.spec).depths
                 taken, touched, spec = [name], act.conflicts(depth[act.stage]), best.spec
                 for _, _, other_name, other, _ in ranked[1:]:
                     if len(taken) >= actions_per_step:

@@ -15,6 +15,7 @@ models use 3 and 4; 2 gives the search somewhere to go below them).
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class V2Space:
         return True
 
 
-def normalise(spec: ModelSpec, name: str | None = None) -> ModelSpec:
+def canonical_spec(spec: ModelSpec, name: str | None = None) -> ModelSpec:
     """The same network with explicit attention flags (so equal networks compare equal as specs)."""
     flags = tuple(tuple(spec.has_attention(i, j) for j in range(spec.depths[i])) for i in range(4))
     return ModelSpec(
@@ -176,5 +177,17 @@ def normalise(spec: ModelSpec, name: str | None = None) -> ModelSpec:
 
 def arch_key(spec: ModelSpec) -> tuple:
     """A hashable identity of the network (name and drop path ignored)."""
-    n = normalise(spec)
+    n = canonical_spec(spec)
     return (n.widths, n.depths, n.mlp_ratios, n.attention)
+
+
+def __getattr__(name: str) -> Any:
+    # normalise is search.train's image normalisation; this module's spec function is canonical_spec
+    if name == "normalise":
+        warnings.warn(
+            "efficientformer.search.space.normalise is deprecated; use efficientformer.search.space.canonical_spec",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return canonical_spec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,7 @@ from ..models.arch import ArchError, build_from_arch
 from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import EfficientFormerV2
 from ..utils.io import atomic_torch_save, safe_torch_load
-from .space import V2Space, arch_key, normalise
+from .space import V2Space, arch_key, canonical_spec
 
 SUPERNET_FORMAT = "efficientformer-v2-supernet"
 
@@ -103,7 +103,7 @@ class V2Supernet(EfficientFormerV2):
         """Make ``spec`` (a point of the space) the network :meth:`forward` runs; ``None`` runs the full supernet."""
         if spec is not None:
             self.space.check(spec)
-            spec = normalise(spec)
+            spec = canonical_spec(spec)
         self.active = spec
 
     def skeleton(self, spec: ModelSpec) -> nn.Module:
@@ -149,7 +149,7 @@ class V2Supernet(EfficientFormerV2):
         self.space.check(spec)
         build = {**self._build_kwargs, **kwargs}
         model = build_from_arch(spec, **build)
-        skel = self.skeleton(normalise(spec))
+        skel = self.skeleton(canonical_spec(spec))
         state = {k: v.clone() for k, v in self.sliced_tensors(skel, detach=True).items()}
         persistent = model.state_dict()
         missing = set(persistent) - set(state)

@@ -8,8 +8,10 @@ per-epoch cosine scheduler stepped after each epoch. The loop, checkpoints, DDP 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +127,7 @@ def mixup_fn(cfg: TrainConfig, num_classes: int) -> StepMixup | None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> dict:
+def classification_metrics(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> dict:
     """Top-1/top-5 (percent) and mean loss over the whole (possibly distributed) validation set, counting every
     image exactly once; unreadable images are skipped and counted. One host synchronisation, at the end."""
     model.eval()
@@ -337,7 +339,7 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, data_root: Path, dataset_nam
             optimizer=optimizer,
             step=step,
             batches=batches,
-            evaluate=lambda m: evaluate(m, val_loader, device, cfg.eval_amp),
+            evaluate=lambda m: classification_metrics(m, val_loader, device, cfg.eval_amp),
             config=cfg,
             seed=cfg.seed,
             amp=amp,
@@ -435,4 +437,17 @@ def _describe(r: dict) -> str:
     return text
 
 
-__all__ = ["train", "evaluate", "train_transform", "NonFiniteLossError"]
+__all__ = ["train", "classification_metrics", "train_transform", "NonFiniteLossError"]
+
+
+def __getattr__(name: str) -> Any:
+    # evaluate was defined for each task (classification, detection, segmentation); each now names its task
+    if name == "evaluate":
+        warnings.warn(
+            "efficientformer.train.engine.evaluate is deprecated; "
+            "use efficientformer.train.engine.classification_metrics",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return classification_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

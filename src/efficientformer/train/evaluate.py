@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 from ..data.folder import TolerantImageFolder
 from ..data.transforms import describe_eval_transform, eval_transform
 from ..models import create_model, load_checkpoint
+from ..models.checkpoint import stored_class_names
 from ..runtime import distributed
 from ..runtime.checkpoint import CheckpointReadError, read_checkpoint
-from .engine import eval_loader, evaluate
+from .engine import classification_metrics, eval_loader
 
 
-def checkpoint_class_names(path: str | Path) -> list[str] | None:
+def _trained_class_names(path: str | Path) -> list[str] | None:
     """The class names a training checkpoint of ours records; None for other layouts (read by load_checkpoint)."""
     if Path(path).suffix == ".safetensors":
         return None
@@ -20,8 +23,7 @@ def checkpoint_class_names(path: str | Path) -> list[str] | None:
         state = read_checkpoint(path, "read")
     except CheckpointReadError:
         return None
-    names = state.get("class_names")
-    return list(names) if names is not None else None
+    return stored_class_names(state)
 
 
 def evaluate_checkpoint(
@@ -46,7 +48,7 @@ def evaluate_checkpoint(
     folder = root / "val" if (root / "val").is_dir() else root
     with distributed.process_group(device) as info:
         dataset = TolerantImageFolder(folder, eval_transform(img_size, resize), max_pixels=max_pixels)
-        names = checkpoint_class_names(checkpoint)
+        names = _trained_class_names(checkpoint)
         if names is not None and names != list(dataset.classes):
             raise ValueError(
                 f"the checkpoint was trained on classes {names[:5]}... but {folder} has {dataset.classes[:5]}...; "
@@ -55,7 +57,7 @@ def evaluate_checkpoint(
         model = create_model(model_name, num_classes=len(dataset.classes), img_size=img_size)
         report = load_checkpoint(model, checkpoint, strict=True, use_ema=use_ema)
         model.to(info.device)
-        result = evaluate(model, eval_loader(dataset, batch_size, workers, info), info.device, amp)
+        result = classification_metrics(model, eval_loader(dataset, batch_size, workers, info), info.device, amp)
     if not info.is_main:
         return None
     return {
@@ -70,3 +72,17 @@ def evaluate_checkpoint(
         "classes": len(dataset.classes),
         "preprocessing": describe_eval_transform(img_size, resize),
     }
+
+
+def __getattr__(name: str) -> Any:
+    # inference.api had another checkpoint_class_names (of a read checkpoint); one name remains, in the models layer
+    if name == "checkpoint_class_names":
+        warnings.warn(
+            "efficientformer.train.evaluate.checkpoint_class_names is deprecated; use "
+            "efficientformer.models.checkpoint.stored_class_names(efficientformer.runtime.checkpoint.read_checkpoint"
+            "(path))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _trained_class_names
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

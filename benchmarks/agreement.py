@@ -53,7 +53,7 @@ def main() -> None:
         default=None,
         choices=("relu", "hardswish"),
         help="build --model with this activation in place of every GELU and load the checkpoint's weights alone "
-        "into it: the swapped model before any fine-tuning (benchmarks/int8_activation.md)",
+        "into it: the swapped model before any fine-tuning (docs/notes/int8_activation.md)",
     )
     p.add_argument(
         "--paths",

@@ -1,4 +1,4 @@
-"""The goal-1 candidates that were measured and dropped (benchmarks/inductor_goal1.md), against the kept ones.
+"""The goal-1 candidates that were measured and dropped (docs/notes/inductor_goal1.md), against the kept ones.
 
 Each candidate is one way of compiling the deploy form (or of running ONNX Runtime); all are checked against the
 eval model (max abs difference printed) and timed in one process: torch candidates interleaved round by round,

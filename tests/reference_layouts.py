@@ -1,6 +1,6 @@
 """Test-only: the official and mmpretrain key layouts, enumerated from the variant tables.
 
-The official names come from architecture.md §2.2/§2.3 (confirmed there against the official code); the
+The official names are those of the official code (snap-research/EfficientFormer, models/efficientformer*.py); the
 mmpretrain names from mmpretrain's V1 backbone. ``official_from_timm`` renames a timm state dict to the official
 layout module by module, so the parity tests can feed the same random weights in both layouts. It is checked
 against the independent key enumeration below and, for V1, against timm's own official->timm filter.
@@ -84,7 +84,7 @@ def official_bias_idxs(resolution: int, query_resolution: int | None = None) -> 
     return torch.tensor(idxs).view(q_res * q_res, resolution * resolution)
 
 
-# timm -> official, module by module (architecture.md §2.4 tables)
+# timm -> official, module by module (the reverse of timm's own official -> timm filter for V1)
 _V1_PAIRS = [
     ("stem.conv1.", "patch_embed.0."),
     ("stem.norm1.", "patch_embed.1."),

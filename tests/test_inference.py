@@ -263,7 +263,7 @@ def test_predict_bad_inputs_exit_codes(photos, tmp_path, capsys, monkeypatch):
 def test_info_json_counts_params_and_macs(capsys, monkeypatch):
     assert _cli(monkeypatch, ["info", NAME, "--json", "--img-size", "64"]) == 0
     card = json.loads(capsys.readouterr().out)
-    assert card["params"] == 3_600_256  # the module count, both heads (architecture.md §1.8)
+    assert card["params"] == 3_600_256  # the module count, both heads (tests/test_models.py: PARAMS)
     assert card["published_top1"] == {"300 epochs": 75.7, "450 epochs": 76.2}
     assert card["published_iphone12_latency_ms"] == 0.9
     assert card["hub_id"] == "timm/efficientformerv2_s0.snap_dist_in1k"

@@ -7,7 +7,9 @@ from efficientformer import UnknownModelError, create_model, list_models
 from efficientformer.models import VARIANTS
 from efficientformer.models.layers import drop_path_rates
 
-PARAMS = {  # official module counts with the distillation head (architecture.md §1.8)
+# Parameter counts with the distillation head, as the official code builds each model at 224 px
+# (snap-research/EfficientFormer, models/efficientformer*.py; the papers round them, models/facts.py)
+PARAMS = {
     "efficientformer_l1": 12_289_928,
     "efficientformer_l3": 31_406_000,
     "efficientformer_l7": 82_229_328,

@@ -18,7 +18,8 @@ from efficientformer import create_model, list_models, load_checkpoint
 from efficientformer.models import VARIANTS
 from efficientformer.models.layers import offset_index
 
-OFFICIAL_KEY_COUNTS = {  # architecture.md §2.2 / §2.3, counted on the official code
+# State-dict keys of the official models (snap-research/EfficientFormer, models/efficientformer*.py), counted there
+OFFICIAL_KEY_COUNTS = {
     "efficientformer_l1": 281,
     "efficientformer_l3": 457,
     "efficientformer_l7": 649,

@@ -18,7 +18,7 @@ from efficientformer.search.space import V2Space, arch_key
 from efficientformer.search.supernet import V2Supernet, recalibrate_bn
 
 PUBLISHED = {**V1_VARIANTS, **V2_VARIANTS}
-#: True module parameter counts at 224 px with both heads (docs/architecture.md section 1.8).
+#: True module parameter counts at 224 px with both heads (the official code's, as tests/test_models.py: PARAMS).
 PUBLISHED_PARAMS = {
     "efficientformer_l1": 12_289_928,
     "efficientformer_l3": 31_406_000,

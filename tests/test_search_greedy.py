@@ -86,7 +86,8 @@ def test_actions_stay_in_space_and_reduce():
 
 def test_mes_matches_recalled_sanity_values():
     mes = MESConfig()
-    # docs/architecture.md 7.4: MobileNetV2 x1.0 (3.5M, 0.9 ms) scores about 102.9
+    # MobileNetV2 x1.0 (3.5M, 0.9 ms) scores 100 * (0.9 / 1)^-1 * (3.5 / 3)^-0.5 = 102.9 with the default constants
+    # (formula: V2 paper, arXiv 2212.08059; units and exponents ours, docs/search.md "V2: supernet ...")
     assert mes(0.9, 3_500_000) == pytest.approx(102.9, abs=0.05)
 
 

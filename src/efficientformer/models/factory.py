@@ -121,7 +121,7 @@ def create_model(
     ``act`` (``"gelu"``, ``"relu"`` or ``"hardswish"``; None: what the name or architecture says, GELU for the
     published names) replaces every GELU; the result is named ``<variant>_<act>`` (``efficientformerv2_s0_relu``
     builds the same model). ReLU and Hardswish fold into INT8 convolutions; the weights are those of the GELU
-    model (same keys), which need fine-tuning to recover the accuracy (see ``benchmarks/int8_activation.md``).
+    model (same keys), which need fine-tuning to recover the accuracy (see ``docs/notes/int8_activation.md``).
     """
     if is_timm_name(name):
         return _create_timm(

@@ -42,7 +42,8 @@ def resolve_config(value: str | Path) -> Path:
     if root is not None:
         text = str(value).replace("\\", "/")
         stem = text[: -len(suffix)] if (suffix := next((s for s in SUFFIXES if text.endswith(s)), "")) else text
-        stem = stem.split("configs/", 1)[-1]  # "configs/search/x" or "/abs/clone/configs/x" -> "search/x", "x"
+        # "configs/search/v2_proxy.yaml" and "/abs/clone/configs/digits.yaml" give "search/v2_proxy" and "digits"
+        stem = stem.split("configs/", 1)[-1]
         for candidate in (root / f"{stem}.yaml", *sorted(root.rglob(f"{Path(stem).name}.yaml"))):
             if candidate.is_file():
                 return candidate

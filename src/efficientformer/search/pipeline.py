@@ -59,6 +59,7 @@ from ..models.base import ModelSpec
 from ..models.efficientformer_v2 import V2_VARIANTS
 from ..models.factory import TIMM_PREFIX, create_model, is_timm_name
 from ..models.registry import get_spec, resolve_name
+from ..runtime.checkpoint import read_checkpoint
 from ..runtime.config import load_config
 from ..train.config import build_config
 from ..train.engine import train
@@ -667,7 +668,7 @@ class Pipeline:
         out = {}
         for label, info in self.results["retrain"].items():
             run = info["runs"][0]
-            ckpt = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)
+            ckpt = read_checkpoint(run["checkpoint"], "export")  # our training checkpoint, one-line errors
             classes = len(ckpt["class_names"])
             img = int(ckpt.get("config", {}).get("img_size") or self.cfg["supernet"]["img_size"])
             distill = (ckpt.get("config", {}).get("distillation") or "none") != "none"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import create_model, list_models, load_checkpoint
+from ..models.checkpoint import torch_load_weights
 
 
 class DistillationLoss(nn.Module):
@@ -103,7 +104,7 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, img_size:
                 "or set distillation=none"
             )
         teacher = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = torch_load_weights(Path(checkpoint))  # weights only; a bad file is one line naming it
         state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
         teacher.load_state_dict(state)
     teacher.eval()
